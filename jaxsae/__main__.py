@@ -1,0 +1,5 @@
+import sys
+
+from jaxsae.cli import main
+
+sys.exit(main())

@@ -1,0 +1,226 @@
+"""Sparse autoencoder maths: parameters, initialisation, encoder, decoder, loss and metrics.
+
+The L1 SAE of the seed lecture, in the SAE community's layout (``W_enc (d_in, d_sae)``,
+``W_dec (d_sae, d_in)``; row ``i`` of ``W_dec`` is feature ``i``'s direction):
+
+    f(x)  = ReLU(x W_enc + b_enc)                      codes,          (batch, d_sae)
+    x̂(x)  = f(x) W_dec + b_dec                         reconstruction, (batch, d_in)
+    L     = mean_x [ ‖x − x̂‖² + λ Σ_i f_i(x) ‖W_dec[i]‖₂ ]
+
+The encoder is one step of the non-negative proximal-gradient solver: ``ReLU(u + b_enc)`` is
+``nonneg_soft_threshold(u, −b_enc)``, so a negative encoder bias is a per-feature threshold.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from jaxsae.kernels._checks import check_array, check_nonnegative
+from jaxsae.kernels.prox import nonneg_soft_threshold
+
+__all__ = [
+    "SAEParams",
+    "SAEOutput",
+    "SAEMetrics",
+    "init_params",
+    "encode",
+    "decode",
+    "forward",
+    "sae_loss",
+    "decoder_norms",
+    "check_inputs",
+]
+
+
+class SAEParams(NamedTuple):
+    """Parameters of a sparse autoencoder (a pytree).
+
+    Attributes:
+      W_enc: ``(d_in, d_sae)`` encoder.
+      b_enc: ``(d_sae,)`` encoder bias (minus the per-feature threshold).
+      W_dec: ``(d_sae, d_in)`` decoder; row ``i`` is feature ``i``'s direction.
+      b_dec: ``(d_in,)`` decoder bias.
+    """
+
+    W_enc: jax.Array
+    b_enc: jax.Array
+    W_dec: jax.Array
+    b_dec: jax.Array
+
+    @property
+    def d_in(self) -> int:
+        return self.W_dec.shape[-1]
+
+    @property
+    def d_sae(self) -> int:
+        return self.W_dec.shape[-2]
+
+
+class SAEOutput(NamedTuple):
+    """What the forward pass computes, for a batch ``(batch, d_in)``.
+
+    Attributes:
+      codes: ``(batch, d_sae)`` feature activations ``f(x) ≥ 0``.
+      recon: ``(batch, d_in)`` reconstruction ``x̂``.
+      pre_acts: ``(batch, d_sae)`` pre-activations ``x W_enc + b_enc``.
+    """
+
+    codes: jax.Array
+    recon: jax.Array
+    pre_acts: jax.Array
+
+
+class SAEMetrics(NamedTuple):
+    """Scalar diagnostics of one batch (means over the batch).
+
+    Attributes:
+      loss: the training objective.
+      recon: ``mean ‖x − x̂‖²`` (the reconstruction term).
+      mse: ``recon / d_in``, the mean squared error per element.
+      l1: ``mean Σ_i f_i ‖W_dec[i]‖₂`` (the penalty before multiplying by ``l1_coeff``).
+      l0: mean number of active features per input.
+      fvu: fraction of variance unexplained, ``Σ‖x − x̂‖² / Σ‖x − mean(x)‖²``.
+      explained_variance: ``1 − fvu``.
+      dec_norm: mean decoder row norm.
+    """
+
+    loss: jax.Array
+    recon: jax.Array
+    mse: jax.Array
+    l1: jax.Array
+    l0: jax.Array
+    fvu: jax.Array
+    explained_variance: jax.Array
+    dec_norm: jax.Array
+
+
+def init_params(
+    key: jax.Array,
+    d_in: int,
+    d_sae: int,
+    *,
+    dec_norm: float = 0.1,
+    b_dec: ArrayLike | None = None,
+    dtype: jnp.dtype = jnp.float32,
+) -> SAEParams:
+    """Initialise an SAE the way Anthropic's April 2024 update recommends.
+
+    Decoder rows point in random (Gaussian) directions with norm ``dec_norm``; the encoder is the
+    decoder's transpose; ``b_enc = 0``; ``b_dec`` is zero or the given vector (e.g. the data mean
+    or geometric median).
+
+    Args:
+      key: PRNG key.
+      d_in: input dimension ``D``.
+      d_sae: number of features ``F``.
+      dec_norm: norm of each initial decoder row.
+      b_dec: optional ``(d_in,)`` initial decoder bias.
+      dtype: parameter dtype.
+
+    Returns:
+      ``SAEParams`` with ``W_enc (d_in, d_sae)``, ``b_enc (d_sae,)``, ``W_dec (d_sae, d_in)``,
+      ``b_dec (d_in,)``.
+    """
+    if d_in <= 0 or d_sae <= 0:
+        raise ValueError(f"init_params: expected d_in > 0 and d_sae > 0, found {d_in}, {d_sae}")
+    W = jax.random.normal(key, (d_sae, d_in), dtype=dtype)
+    W = dec_norm * W / jnp.linalg.norm(W, axis=1, keepdims=True)
+    if b_dec is None:
+        bd = jnp.zeros((d_in,), dtype)
+    else:
+        bd = check_array("b_dec", b_dec, ndim=1).astype(dtype)
+        if bd.shape != (d_in,):
+            raise ValueError(f"b_dec: expected shape ({d_in},), found {tuple(bd.shape)}")
+    return SAEParams(W_enc=W.T, b_enc=jnp.zeros((d_sae,), dtype), W_dec=W, b_dec=bd)
+
+
+def check_inputs(params: SAEParams, x: ArrayLike, *, name: str = "x") -> jax.Array:
+    """Validate a batch against ``params``: rank 1 or 2, ``d_in`` columns, finite values."""
+    x = check_array(name, x, ndim=(1, 2))
+    if x.shape[-1] != params.d_in:
+        raise ValueError(
+            f"{name}: expected last dimension d_in={params.d_in} (the SAE's input size), "
+            f"found shape {tuple(x.shape)}"
+        )
+    return x
+
+
+def decoder_norms(params: SAEParams) -> jax.Array:
+    """``(d_sae,)`` Euclidean norms of the decoder rows ``‖W_dec[i]‖₂``."""
+    return jnp.linalg.norm(params.W_dec, axis=-1)
+
+
+def encode(params: SAEParams, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Encoder ``f = ReLU(x W_enc + b_enc)`` as a non-negative soft-threshold.
+
+    Args:
+      params: the SAE.
+      x: ``(..., d_in)`` inputs.
+
+    Returns:
+      ``(codes, pre_acts)``, both ``(..., d_sae)``.
+    """
+    pre = x @ params.W_enc + params.b_enc
+    return nonneg_soft_threshold(pre, 0.0), pre
+
+
+def decode(params: SAEParams, codes: jax.Array) -> jax.Array:
+    """Decoder ``x̂ = f W_dec + b_dec``: ``(..., d_sae) → (..., d_in)``."""
+    return codes @ params.W_dec + params.b_dec
+
+
+def forward(params: SAEParams, x: jax.Array) -> SAEOutput:
+    """Encoder then decoder on ``x (..., d_in)``; see ``SAEOutput`` for the shapes."""
+    codes, pre = encode(params, x)
+    return SAEOutput(codes=codes, recon=decode(params, codes), pre_acts=pre)
+
+
+def reconstruction_metrics(
+    x: jax.Array, recon: jax.Array, codes: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(recon, l0, fvu)``: mean squared error norm, mean active count, variance unexplained."""
+    x2 = x.reshape(-1, x.shape[-1])
+    err = jnp.sum((x2 - recon.reshape(x2.shape)) ** 2, axis=-1)
+    centred = jnp.sum((x2 - jnp.mean(x2, axis=0)) ** 2)
+    recon_err = jnp.mean(err)
+    fvu = jnp.sum(err) / jnp.maximum(centred, jnp.finfo(x2.dtype).tiny)
+    l0 = jnp.mean(jnp.sum(codes > 0, axis=-1).astype(x2.dtype))
+    return recon_err, l0, fvu
+
+
+def sae_loss(
+    params: SAEParams, x: jax.Array, l1_coeff: ArrayLike
+) -> tuple[jax.Array, SAEMetrics]:
+    """The seed's SAE loss and its metrics on a batch.
+
+    ``L = mean_x ‖x − x̂‖² + l1_coeff · mean_x Σ_i f_i(x) ‖W_dec[i]‖₂``
+
+    Args:
+      params: the SAE.
+      x: ``(batch, d_in)`` inputs.
+      l1_coeff: ``λ ≥ 0`` (a scalar; may be traced, e.g. during a warm-up).
+
+    Returns:
+      ``(loss, SAEMetrics)``; differentiate with ``jax.grad(sae_loss, has_aux=True)``.
+    """
+    check_nonnegative("l1_coeff", l1_coeff)
+    out = forward(params, x)
+    norms = decoder_norms(params)
+    l1 = jnp.mean(out.codes @ norms)
+    recon_err, l0, fvu = reconstruction_metrics(x, out.recon, out.codes)
+    loss = recon_err + l1_coeff * l1
+    metrics = SAEMetrics(
+        loss=loss,
+        recon=recon_err,
+        mse=recon_err / x.shape[-1],
+        l1=l1,
+        l0=l0,
+        fvu=fvu,
+        explained_variance=1.0 - fvu,
+        dec_norm=jnp.mean(norms),
+    )
+    return loss, metrics
