@@ -1,0 +1,196 @@
+"""Baselines the SAE's features are compared with, as featurizers: neurons, PCA, FISTA codes.
+
+Neurons and PCA components are signed, while the association protocol binarises non-negative
+activations scaled by their maximum. Each signed direction therefore gives two features, the
+ReLU of each sign: ``neuron i+ = max(x_i − μ_i, 0)`` and ``neuron i− = max(μ_i − x_i, 0)``
+(likewise ``pc j±`` for the projection on component ``j``), with ``μ`` the mean activation.
+Mean-centring matters: without it a neuron with a large offset fires on every residue.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from jaxsae.interpret.concepts import split_codes
+from jaxsae.interpret.topk import Featurizer
+from jaxsae.kernels._checks import check_array
+
+__all__ = [
+    "PCAResult",
+    "fit_pca",
+    "pca_featurizer",
+    "neuron_featurizer",
+    "sample_rows",
+    "fista_featurizer",
+]
+
+
+class PCAResult(NamedTuple):
+    """Principal components of a sample of activations.
+
+    Attributes:
+      mean: ``(d,)`` mean of the sample.
+      components: ``(c, d)`` orthonormal rows, by decreasing variance; sign fixed so that the
+        entry of largest magnitude in each row is positive.
+      explained_variance: ``(c,)`` variance along each component (``σ² / (n − 1)``).
+      explained_variance_ratio: ``(c,)`` its fraction of the total variance.
+    """
+
+    mean: np.ndarray
+    components: np.ndarray
+    explained_variance: np.ndarray
+    explained_variance_ratio: np.ndarray
+
+
+def fit_pca(X: ArrayLike, n_components: int | None = None) -> PCAResult:
+    """PCA by SVD of the mean-centred sample ``X (n, d)``.
+
+    Args:
+      X: ``(n, d)`` activations, ``n >= 2``.
+      n_components: components kept (default ``min(n, d)``).
+
+    Returns:
+      ``PCAResult``.
+    """
+    X = check_array("X", X, ndim=2)
+    n, d = X.shape
+    if n < 2:
+        raise ValueError(f"X: expected at least 2 rows for PCA, found {n}")
+    c = min(n, d) if n_components is None else int(n_components)
+    if not 1 <= c <= min(n, d):
+        raise ValueError(f"n_components: expected 1 <= n_components <= {min(n, d)}, found {c}")
+    mean = jnp.mean(X, axis=0)
+    _, s, vt = jnp.linalg.svd(X - mean[None, :], full_matrices=False)
+    vt = vt[:c]
+    signs = jnp.sign(vt[jnp.arange(c), jnp.argmax(jnp.abs(vt), axis=1)])
+    vt = vt * signs[:, None]
+    var = s**2 / (n - 1)
+    return PCAResult(
+        mean=np.asarray(mean),
+        components=np.asarray(vt),
+        explained_variance=np.asarray(var[:c]),
+        explained_variance_ratio=np.asarray(var[:c] / jnp.sum(var)),
+    )
+
+
+def _both_signs(z: jax.Array) -> jax.Array:
+    return jnp.concatenate([jnp.maximum(z, 0), jnp.maximum(-z, 0)], axis=-1)
+
+
+def _neuron_apply(params: dict, x: jax.Array) -> jax.Array:
+    return _both_signs(x.astype(params["mean"].dtype) - params["mean"][None, :])
+
+
+def _pca_apply(params: dict, x: jax.Array) -> jax.Array:
+    z = (x.astype(params["mean"].dtype) - params["mean"][None, :]) @ params["components"].T
+    return _both_signs(z)
+
+
+def neuron_featurizer(mean: ArrayLike | None, d: int | None = None) -> Featurizer:
+    """The model's neurons (dimensions of ``h^l``), mean-centred, both signs: ``2 d`` features.
+
+    Args:
+      mean: ``(d,)`` mean activation to centre with (``None``: no centring, then give ``d``).
+      d: activation width, when ``mean`` is ``None``.
+    """
+    if mean is None:
+        if d is None:
+            raise ValueError("neuron_featurizer: give mean or d")
+        mu = np.zeros((d,), np.float32)
+    else:
+        mu = np.asarray(mean, np.float32)
+    d = mu.shape[0]
+    labels = tuple(f"n{i}+" for i in range(d)) + tuple(f"n{i}-" for i in range(d))
+    return Featurizer("neurons", _neuron_apply, {"mean": jnp.asarray(mu)}, 2 * d, labels)
+
+
+def pca_featurizer(pca: PCAResult) -> Featurizer:
+    """Projections on PCA components, both signs: ``2 c`` features (``pc j+``, ``pc j−``)."""
+    c = pca.components.shape[0]
+    params = {
+        "mean": jnp.asarray(pca.mean, jnp.float32),
+        "components": jnp.asarray(pca.components, jnp.float32),
+    }
+    labels = tuple(f"pc{j}+" for j in range(c)) + tuple(f"pc{j}-" for j in range(c))
+    return Featurizer("PCA", _pca_apply, params, 2 * c, labels)
+
+
+def sample_rows(
+    source: Any,
+    proteins: list[dict] | None,
+    *,
+    split: str | None = "train",
+    max_rows: int = 20000,
+    seed: int = 0,
+) -> np.ndarray:
+    """A uniform random sample of rows (of one split's proteins) as ``(m, d)`` float32.
+
+    Args:
+      source: an ``ActivationStore`` or ``(acts (N, d), index (N, 2))``.
+      proteins: the protein records (for their ``"split"``); ``None`` or ``split=None``: all rows.
+      split: ``"train"``, ``"validation"`` or ``"test"``.
+      max_rows: sample size cap.
+      seed: random seed.
+    """
+    if hasattr(source, "index") and hasattr(source, "num_shards"):
+        prot = np.concatenate([np.asarray(source.index(i))[:, 0] for i in range(source.num_shards)])
+    else:
+        prot = np.asarray(source[1])[:, 0]
+    rows = np.arange(prot.shape[0])
+    if split is not None and proteins is not None:
+        code = {"train": 0, "validation": 1, "test": 2}[split]
+        rows = rows[split_codes(proteins)[prot] == code]
+        if rows.size == 0:
+            raise ValueError(f"sample_rows: no rows of split {split!r} found")
+    rng = np.random.default_rng(seed)
+    if rows.size > max_rows:
+        rows = np.sort(rng.choice(rows, size=max_rows, replace=False))
+    if hasattr(source, "take"):
+        return source.take(rows)
+    return np.asarray(np.asarray(source[0])[rows], np.float32)
+
+
+def fista_featurizer(
+    params: Any, l1_coeff: float, *, max_steps: int = 200, tol: float = 1e-4
+) -> Featurizer:
+    """Sparse codes from FISTA on the SAE's decoder: the exact (non-amortised) features.
+
+    Solves, per residue, the SAE's own objective with its decoder held fixed,
+    ``min_{f >= 0} ‖x − b_dec − f W_dec‖² + λ Σ_i f_i ‖W_dec[i]‖₂``, as the lasso on unit-norm
+    decoder rows (``g_i = f_i ‖W_dec[i]‖``, reg ``λ / 2``), and returns ``f``.
+
+    Args:
+      params: ``SAEParams``.
+      l1_coeff: the SAE's ``λ``.
+      max_steps: FISTA iterations at most.
+      tol: solver tolerance.
+    """
+    from jaxsae.kernels.solvers import fista  # noqa: PLC0415  (written beside this package)
+
+    norms = jnp.linalg.norm(params.W_dec, axis=1)
+    safe = jnp.where(norms > 0, norms, 1.0)
+    fparams = {
+        "W": params.W_dec / safe[:, None],
+        "inv_norms": jnp.where(norms > 0, 1.0 / safe, 0.0),
+        "b_dec": params.b_dec,
+        "reg": jnp.asarray(l1_coeff / 2.0, params.W_dec.dtype),
+    }
+
+    def apply(p: dict, x: jax.Array) -> jax.Array:
+        sol = fista(
+            x.astype(p["W"].dtype) - p["b_dec"][None, :],
+            p["W"],
+            p["reg"],
+            nonneg=True,
+            max_steps=max_steps,
+            tol=tol,
+        )
+        return sol.codes * p["inv_norms"][None, :]
+
+    num_f = int(params.W_dec.shape[0])
+    return Featurizer("FISTA", apply, fparams, num_f, tuple(f"f{i}" for i in range(num_f)))
