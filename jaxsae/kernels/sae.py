@@ -149,6 +149,11 @@ def check_inputs(params: SAEParams, x: ArrayLike, *, name: str = "x") -> jax.Arr
     return x
 
 
+def _row(b: jax.Array, like: jax.Array) -> jax.Array:
+    """A bias ``(n,)`` reshaped to broadcast explicitly against ``like (..., n)``."""
+    return b.reshape((1,) * (like.ndim - 1) + b.shape)
+
+
 def decoder_norms(params: SAEParams) -> jax.Array:
     """``(d_sae,)`` Euclidean norms of the decoder rows ``‖W_dec[i]‖₂``."""
     return jnp.linalg.norm(params.W_dec, axis=-1)
@@ -164,13 +169,15 @@ def encode(params: SAEParams, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     Returns:
       ``(codes, pre_acts)``, both ``(..., d_sae)``.
     """
-    pre = x @ params.W_enc + params.b_enc
+    pre = x @ params.W_enc
+    pre = pre + _row(params.b_enc, pre)
     return nonneg_soft_threshold(pre, 0.0), pre
 
 
 def decode(params: SAEParams, codes: jax.Array) -> jax.Array:
     """Decoder ``x̂ = f W_dec + b_dec``: ``(..., d_sae) → (..., d_in)``."""
-    return codes @ params.W_dec + params.b_dec
+    out = codes @ params.W_dec
+    return out + _row(params.b_dec, out)
 
 
 def forward(params: SAEParams, x: jax.Array) -> SAEOutput:
@@ -185,7 +192,7 @@ def reconstruction_metrics(
     """``(recon, l0, fvu)``: mean squared error norm, mean active count, variance unexplained."""
     x2 = x.reshape(-1, x.shape[-1])
     err = jnp.sum((x2 - recon.reshape(x2.shape)) ** 2, axis=-1)
-    centred = jnp.sum((x2 - jnp.mean(x2, axis=0)) ** 2)
+    centred = jnp.sum((x2 - jnp.mean(x2, axis=0)[None, :]) ** 2)
     recon_err = jnp.mean(err)
     fvu = jnp.sum(err) / jnp.maximum(centred, jnp.finfo(x2.dtype).tiny)
     l0 = jnp.mean(jnp.sum(codes > 0, axis=-1).astype(x2.dtype))
