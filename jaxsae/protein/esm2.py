@@ -1,0 +1,388 @@
+"""ESM-2 in JAX: pure functions on a parameter pytree.
+
+The forward pass of ESM-2 (Lin et al., 2023), equal to Hugging Face's ``EsmModel`` and fair-esm's
+``ESM2`` in evaluation mode:
+
+    h⁰ = token_dropout(E[tokens]) · m                           embeddings, padding zeroed
+    for l = 1 … L (pre-LayerNorm blocks):
+        h ← h + Attn(LN(h))                                     rotary q/k, padded keys masked
+        h ← h + W₂ GELU(W₁ LN(h) + b₁) + b₂                     GELU with erf
+    hᴸ ← LN_after(hᴸ)                                           ``emb_layer_norm_after``
+
+* **Token dropout** (ESM's MLM masking, ``token_dropout=True``): the embeddings of ``<mask>`` are
+  zeroed and all embeddings scaled by ``(1 − 0.15·0.8) / (1 − r)``, ``r`` the fraction of
+  ``<mask>`` tokens among the sequence's real tokens.
+* **Attention**: the query is scaled by ``head_dim^{-1/2}`` *before* the rotary embedding (ESM's
+  convention); rotary uses ``rotate_half`` (the two halves of each head, not interleaved pairs),
+  ``θ = 10000``, positions ``0 … T−1``.
+* **Hidden states** follow Hugging Face's ``output_hidden_states``: ``L + 1`` arrays, ``h⁰`` the
+  embeddings (the input of block 1), ``hˡ`` the output of block ``l``, and the last one *with*
+  the final LayerNorm applied (so ``hᴸ`` is ``last_hidden_state``).
+
+Parameters are stored for ``x @ W`` (``(in, out)``) with the per-block arrays stacked on a leading
+layer axis and q, k, v fused into one ``(d, 3d)`` matrix; ``jaxsae.protein.weights`` converts
+checkpoints into this layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsae.protein.alphabet import MASK_ID, PAD_ID
+
+__all__ = [
+    "ESM2Config",
+    "ESM2LayerParams",
+    "ESM2Params",
+    "ESM2_SIZES",
+    "init_esm2_params",
+    "default_inv_freq",
+    "rotary_tables",
+    "layer_norm",
+    "apply_rotary",
+    "embed",
+    "transformer_layer",
+    "esm2_hidden_states",
+    "check_params",
+]
+
+_MASK_RATIO_TRAIN = 0.15 * 0.8  # ESM's MLM: 15 % of tokens selected, 80 % of those masked
+
+
+@dataclasses.dataclass(frozen=True)
+class ESM2Config:
+    """Sizes of an ESM-2 model (hashable: a static argument of the jitted forward).
+
+    Attributes:
+      num_layers: transformer blocks ``L``.
+      d_model: hidden size ``d``.
+      num_heads: attention heads (``d`` divisible by it).
+      d_ff: feed-forward hidden size (``4 d`` in ESM-2).
+      vocab_size: token vocabulary (33 for ESM-2).
+      max_tokens: longest input the model was trained on, ``<cls>``/``<eos>`` included (1024).
+      layer_norm_eps: LayerNorm epsilon.
+      token_dropout: apply ESM's ``<mask>`` token-dropout rescaling.
+      rope_theta: rotary base.
+      name: a label (the checkpoint's name), kept in activation-store metadata.
+    """
+
+    num_layers: int
+    d_model: int
+    num_heads: int
+    d_ff: int
+    vocab_size: int = 33
+    max_tokens: int = 1024
+    layer_norm_eps: float = 1e-5
+    token_dropout: bool = True
+    rope_theta: float = 10000.0
+    name: str = "esm2"
+
+    def __post_init__(self) -> None:
+        for f in ("num_layers", "d_model", "num_heads", "d_ff", "vocab_size", "max_tokens"):
+            v = getattr(self, f)
+            if not isinstance(v, int | np.integer) or v <= 0:
+                raise ValueError(f"ESM2Config: expected {f} a positive integer, found {v!r}")
+        if self.d_model % self.num_heads or (self.d_model // self.num_heads) % 2:
+            raise ValueError(
+                f"ESM2Config: expected d_model divisible by num_heads into an even head size, "
+                f"found d_model={self.d_model}, num_heads={self.num_heads}"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+
+#: Published ESM-2 sizes: name -> (num_layers, d_model, num_heads).
+ESM2_SIZES: dict[str, tuple[int, int, int]] = {
+    "esm2_t6_8M_UR50D": (6, 320, 20),
+    "esm2_t12_35M_UR50D": (12, 480, 20),
+    "esm2_t30_150M_UR50D": (30, 640, 20),
+    "esm2_t33_650M_UR50D": (33, 1280, 20),
+    "esm2_t36_3B_UR50D": (36, 2560, 40),
+    "esm2_t48_15B_UR50D": (48, 5120, 40),
+}
+
+
+class ESM2LayerParams(NamedTuple):
+    """Parameters of the transformer blocks, stacked on a leading layer axis ``L``.
+
+    Attributes:
+      attn_ln_scale, attn_ln_bias: ``(L, d)`` LayerNorm before attention.
+      W_qkv: ``(L, d, 3d)`` fused query, key, value projections (in that order).
+      b_qkv: ``(L, 3d)``.
+      W_out: ``(L, d, d)`` attention output projection; ``b_out`` ``(L, d)``.
+      mlp_ln_scale, mlp_ln_bias: ``(L, d)`` LayerNorm before the feed-forward block.
+      W_fc1: ``(L, d, d_ff)``; ``b_fc1`` ``(L, d_ff)``; ``W_fc2`` ``(L, d_ff, d)``; ``b_fc2`` ``(L, d)``.
+    """
+
+    attn_ln_scale: jax.Array
+    attn_ln_bias: jax.Array
+    W_qkv: jax.Array
+    b_qkv: jax.Array
+    W_out: jax.Array
+    b_out: jax.Array
+    mlp_ln_scale: jax.Array
+    mlp_ln_bias: jax.Array
+    W_fc1: jax.Array
+    b_fc1: jax.Array
+    W_fc2: jax.Array
+    b_fc2: jax.Array
+
+
+class ESM2Params(NamedTuple):
+    """ESM-2 parameters (a pytree).
+
+    Attributes:
+      embed: ``(vocab_size, d)`` token embeddings.
+      layers: the stacked blocks, ``ESM2LayerParams``.
+      final_ln_scale, final_ln_bias: ``(d,)`` ``emb_layer_norm_after``.
+      inv_freq: ``(head_dim // 2,)`` rotary frequencies ``θ^{−2i/head_dim}``. A buffer of the
+        checkpoint, not recomputed: ESM-2's released weights hold them rounded to float16, and
+        the model is only exact with those values.
+    """
+
+    embed: jax.Array
+    layers: ESM2LayerParams
+    final_ln_scale: jax.Array
+    final_ln_bias: jax.Array
+    inv_freq: jax.Array
+
+
+def param_shapes(config: ESM2Config) -> ESM2Params:
+    """The expected shape of every parameter, as an ``ESM2Params`` of tuples."""
+    L, d, f = config.num_layers, config.d_model, config.d_ff
+    return ESM2Params(
+        embed=(config.vocab_size, d),
+        layers=ESM2LayerParams(
+            attn_ln_scale=(L, d), attn_ln_bias=(L, d), W_qkv=(L, d, 3 * d), b_qkv=(L, 3 * d),
+            W_out=(L, d, d), b_out=(L, d), mlp_ln_scale=(L, d), mlp_ln_bias=(L, d),
+            W_fc1=(L, d, f), b_fc1=(L, f), W_fc2=(L, f, d), b_fc2=(L, d),
+        ),
+        final_ln_scale=(d,),
+        final_ln_bias=(d,),
+        inv_freq=(config.head_dim // 2,),
+    )  # fmt: skip
+
+
+def check_params(params: ESM2Params, config: ESM2Config) -> ESM2Params:
+    """Raise a ``ValueError`` listing every parameter whose shape does not match ``config``."""
+    want = param_shapes(config)
+    is_shape = lambda x: isinstance(x, tuple) and all(isinstance(i, int) for i in x)  # noqa: E731
+    paths_want = jax.tree_util.tree_flatten_with_path(want, is_leaf=is_shape)[0]
+    got = jax.tree.leaves(params)
+    if len(got) != len(paths_want):
+        raise ValueError(f"ESM-2 params: expected {len(paths_want)} arrays, found {len(got)}")
+    bad = [
+        f"{jax.tree_util.keystr(p)}: expected {s}, found {tuple(x.shape)}"
+        for (p, s), x in zip(paths_want, got, strict=True)
+        if tuple(x.shape) != s
+    ]
+    if bad:
+        raise ValueError(f"ESM-2 params do not match {config}:\n  " + "\n  ".join(bad))
+    return params
+
+
+def init_esm2_params(key: jax.Array, config: ESM2Config, dtype: type = jnp.float32) -> ESM2Params:
+    """Random parameters (normal, std 0.02; LayerNorms at identity), for tests and examples."""
+    shapes = param_shapes(config)
+    leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda x: isinstance(x, tuple))
+    keys = jax.random.split(key, len(leaves))
+    names = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(
+        shapes, is_leaf=lambda x: isinstance(x, tuple))[0]]  # fmt: skip
+    out = []
+    for k, s, n in zip(keys, leaves, names, strict=True):
+        if "inv_freq" in n:
+            out.append(jnp.asarray(default_inv_freq(config), dtype))
+        elif "ln_scale" in n:
+            out.append(jnp.ones(s, dtype))
+        elif "ln_bias" in n:
+            out.append(jnp.zeros(s, dtype))
+        else:
+            out.append(0.02 * jax.random.normal(k, s, dtype))
+    return jax.tree.unflatten(treedef, out)
+
+
+def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
+    """LayerNorm over the last axis: ``(x − mean) / sqrt(var + eps) · scale + bias``."""
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    xc = x - mean
+    var = jnp.mean(xc * xc, axis=-1, keepdims=True)
+    return xc * jax.lax.rsqrt(var + eps) * _lead(scale, x.ndim) + _lead(bias, x.ndim)
+
+
+def _lead(v: jax.Array, ndim: int) -> jax.Array:
+    """``v`` of shape ``(n,)`` reshaped to ``(1, …, 1, n)`` of rank ``ndim`` (explicit broadcast)."""
+    return v.reshape((1,) * (ndim - 1) + v.shape)
+
+
+def _dense(x: jax.Array, W: jax.Array, b: jax.Array) -> jax.Array:
+    """``x @ W + b`` over the last axis of ``x``."""
+    return x @ W + _lead(b, x.ndim)
+
+
+def default_inv_freq(config: ESM2Config) -> np.ndarray:
+    """Rotary frequencies ``θ^{−2i/head_dim}``, ``i = 0 … head_dim/2 − 1``, float32."""
+    hd = config.head_dim
+    return (1.0 / (config.rope_theta ** (np.arange(0, hd, 2, dtype=np.float32) / hd))).astype(
+        np.float32
+    )
+
+
+def rotary_tables(length: int, inv_freq: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
+    """``cos, sin`` tables ``(length, head_dim)`` of the rotary embedding, computed in float32
+    at positions ``0 … length − 1`` (each frequency used for both halves of a head)."""
+    freqs = jnp.arange(length, dtype=jnp.float32)[:, None] * inv_freq.astype(jnp.float32)[None, :]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotary embedding with ESM's ``rotate_half``: ``x·cos + [−x₂, x₁]·sin``.
+
+    Args:
+      x: ``(B, T, H, head_dim)``.
+      cos, sin: ``(T, head_dim)``.
+    """
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos[None, :, None, :] + rotated * sin[None, :, None, :]
+
+
+def embed(params: ESM2Params, config: ESM2Config, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+    """Token embeddings with ESM's token-dropout rescaling; padding rows zeroed.
+
+    Args:
+      tokens: ``(B, T)`` int token ids.
+      mask: ``(B, T)`` bool, true on real tokens.
+
+    Returns:
+      ``h⁰``, ``(B, T, d)``.
+    """
+    x = params.embed[tokens]
+    dtype = x.dtype
+    if config.token_dropout:
+        is_mask = tokens == MASK_ID
+        x = jnp.where(is_mask[:, :, None], jnp.zeros((), dtype), x)
+        lengths = jnp.sum(mask, axis=-1).astype(jnp.float32)
+        ratio = jnp.sum(is_mask & mask, axis=-1).astype(jnp.float32) / lengths
+        x = x * ((1.0 - _MASK_RATIO_TRAIN) / (1.0 - ratio)).astype(dtype)[:, None, None]
+    return x * mask[:, :, None].astype(dtype)
+
+
+def transformer_layer(
+    lp: ESM2LayerParams,
+    config: ESM2Config,
+    h: jax.Array,
+    mask: jax.Array,
+    cos: jax.Array,
+    sin: jax.Array,
+) -> jax.Array:
+    """One pre-LayerNorm block (``lp`` holds one layer's arrays, no leading axis).
+
+    Args:
+      h: ``(B, T, d)``; mask ``(B, T)`` bool; cos, sin ``(T, head_dim)``.
+
+    Returns:
+      ``(B, T, d)``.
+    """
+    B, T, d = h.shape
+    H, hd = config.num_heads, config.head_dim
+    x = layer_norm(h, lp.attn_ln_scale, lp.attn_ln_bias, config.layer_norm_eps)
+    qkv = _dense(x, lp.W_qkv, lp.b_qkv).reshape(B, T, 3, H, hd)
+    q = apply_rotary(qkv[:, :, 0] * (hd**-0.5), cos, sin)
+    k = apply_rotary(qkv[:, :, 1], cos, sin)
+    v = qkv[:, :, 2]
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+    scores = jnp.where(mask[:, None, None, :], scores, jnp.finfo(scores.dtype).min)
+    probs = jax.nn.softmax(scores, axis=-1)
+    attn = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(B, T, d)
+    h = h + _dense(attn, lp.W_out, lp.b_out)
+    x = layer_norm(h, lp.mlp_ln_scale, lp.mlp_ln_bias, config.layer_norm_eps)
+    x = jax.nn.gelu(_dense(x, lp.W_fc1, lp.b_fc1), approximate=False)
+    return h + _dense(x, lp.W_fc2, lp.b_fc2)
+
+
+def _normalise_layers(config: ESM2Config, layers: Sequence[int] | None) -> tuple[int, ...]:
+    L = config.num_layers
+    if layers is None:
+        return tuple(range(L + 1))
+    out = []
+    for layer in layers:
+        if not isinstance(layer, int | np.integer) or not -(L + 1) <= layer <= L:
+            raise ValueError(
+                f"layers: expected integers in 0..{L} (0 = embeddings, {L} = last block), "
+                f"found {layer!r}"
+            )
+        out.append(int(layer) % (L + 1))
+    return tuple(out)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "layers"))
+def _hidden_states(params, tokens, mask, config, layers):
+    T = tokens.shape[1]
+    cos, sin = rotary_tables(T, params.inv_freq, params.embed.dtype)
+    h = embed(params, config, tokens, mask)
+    kept = {0: h}
+    for i in range(max(layers)):
+        lp = jax.tree.map(lambda p, i=i: p[i], params.layers)
+        h = transformer_layer(lp, config, h, mask, cos, sin)
+        if i + 1 == config.num_layers:
+            h = layer_norm(h, params.final_ln_scale, params.final_ln_bias, config.layer_norm_eps)
+        kept[i + 1] = h
+    return jnp.stack([kept[layer] for layer in layers])
+
+
+def esm2_hidden_states(
+    params: ESM2Params,
+    tokens: jax.Array,
+    mask: jax.Array | None = None,
+    *,
+    config: ESM2Config,
+    layers: Sequence[int] | None = None,
+) -> jax.Array:
+    """Hidden states of ESM-2 for a padded batch (jit-compiled once per shape and ``layers``).
+
+    Only the blocks up to ``max(layers)`` run.
+
+    Args:
+      params: ``ESM2Params`` matching ``config``.
+      tokens: ``(B, T)`` int token ids (``alphabet.batch_tokenize``), ``T ≤ config.max_tokens``.
+      mask: ``(B, T)`` bool, true on real tokens; by default ``tokens != <pad>``.
+      config: the model's sizes.
+      layers: which hidden states, ``0`` (embeddings) … ``L`` (last block, final LayerNorm
+        applied; negative indices count from it); default all ``L + 1``.
+
+    Returns:
+      ``(len(layers), B, T, d)`` in the parameters' dtype. Rows at padded positions are
+      meaningless.
+
+    Raises:
+      ValueError: wrong ranks, a batch longer than ``max_tokens``, a sequence with no real
+        token, or a layer out of range.
+    """
+    layers = _normalise_layers(config, layers)
+    tokens = jnp.asarray(tokens)
+    if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise ValueError(
+            f"tokens: expected an integer array (batch, length), found {tokens.dtype} "
+            f"{tuple(tokens.shape)}"
+        )
+    if tokens.shape[1] > config.max_tokens:
+        raise ValueError(
+            f"tokens: expected at most {config.max_tokens} positions (<cls> and <eos> "
+            f"included), found {tokens.shape[1]}"
+        )
+    mask = tokens != PAD_ID if mask is None else jnp.asarray(mask, dtype=bool)
+    if mask.shape != tokens.shape:
+        raise ValueError(f"mask: expected shape {tuple(tokens.shape)}, found {tuple(mask.shape)}")
+    if not bool(jnp.all(jnp.any(mask, axis=-1))):
+        raise ValueError("mask: expected at least one real token in every sequence")
+    return _hidden_states(params, tokens.astype(jnp.int32), mask, config, layers)
