@@ -1,1 +1,51 @@
-"""jaxsae.training."""
+"""jaxsae.training: configuration, optimiser, train state, the per-device train step and its
+data- and feature-parallel drivers."""
+
+from jaxsae.training.config import TrainConfig
+from jaxsae.training.optim import (
+    clip_by_global_norm,
+    global_norm,
+    l1_schedule,
+    lr_schedule,
+    make_optimizer,
+)
+from jaxsae.training.parallel import (
+    make_mesh,
+    make_pmap_step,
+    make_sharded_step,
+    max_d_sae,
+    memory_per_device,
+    replicate_for_pmap,
+    shard_batch,
+    shard_state,
+    split_for_pmap,
+    state_specs,
+    unreplicate,
+)
+from jaxsae.training.state import StepMetrics, TrainState, dead_mask, init_state
+from jaxsae.training.step import train_step
+
+__all__ = [
+    "TrainConfig",
+    "TrainState",
+    "StepMetrics",
+    "init_state",
+    "dead_mask",
+    "train_step",
+    "make_optimizer",
+    "lr_schedule",
+    "l1_schedule",
+    "global_norm",
+    "clip_by_global_norm",
+    "make_mesh",
+    "make_sharded_step",
+    "make_pmap_step",
+    "shard_state",
+    "shard_batch",
+    "state_specs",
+    "replicate_for_pmap",
+    "unreplicate",
+    "split_for_pmap",
+    "memory_per_device",
+    "max_d_sae",
+]

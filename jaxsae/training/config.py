@@ -1,0 +1,134 @@
+"""Static configuration of SAE training: sizes, architecture, optimiser recipe, dead features.
+
+The defaults follow Anthropic's April 2024 training recipe ("Circuits Updates — April 2024:
+Update on how we train SAEs"), scaled for a small CPU run:
+
+* inputs are normalised by the data loader so that ``E‖x‖² = d_in``; the loss is the *sum* of
+  squared errors over ``d_in`` (``jaxsae.kernels.sae.sae_loss``), so a reconstruction of zero
+  costs ``d_in`` per token and ``l1_coeff = 5`` is the recipe's value on that scale;
+* Adam (β₁ = 0.9, β₂ = 0.999, no weight decay), gradient norm clipped at 1, learning rate
+  warmed up linearly over ``lr_warmup_steps``, then constant, then decayed linearly to 0 over the
+  last ``lr_decay_frac`` of the steps;
+* ``l1_coeff`` warmed up linearly from ~0 over the first ``l1_warmup_frac`` of the steps;
+* decoder rows initialised in random directions with norm ``dec_init_norm = 0.1``, the encoder
+  as the decoder's transpose, ``b_enc = 0``.
+
+The recipe's learning rate of 5e-5 is tuned for runs of 10⁵–10⁶ steps; the default here,
+``lr = 1e-3``, is what a run of ~10³ steps needs to converge on normalised inputs (the recipe
+itself advises scanning the learning rate). Pass ``lr=5e-5`` for long runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from jaxsae.kernels._checks import check_nonnegative
+
+__all__ = ["TrainConfig", "ARCHS"]
+
+ARCHS = ("l1", "topk")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Static (hashable) configuration of a training run.
+
+    Attributes:
+      d_in: input dimension ``D`` (the language model's hidden size).
+      d_sae: number of features ``F``.
+      arch: ``"l1"`` (ReLU encoder, decoder-norm-weighted L1 penalty, ``sae_loss``) or
+        ``"topk"`` (keep the ``k`` largest pre-activations, ``topk_loss`` with AuxK).
+      k: active features per token (``topk`` only).
+      l1_coeff: ``λ ≥ 0`` after its warm-up (``l1`` only); 5 on inputs with ``E‖x‖² = d_in``.
+      lr: peak learning rate of Adam.
+      total_steps: number of optimiser steps of the run (sets the schedules).
+      batch_size: global batch, in tokens, summed over devices.
+      lr_warmup_steps: steps of linear learning-rate warm-up from ``lr / lr_warmup_steps``.
+      lr_decay_frac: fraction of ``total_steps`` at the end over which the learning rate decays
+        linearly to 0.
+      l1_warmup_frac: fraction of ``total_steps`` at the start over which ``l1_coeff`` rises
+        linearly to its final value.
+      grad_clip: maximum global gradient norm (over all parameters and all devices).
+      dead_tokens: a feature is dead when it has not fired (code > 0) on any of the last
+        ``dead_tokens`` tokens.
+      aux_k: dead features used by the AuxK loss (``topk`` only).
+      aux_coeff: weight of the AuxK loss (``topk`` only).
+      dec_init_norm: norm of each decoder row at initialisation.
+      seed: PRNG seed of the initialisation.
+    """
+
+    d_in: int
+    d_sae: int
+    arch: str = "l1"
+    k: int = 32
+    l1_coeff: float = 5.0
+    lr: float = 1e-3
+    total_steps: int = 1000
+    batch_size: int = 4096
+    lr_warmup_steps: int = 10
+    lr_decay_frac: float = 0.2
+    l1_warmup_frac: float = 0.05
+    grad_clip: float = 1.0
+    dead_tokens: int = 10_000_000
+    aux_k: int = 512
+    aux_coeff: float = 1 / 32
+    dec_init_norm: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("d_in", "d_sae", "k", "total_steps", "batch_size", "dead_tokens", "aux_k"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"TrainConfig.{name}: expected an int > 0, found {value!r}")
+        if not isinstance(self.lr_warmup_steps, int) or self.lr_warmup_steps < 0:
+            raise ValueError(
+                f"TrainConfig.lr_warmup_steps: expected an int >= 0, found {self.lr_warmup_steps!r}"
+            )
+        if self.arch not in ARCHS:
+            raise ValueError(f"TrainConfig.arch: expected one of {ARCHS}, found {self.arch!r}")
+        if self.arch == "topk" and self.k > self.d_sae:
+            raise ValueError(f"TrainConfig.k: expected k <= d_sae={self.d_sae}, found k={self.k}")
+        for name in ("l1_coeff", "aux_coeff", "grad_clip", "dec_init_norm"):
+            check_nonnegative(f"TrainConfig.{name}", getattr(self, name))
+        if not self.lr > 0:
+            raise ValueError(f"TrainConfig.lr: expected a learning rate > 0, found {self.lr!r}")
+        if not self.grad_clip > 0:
+            raise ValueError(f"TrainConfig.grad_clip: expected a value > 0, found {self.grad_clip}")
+        for name in ("lr_decay_frac", "l1_warmup_frac"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(
+                    f"TrainConfig.{name}: expected a fraction in [0, 1], found {value}"
+                )
+
+    @property
+    def lr_decay_steps(self) -> int:
+        """Steps of the final linear decay of the learning rate."""
+        return int(round(self.lr_decay_frac * self.total_steps))
+
+    @property
+    def l1_warmup_steps(self) -> int:
+        """Steps of the initial linear warm-up of ``l1_coeff``."""
+        return int(round(self.l1_warmup_frac * self.total_steps))
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-serialisable dict (for checkpoints and ``cfg.json``)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Inverse of ``to_dict``; an unknown key is an error (a config of another version)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(
+                f"TrainConfig.from_dict: unknown keys {unknown}; "
+                f"expected a subset of {sorted(names)}"
+            )
+        return cls(**d)

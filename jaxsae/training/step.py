@@ -1,0 +1,163 @@
+"""One SAE train step, written for one device's shard of the global batch.
+
+The step is a pure function ``train_step(state, batch, cfg) -> (state, StepMetrics)``. Run it
+
+* on one device: ``jax.jit(partial(train_step, cfg=cfg, data_axis=None))``;
+* data-parallel: under ``jax.shard_map`` on a mesh (``parallel.make_sharded_step``, the default)
+  or ``jax.pmap`` (``parallel.make_pmap_step``) with the batch split over the ``"data"`` axis:
+  gradients and metrics are averaged with ``lax.pmean(…, "data")`` and the fired-feature masks
+  combined with ``lax.psum``, so every device applies the same update as one device on the
+  whole batch;
+* feature-parallel as well: on a ``("data", "feature")`` mesh each device holds the columns of
+  ``W_enc``, the rows of ``W_dec`` and the entries of ``b_enc`` and of the dead-feature counters
+  of its slice of the features (``optim.FEATURE_AXES``). The reconstruction is the sum over the
+  slices of their partial reconstructions (``lax.psum`` over ``"feature"``), the L1 penalty and
+  the gradient norm are summed over the slices too.
+
+What one step does, in order: ``λ(t)``, ``lr(t)`` from the schedules; loss and gradient on the
+shard (``jaxsae.kernels.sae.sae_loss`` for ``arch="l1"``, ``jaxsae.kernels.topk.topk_loss`` for
+``arch="topk"`` with the dead mask of the state for AuxK); average over ``"data"``; clip by the
+global norm; Adam; update the dead-feature counters from the global batch.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from jaxsae.kernels.sae import SAEMetrics, SAEParams, encode, sae_loss
+from jaxsae.training.config import TrainConfig
+from jaxsae.training.optim import global_norm, l1_schedule, lr_schedule, make_optimizer
+from jaxsae.training.state import COUNTER_MAX, StepMetrics, TrainState, dead_mask
+
+__all__ = ["train_step", "axis_size"]
+
+
+def axis_size(axis: str | None) -> int:
+    """Number of devices along a bound mesh axis (1 for ``None``)."""
+    return 1 if axis is None else lax.axis_size(axis)
+
+
+def _pmean(x, axis: str | None):
+    return x if axis is None else lax.pmean(x, axis)
+
+
+def _psum(x, axis: str | None):
+    return x if axis is None else lax.psum(x, axis)
+
+
+def _l1_loss(
+    params: SAEParams, x: jax.Array, l1_coeff: jax.Array, feature_axis: str | None
+) -> tuple[jax.Array, tuple[SAEMetrics, jax.Array]]:
+    """``sae_loss`` on this device's features, plus the ``(d_sae_local,)`` fired mask.
+
+    With the features split over ``feature_axis``, the reconstruction ``x̂ = Σ_s f_s W_dec,s +
+    b_dec`` needs every slice ``s``. The other slices' partial reconstructions enter
+    ``sae_loss`` as a constant offset of the decoder bias, so its reconstruction term is the
+    global one and its gradient with respect to this slice's parameters is exact (they reach
+    the loss only through ``f_s W_dec,s`` and ``f_s ‖W_dec,s‖``). The penalty and the active
+    count it returns cover this slice: they are summed over the slices.
+    """
+    codes, _ = encode(params, x)  # the same HLO as inside sae_loss: XLA computes it once
+    fired = jnp.any(codes > 0, axis=0)
+    if axis_size(feature_axis) == 1:
+        loss, m = sae_loss(params, x, l1_coeff)
+    else:
+        partial = codes @ params.W_dec
+        others = lax.stop_gradient(lax.psum(partial, feature_axis) - partial)
+        _, m = sae_loss(params._replace(b_dec=params.b_dec[None, :] + others), x, l1_coeff)
+        # This slice's objective: its gradient is the global one for the slice's parameters.
+        loss = m.recon + l1_coeff * m.l1
+    if feature_axis is not None:
+        # Penalty and active count: sums over the slices. Reconstruction terms: equal on every
+        # slice up to rounding (pmean makes them identical).
+        l1 = lax.psum(m.l1, feature_axis)
+        recon, mse, fvu = (lax.pmean(v, feature_axis) for v in (m.recon, m.mse, m.fvu))
+        m = m._replace(
+            loss=recon + l1_coeff * l1,
+            recon=recon,
+            mse=mse,
+            fvu=fvu,
+            explained_variance=1.0 - fvu,
+            l1=l1,
+            l0=lax.psum(m.l0, feature_axis),
+            dec_norm=lax.pmean(m.dec_norm, feature_axis),
+        )
+    return loss, (m, fired)
+
+
+def train_step(
+    state: TrainState,
+    batch: jax.Array,
+    cfg: TrainConfig,
+    *,
+    data_axis: str | None = "data",
+    feature_axis: str | None = None,
+) -> tuple[TrainState, StepMetrics]:
+    """One optimiser step on this device's shard of the global batch.
+
+    Args:
+      state: the train state; inside a feature-sharded ``shard_map``, this device's slice.
+      batch: ``(batch_local, d_in)`` normalised activations, this device's rows of the global
+        batch (every device the same number of rows).
+      cfg: static configuration (``arch``, schedules, ``grad_clip``, ``dead_tokens``, …).
+      data_axis: mesh/pmap axis the batch is split over, ``None`` on a single device.
+      feature_axis: mesh axis the features are split over, or ``None``.
+
+    Returns:
+      ``(new_state, StepMetrics)``; the metrics are global (the same on every device).
+    """
+    params = state.params
+    dtype = params.W_dec.dtype
+    l1_coeff = l1_schedule(cfg)(state.step).astype(dtype)
+    lr = lr_schedule(cfg)(state.step)
+
+    if cfg.arch == "l1":
+        loss_fn = lambda p: _l1_loss(p, batch, l1_coeff, feature_axis)  # noqa: E731
+    else:
+        raise NotImplementedError(f"arch={cfg.arch!r} is not implemented yet")
+
+    (_, (m, fired)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    if feature_axis is not None:
+        # b_dec's gradient is the same on every feature slice up to rounding; pmean keeps the
+        # replicas of b_dec bit-identical.
+        grads = grads._replace(b_dec=lax.pmean(grads.b_dec, feature_axis))
+    grads = _pmean(grads, data_axis)
+    grad_norm = global_norm(grads, feature_axis=feature_axis)
+
+    optimizer = make_optimizer(cfg, feature_axis=feature_axis)
+    updates, opt_state = optimizer.update(grads, state.opt_state, params)
+    params = optax.apply_updates(params, updates)
+
+    # Dead-feature counters: a feature fired if any code > 0 on any device's rows.
+    fired = _psum(fired.astype(jnp.int32), data_axis) > 0
+    n_tokens = batch.shape[0] * axis_size(data_axis)
+    counters = jnp.minimum(state.tokens_since_fired, COUNTER_MAX - n_tokens) + n_tokens
+    counters = jnp.where(fired, jnp.zeros_like(counters), counters)
+    dead_frac = _pmean(jnp.mean(dead_mask(counters, cfg).astype(jnp.float32)), feature_axis)
+
+    metrics = StepMetrics(
+        loss=m.loss,
+        mse=m.mse,
+        l0=m.l0,
+        fvu=m.fvu,
+        l1=m.l1,
+        dead_frac=dead_frac,
+        grad_norm=grad_norm,
+        lr=lr,
+        l1_coeff=l1_coeff,
+        aux_loss=jnp.zeros((), dtype),
+    )
+    metrics = metrics._replace(
+        **{f: _pmean(getattr(metrics, f), data_axis) for f in ("loss", "mse", "l0", "fvu", "l1")}
+    )
+    new_state = TrainState(
+        step=state.step + 1,
+        params=params,
+        opt_state=opt_state,
+        tokens_since_fired=counters,
+        key=state.key,
+    )
+    return new_state, metrics
