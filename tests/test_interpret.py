@@ -62,7 +62,7 @@ def test_scan_features_equals_full_computation(chunk_size):
     acts, index = _data()
     params = _sae()
     stats = scan_features((acts, index), sae_featurizer(params), k=5, chunk_size=chunk_size)
-    codes = np.asarray(jax.vmap(lambda r: encode(params, r)[0])(jnp.asarray(acts)))
+    codes = np.asarray(encode(params, jnp.asarray(acts))[0])
     assert stats.num_rows == acts.shape[0]
     np.testing.assert_allclose(stats.density, (codes > 0).mean(0))
     np.testing.assert_allclose(stats.density, activation_density(codes), rtol=1e-6)

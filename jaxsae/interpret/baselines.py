@@ -156,41 +156,46 @@ def sample_rows(
 
 
 def fista_featurizer(
-    params: Any, l1_coeff: float, *, max_steps: int = 200, tol: float = 1e-4
+    params: Any,
+    l1_coeff: float,
+    *,
+    mean: Any = None,
+    scale: float = 1.0,
+    max_steps: int = 300,
+    tol: float | None = None,
 ) -> Featurizer:
     """Sparse codes from FISTA on the SAE's decoder: the exact (non-amortised) features.
 
     Solves, per residue, the SAE's own objective with its decoder held fixed,
-    ``min_{f >= 0} ‖x − b_dec − f W_dec‖² + λ Σ_i f_i ‖W_dec[i]‖₂``, as the lasso on unit-norm
-    decoder rows (``g_i = f_i ‖W_dec[i]‖``, reg ``λ / 2``), and returns ``f``.
+    ``min_{f >= 0} ‖x − b_dec − f W_dec‖² + λ Σ_i f_i ‖W_dec[i]‖₂``, i.e. the lasso
+    ``½‖x − b_dec − f W_dec‖² + Σ_i (λ ‖W_dec[i]‖₂ / 2) f_i`` (half the objective).
 
     Args:
       params: ``SAEParams``.
       l1_coeff: the SAE's ``λ``.
+      mean, scale: the input normalisation the SAE was trained with (see ``sae_featurizer``).
       max_steps: FISTA iterations at most.
-      tol: solver tolerance.
+      tol: relative duality-gap tolerance (default: the solver's).
     """
-    from jaxsae.kernels.solvers import fista  # noqa: PLC0415  (written beside this package)
+    from jaxsae.kernels.sae import decoder_norms
+    from jaxsae.kernels.solvers import fista
 
-    norms = jnp.linalg.norm(params.W_dec, axis=1)
-    safe = jnp.where(norms > 0, norms, 1.0)
+    dtype = params.W_dec.dtype
+    d = params.W_dec.shape[1]
     fparams = {
-        "W": params.W_dec / safe[:, None],
-        "inv_norms": jnp.where(norms > 0, 1.0 / safe, 0.0),
+        "W": params.W_dec,
         "b_dec": params.b_dec,
-        "reg": jnp.asarray(l1_coeff / 2.0, params.W_dec.dtype),
+        "reg": (0.5 * l1_coeff * decoder_norms(params)).astype(dtype),
+        "mean": jnp.zeros((d,), dtype) if mean is None else jnp.asarray(mean, dtype),
+        "scale": jnp.asarray(scale, dtype),
     }
 
     def apply(p: dict, x: jax.Array) -> jax.Array:
+        x = (x.astype(p["W"].dtype) - p["mean"][None, :]) * p["scale"]
         sol = fista(
-            x.astype(p["W"].dtype) - p["b_dec"][None, :],
-            p["W"],
-            p["reg"],
-            nonneg=True,
-            max_steps=max_steps,
-            tol=tol,
+            x - p["b_dec"][None, :], p["W"], p["reg"], nonneg=True, max_steps=max_steps, tol=tol
         )
-        return sol.codes * p["inv_norms"][None, :]
+        return sol.codes
 
     num_f = int(params.W_dec.shape[0])
     return Featurizer("FISTA", apply, fparams, num_f, tuple(f"f{i}" for i in range(num_f)))

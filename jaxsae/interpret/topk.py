@@ -50,17 +50,38 @@ class Featurizer(NamedTuple):
     labels: tuple[str, ...]
 
 
-def _sae_apply(params: SAEParams, x: jax.Array) -> jax.Array:
-    # vmap over rows: the kernel's bias add is then rank-1 + rank-1 (no rank promotion)
-    return jax.vmap(lambda row: encode(params, row)[0])(x.astype(params.W_enc.dtype))
+def _sae_apply(params: dict, x: jax.Array) -> jax.Array:
+    sae = params["sae"]
+    x = (x.astype(sae.W_enc.dtype) - params["mean"][None, :]) * params["scale"]
+    return encode(sae, x)[0]
 
 
-def sae_featurizer(params: SAEParams, name: str = "SAE") -> Featurizer:
-    """The SAE encoder ``f(x) = ReLU(x W_enc + b_enc)`` as a featurizer with ``d_sae`` features."""
+def sae_featurizer(
+    params: SAEParams,
+    *,
+    mean: Any = None,
+    scale: float = 1.0,
+    name: str = "SAE",
+) -> Featurizer:
+    """The SAE encoder as a featurizer with ``d_sae`` features.
+
+    ``f(x) = ReLU(((x − mean) · scale) W_enc + b_enc)``: give the input normalisation the SAE
+    was trained with (``jaxsae.data.loader.Normalisation``'s ``mean`` and ``scale``).
+
+    Args:
+      params: the SAE.
+      mean: ``(d_in,)`` offset subtracted from the activations (default none).
+      scale: factor applied after centring (default 1).
+      name: name for tables.
+    """
+    dtype = params.W_enc.dtype
+    mu = jnp.zeros((params.d_in,), dtype) if mean is None else jnp.asarray(mean, dtype)
+    if mu.shape != (params.d_in,):
+        raise ValueError(f"mean: expected shape ({params.d_in},), found {tuple(mu.shape)}")
     return Featurizer(
         name=name,
         apply=_sae_apply,
-        params=params,
+        params={"sae": params, "mean": mu, "scale": jnp.asarray(scale, dtype)},
         num_features=int(params.d_sae),
         labels=tuple(f"f{i}" for i in range(params.d_sae)),
     )
