@@ -40,6 +40,8 @@ __all__ = [
     "shard_exists",
     "finalize_store",
     "open_store",
+    "atomic_write",
+    "atomic_save_text",
 ]
 
 FORMAT = "jaxsae-activations"
@@ -52,8 +54,13 @@ def _shard_name(shard_id: int) -> str:
     return f"{int(shard_id):05d}"
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it."""
+def atomic_write(path: str | os.PathLike, write: Any) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it.
+
+    ``path`` either keeps its old content or gets the whole new one, whatever interrupts the
+    write (an exception, Ctrl-C, a crash after the rename returns).
+    """
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
@@ -66,12 +73,12 @@ def _atomic_write(path: Path, write: Any) -> None:
             tmp.unlink()
 
 
-def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
-    _atomic_write(path, lambda f: np.save(f, arr, allow_pickle=False))
+def atomic_save_npy(path: str | os.PathLike, arr: np.ndarray) -> None:
+    atomic_write(path, lambda f: np.save(f, arr, allow_pickle=False))
 
 
-def _atomic_save_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+def atomic_save_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def write_shard(
@@ -124,8 +131,8 @@ def write_shard(
     root = Path(store_dir)
     root.mkdir(parents=True, exist_ok=True)
     name = _shard_name(shard_id)
-    _atomic_save_npy(root / f"index_{name}.npy", np.ascontiguousarray(index, dtype=np.int32))
-    _atomic_save_npy(root / f"shard_{name}.npy", np.ascontiguousarray(acts))
+    atomic_save_npy(root / f"index_{name}.npy", np.ascontiguousarray(index, dtype=np.int32))
+    atomic_save_npy(root / f"shard_{name}.npy", np.ascontiguousarray(acts))
 
 
 def shard_exists(store_dir: str | os.PathLike, shard_id: int) -> bool:
@@ -240,10 +247,10 @@ def finalize_store(
         },
         "meta": meta,
     }
-    _atomic_save_npy(root / "mean.npy", mean)
+    atomic_save_npy(root / "mean.npy", mean)
     lines = "".join(json.dumps(p, separators=(",", ":")) + "\n" for p in proteins)
-    _atomic_save_text(root / "proteins.jsonl", lines)
-    _atomic_save_text(root / "meta.json", json.dumps(info, indent=1))
+    atomic_save_text(root / "proteins.jsonl", lines)
+    atomic_save_text(root / "meta.json", json.dumps(info, indent=1))
     return open_store(root)
 
 
