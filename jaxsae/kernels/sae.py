@@ -13,6 +13,7 @@ The encoder is one step of the non-negative proximal-gradient solver: ``ReLU(u +
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -33,6 +34,9 @@ __all__ = [
     "sae_loss",
     "decoder_norms",
     "check_inputs",
+    "sae_objective",
+    "geometric_median",
+    "fold_normalisation",
 ]
 
 
@@ -213,7 +217,12 @@ def sae_loss(
 
     Returns:
       ``(loss, SAEMetrics)``; differentiate with ``jax.grad(sae_loss, has_aux=True)``.
+
+    Raises:
+      ValueError: ``x`` of the wrong rank or ``d_in``, non-finite ``x`` (outside ``jit``),
+        ``l1_coeff < 0``.
     """
+    x = check_inputs(params, x)
     check_nonnegative("l1_coeff", l1_coeff)
     out = forward(params, x)
     norms = decoder_norms(params)
@@ -231,3 +240,127 @@ def sae_loss(
         dec_norm=jnp.mean(norms),
     )
     return loss, metrics
+
+
+def sae_objective(
+    params: SAEParams, x: jax.Array, codes: jax.Array, l1_coeff: ArrayLike
+) -> jax.Array:
+    """The SAE objective of given codes, per input (the summand of ``sae_loss``).
+
+    ``J(f; x) = ‖x − (f W_dec + b_dec)‖² + l1_coeff · Σ_i f_i ‖W_dec[i]‖₂``
+
+    Args:
+      params: the SAE (its decoder and decoder bias are used).
+      x: ``(..., d_in)`` inputs.
+      codes: ``(..., d_sae)`` any codes (e.g. the encoder's, or optimal ones).
+      l1_coeff: ``λ ≥ 0``.
+
+    Returns:
+      ``(...)`` objective values; ``mean(sae_objective(p, x, encode(p, x)[0], λ))`` is
+      ``sae_loss(p, x, λ)[0]``.
+    """
+    err = jnp.sum((x - decode(params, codes)) ** 2, axis=-1)
+    return err + l1_coeff * (codes @ decoder_norms(params))
+
+
+def geometric_median(
+    X: ArrayLike, *, max_steps: int = 200, tol: float = 1e-7, eps: float = 1e-12
+) -> jax.Array:
+    """Geometric median ``argmin_y Σ_n ‖x_n − y‖₂`` by Weiszfeld's algorithm.
+
+    Iterates ``y ← Σ_n w_n x_n / Σ_n w_n`` with ``w_n = 1 / max(‖x_n − y‖, eps)`` from the mean,
+    until the step is at most ``tol · (1 + ‖y‖)`` or after ``max_steps``. The robust choice of
+    initial ``b_dec`` (Anthropic, April 2024; SAELens' ``b_dec_init_method="geometric_median"``).
+
+    Args:
+      X: ``(n, d)`` points (finite).
+      max_steps: the most Weiszfeld iterations.
+      tol: relative step tolerance.
+      eps: floor on the distances (a point that coincides with ``y`` keeps a finite weight).
+
+    Returns:
+      ``(d,)`` the geometric median, in ``X``'s dtype.
+
+    References:
+      E. Weiszfeld, "Sur le point pour lequel la somme des distances de n points donnés est
+      minimum", Tôhoku Math. J., 1937.
+    """
+    X = check_array("X", X, ndim=2)
+    if max_steps < 1:
+        raise ValueError(f"geometric_median: expected max_steps >= 1, found {max_steps}")
+    return _weiszfeld(X, max_steps, jnp.asarray(tol, X.dtype), jnp.asarray(eps, X.dtype))
+
+
+@partial(jax.jit, static_argnums=1)
+def _weiszfeld(X: jax.Array, max_steps: int, tol: jax.Array, eps: jax.Array) -> jax.Array:
+    def step(y):
+        dist = jnp.maximum(jnp.linalg.norm(X - y[None, :], axis=1), eps)
+        w = 1.0 / dist
+        return (w @ X) / jnp.sum(w)
+
+    def cond(state):
+        y, delta, i = state
+        return (i < max_steps) & (delta > tol * (1 + jnp.linalg.norm(y)))
+
+    def body(state):
+        y, _, i = state
+        y_new = step(y)
+        return y_new, jnp.linalg.norm(y_new - y), i + 1
+
+    y0 = jnp.mean(X, axis=0)
+    state = (y0, jnp.asarray(jnp.inf, X.dtype), jnp.asarray(0, jnp.int32))
+    return jax.lax.while_loop(cond, body, state)[0]
+
+
+def fold_normalisation(
+    params: SAEParams,
+    mean: ArrayLike,
+    scale: ArrayLike,
+    *,
+    apply_b_dec_to_input: bool = False,
+) -> SAEParams:
+    """Turn an SAE trained on normalised inputs ``x' = (x − mean) · scale`` into one on raw ``x``.
+
+    With ``s = scale`` (a scalar or ``(d_in,)``) and ``m = mean``, the returned SAE gives the
+    same codes on ``x`` as ``params`` on ``x'``, and reconstructs ``x̂ = x̂' / s + m``:
+
+        W_enc ← s · W_enc (row-wise)       W_dec ← W_dec / s (column-wise)
+        b_dec ← b_dec / s + m              b_enc ← b_enc − (m s) W_enc   (standard SAE)
+                                           b_enc ← b_enc                (``apply_b_dec_to_input``)
+
+    With ``apply_b_dec_to_input`` (a TopK SAE, whose encoder reads ``x' − b_dec``) the mean is
+    absorbed by ``b_dec`` alone, since ``(x − m) s − b_dec = s (x − (m + b_dec / s))``. The
+    decoder norms change by ``1 / s``, so an L1 penalty value on the raw scale differs; the codes
+    and the reconstruction do not.
+
+    Args:
+      params: the SAE trained on normalised inputs.
+      mean: ``(d_in,)`` mean subtracted before scaling (zeros if none), or a scalar.
+      scale: ``> 0``, scalar or ``(d_in,)``, the factor applied after centring.
+      apply_b_dec_to_input: whether the encoder reads ``x − b_dec`` (TopK) or ``x`` (standard).
+
+    Returns:
+      ``SAEParams`` acting on raw inputs.
+    """
+    dtype = params.W_dec.dtype
+    d_in = params.d_in
+    m = check_array("mean", mean, ndim=(0, 1)).astype(dtype)
+    s = check_array("scale", scale, ndim=(0, 1)).astype(dtype)
+    for name, v in (("mean", m), ("scale", s)):
+        if v.ndim == 1 and v.shape != (d_in,):
+            raise ValueError(f"{name}: expected a scalar or shape ({d_in},), found {v.shape}")
+    if bool(jnp.any(s <= 0)):
+        raise ValueError(f"scale: expected values > 0, found min {float(jnp.min(s))}")
+    m = jnp.broadcast_to(m, (d_in,))
+    s = jnp.broadcast_to(s, (d_in,))
+    W_enc = s[:, None] * params.W_enc
+    if apply_b_dec_to_input:
+        b_enc = params.b_enc
+    else:
+        b_enc = params.b_enc - (m * s) @ params.W_enc
+    return SAEParams(
+        W_enc=W_enc,
+        b_enc=b_enc,
+        W_dec=params.W_dec / s[None, :],
+        b_dec=params.b_dec / s + m,
+    )
