@@ -3,9 +3,15 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from jaxsae.kernels.sae import encode
+from jaxsae.data.loader import Loader
+from jaxsae.kernels.sae import encode, forward
+from jaxsae.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from jaxsae.training.config import TrainConfig
+from jaxsae.training.loop import TrainingDivergedError, train
+from jaxsae.training.metrics_log import read_metrics
+from jaxsae.training.parallel import make_mesh
 from jaxsae.training.resample import resample_dead_features
 from jaxsae.training.state import init_state
 
@@ -13,8 +19,11 @@ from jaxsae.training.state import init_state
 _resample = jax.jit(resample_dead_features)
 
 
+D_IN, D_SAE = 5, 2000  # one shape for every resampling test: one compilation
+
+
 @functools.cache
-def _state(d_in=5, d_sae=8):
+def _state(d_in=D_IN, d_sae=D_SAE):
     """A float64 state with non-zero Adam moments, a non-zero b_dec and varied norms."""
     cfg = TrainConfig(d_in=d_in, d_sae=d_sae, batch_size=4)
     state = jax.jit(lambda: init_state(cfg, dtype=jnp.float64))()
@@ -36,8 +45,8 @@ def _moments(opt_state):
 
 def test_dead_features_revived_alive_untouched():
     state = _state()
-    dead = jnp.array([False, True, False, False, True, False, False, False])
-    X = jnp.asarray(np.random.default_rng(1).standard_normal((32, 5)))
+    dead = jnp.zeros(D_SAE, bool).at[jnp.array([1, 4])].set(True)
+    X = jnp.asarray(np.random.default_rng(1).standard_normal((32, D_IN)))
     new, info = _resample(state, X, jax.random.PRNGKey(0), dead)
     assert int(info.num_resampled) == 2
     p, q = state.params, new.params
@@ -62,25 +71,159 @@ def test_dead_features_revived_alive_untouched():
         np.testing.assert_allclose(q.W_dec[i], dec_alive * u, rtol=1e-12)
         np.testing.assert_allclose(q.W_enc[:, i], 0.2 * enc_alive * u, rtol=1e-12)
         assert q.b_enc[i] == 0 and new.tokens_since_fired[i] == 0
-        codes, _ = encode(q._replace(b_dec=jnp.zeros(5)), (x - p.b_dec)[None, :])
+        codes, _ = encode(q._replace(b_dec=jnp.zeros(D_IN)), (x - p.b_dec)[None, :])
         assert codes[0, i] > 0  # the revived feature fires on the input it came from
 
 
 def test_no_dead_features_is_identity():
     state = _state()
-    new, info = _resample(state, jnp.ones((4, 5)), jax.random.PRNGKey(0), jnp.zeros(8, bool))
+    X = jnp.ones((32, D_IN))
+    new, info = _resample(state, X, jax.random.PRNGKey(0), jnp.zeros(D_SAE, bool))
     assert int(info.num_resampled) == 0
     for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(state), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
 def test_inputs_drawn_in_proportion_to_squared_error():
-    d_sae = 2000
-    state = _state(d_in=2, d_sae=d_sae)
+    state = _state()
     zero = jax.tree.map(jnp.zeros_like, state.params)  # x̂ = 0: the error is ‖x‖²
     state = state._replace(params=zero._replace(W_enc=state.params.W_enc))
-    X = jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0], [0.0, np.sqrt(3.0)]])
-    _, info = _resample(state, X, jax.random.PRNGKey(3), jnp.ones(d_sae, bool))
-    counts = np.bincount(np.asarray(info.chosen), minlength=4)
-    assert counts[0] == counts[2] == 0
-    np.testing.assert_allclose(counts[3] / d_sae, 0.75, atol=0.04)
+    X = np.zeros((32, D_IN))
+    X[1, 0], X[3, 1] = 1.0, np.sqrt(3.0)  # squared errors 1 and 3, the others 0
+    _, info = _resample(state, jnp.asarray(X), jax.random.PRNGKey(3), jnp.ones(D_SAE, bool))
+    counts = np.bincount(np.asarray(info.chosen), minlength=32)
+    assert counts[1] + counts[3] == D_SAE
+    np.testing.assert_allclose(counts[3] / D_SAE, 0.75, atol=0.04)
+
+
+# -- the training loop ---------------------------------------------------------------------
+
+
+def _data(n=256, d=8, seed=0):
+    rng = np.random.default_rng(seed)
+    scales = np.ones(d)
+    scales[0] = 20.0  # an outlier dimension, as in protein language models
+    return (rng.standard_normal((n, d)) * scales[None, :] + 5.0).astype(np.float32)
+
+
+CFG = TrainConfig(d_in=8, d_sae=16, batch_size=32, total_steps=12, l1_coeff=1.0, lr=1e-2)
+
+
+def _leaves_close(a, b, tol):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=tol, atol=tol)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """12 steps in one go on a 2-device mesh."""
+    out = tmp_path_factory.mktemp("full")
+    mesh = make_mesh(devices=jax.devices()[:2])
+    params, history = train(
+        CFG, _data(), out, mesh=mesh, checkpoint_every=6, log_every=3, progress=False
+    )
+    return out, params, history
+
+
+def test_run_writes_log_checkpoints_and_export(uninterrupted):
+    out, params, history = uninterrupted
+    assert [r["step"] for r in history] == [3, 6, 9, 12]
+    assert history == read_metrics(out / "metrics.jsonl")
+    for key in ("loss", "mse", "l0", "fvu", "dead_frac", "tokens_per_s", "lr", "l1_coeff"):
+        assert all(np.isfinite(r[key]) for r in history), key
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert [p.name for p in list_checkpoints(out / "checkpoints")] == [
+        "ckpt_000000006.npz", "ckpt_000000012.npz"
+    ]
+    assert (out / "sae").is_dir() and (out / "config.json").is_file()
+    # the returned parameters act on raw inputs: they equal the trained (normalised) SAE
+    template = jax.eval_shape(lambda: init_state(CFG))
+    ck = load_checkpoint(out / "checkpoints", template)
+    norm = ck.normalisation
+    X = _data()[:16]
+    Z = norm.apply(X)
+    recon_norm = forward(jax.tree.map(jnp.asarray, ck.state.params), jnp.asarray(Z)).recon
+    recon_raw = forward(params, jnp.asarray(X)).recon
+    np.testing.assert_allclose(
+        recon_raw, np.asarray(recon_norm) / norm.scale + norm.mean[None, :], rtol=1e-4, atol=1e-3
+    )
+
+
+def test_resume_equals_uninterrupted(uninterrupted, tmp_path):
+    _, full, full_history = uninterrupted
+    mesh = make_mesh(devices=jax.devices()[:2])
+    kw = dict(mesh=mesh, checkpoint_every=6, log_every=3, progress=False)
+    train(CFG, _data(), tmp_path, until_step=6, **kw)
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "ckpt_000000006.npz"
+    assert not (tmp_path / "sae").exists()  # not finished: nothing exported
+    params, history = train(CFG, _data(), tmp_path, **kw)
+    _leaves_close(params, full, 1e-6)
+    drop = ("tokens_per_s",)
+    strip = lambda h: [{k: v for k, v in r.items() if k not in drop} for r in h]  # noqa: E731
+    assert strip(history) == strip(full_history)
+
+
+def test_one_device_and_pmap_match_the_mesh(uninterrupted, tmp_path):
+    _, full, _ = uninterrupted
+    one, _ = train(CFG, _data(), tmp_path / "one", devices=jax.devices()[:1], progress=False)
+    _leaves_close(one, full, 1e-5)
+    pm, _ = train(
+        CFG, _data(), tmp_path / "pmap", pmap=True, devices=jax.devices()[:2], progress=False
+    )
+    _leaves_close(pm, full, 1e-5)
+
+
+def test_resume_with_another_config_is_a_clear_error(uninterrupted):
+    out, _, _ = uninterrupted
+    with pytest.raises(ValueError, match="config d_sae: checkpoint 16, now 32"):
+        train(CFG.replace(d_sae=32), _data(), out, progress=False)
+    with pytest.raises(ValueError, match="num_rows: checkpoint 256, now 128"):
+        train(CFG, _data(n=128), out, progress=False)
+
+
+def test_bad_data_fails_before_compute(tmp_path):
+    with pytest.raises(ValueError, match="width d_in=8, found 5"):
+        train(CFG, _data(d=5), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="divisible by the 3"):
+        train(CFG.replace(batch_size=32), _data(), tmp_path, devices=jax.devices()[:3], progress=False)
+
+
+def test_nan_stops_with_last_good_checkpoint(tmp_path):
+    X = _data()
+    X[7 * 32 + 5] = 3e19  # finite, but its square overflows float32: the loss of step 8 is inf
+    loader = Loader(X, 32, shuffle=False, check_finite=True)
+    with pytest.raises(TrainingDivergedError, match=r"at step 8.*checkpoint \(step 4\)"):
+        train(
+            CFG, loader, tmp_path, normalise=False, devices=jax.devices()[:1], checkpoint_every=4,
+            log_every=1, progress=False,
+        )
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["ckpt_000000004.npz"]
+    ck = load_checkpoint(tmp_path / "checkpoints", jax.eval_shape(lambda: init_state(CFG)))
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(ck.state.params))
+    assert [r["step"] for r in read_metrics(tmp_path)] == list(range(1, 8))
+
+
+def test_keyboard_interrupt_saves_a_checkpoint(tmp_path, monkeypatch):
+    loader = Loader(_data(), 32, seed=0)
+    real = loader.batch_at
+
+    def interrupt_at_5(step):
+        if step == 5:
+            raise KeyboardInterrupt
+        return real(step)
+
+    monkeypatch.setattr(loader, "batch_at", interrupt_at_5)
+    with pytest.raises(KeyboardInterrupt):
+        train(CFG, loader, tmp_path, devices=jax.devices()[:1], checkpoint_every=100, progress=False)
+    ck = load_checkpoint(tmp_path / "checkpoints", jax.eval_shape(lambda: init_state(CFG)))
+    assert ck.step == 5 and ck.data_state["position"] == 5 and int(ck.state.step) == 5
+
+
+def test_resampling_in_the_loop(tmp_path):
+    cfg = CFG.replace(dead_tokens=32, l1_coeff=50.0, lr=0.1)  # a strong penalty kills features
+    _, history = train(
+        cfg, _data(), tmp_path, devices=jax.devices()[:1], resample_steps=(6,), log_every=6,
+        progress=False,
+    )
+    events = [r for r in read_metrics(tmp_path) if "resampled" in r]
+    assert len(events) == 1 and events[0]["step"] == 6 and events[0]["resampled"] > 0
