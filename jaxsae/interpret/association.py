@@ -318,6 +318,7 @@ def associate(
     *,
     residue: ResidueConcepts | None = None,
     domain: DomainConcepts | None = None,
+    domain_split: Any = None,
     thresholds: Iterable[float] = THRESHOLDS,
     chunk_size: int = 2048,
     progress: Callable[[Iterable], Iterable] | None = None,
@@ -336,6 +337,9 @@ def associate(
       proteins: the store's protein records (their ``"split"`` field picks validation/test).
       residue: per-residue concepts (or ``None``).
       domain: per-domain concepts (or ``None``).
+      domain_split: ``(P,)`` split codes (``split_codes``: 1 validation, 2 test) used for the
+        domain concepts instead of the proteins' own (e.g. when the data are split by SCOPe
+        superfamily, no superfamily is in both validation and test).
       thresholds: on the max-scaled activation.
       chunk_size: rows per step.
       progress: optional wrapper of the chunk iterator (e.g. ``tqdm``).
@@ -353,6 +357,10 @@ def associate(
     inv_scale = inv_scale.astype(np.float32)
     split = split_codes(proteins)
     eval_split = np.where(split == 1, 0, np.where(split == 2, 1, -1))  # (P,): 0 val, 1 test
+    dsplit = split if domain_split is None else np.asarray(domain_split)
+    if dsplit.shape != split.shape:
+        raise ValueError(f"domain_split: expected shape {split.shape}, found {dsplit.shape}")
+    dom_eval = np.where(dsplit == 1, 0, np.where(dsplit == 2, 1, -1))
     num_s = 2
     if residue is None and domain is None:
         raise ValueError("associate: expected residue or domain concepts, found neither")
@@ -379,7 +387,7 @@ def associate(
             conc = domain.matrix[prot]
             mask = np.zeros((len(prot), num_s), np.uint8)
             ok = domain.annotated[prot]
-            mask[ok, eval_split[prot][ok]] = 1
+            mask[ok, dom_eval[prot][ok]] = 1
             maxes_p, _, _ = pad_chunk(maxes, np.zeros((len(prot), 2), np.int32), chunk_size)
             conc_p = np.zeros((chunk_size, conc.shape[1]), np.uint8)
             conc_p[: len(prot)] = conc
@@ -395,7 +403,7 @@ def associate(
         n = acts.shape[0]
         prot = np.asarray(index[:, 0], np.int64)
         row_split = eval_split[prot]
-        if not (row_split >= 0).any():
+        if not ((row_split >= 0).any() or (domain is not None and (dom_eval[prot] >= 0).any())):
             continue
         if residue is not None:
             conc, ok = residue.lookup(index)
@@ -423,7 +431,7 @@ def associate(
             seg_max = np.asarray(seg_max)
             rows = np.bincount(local, minlength=len(uniq))
             for j, p in enumerate(uniq):
-                if eval_split[p] < 0:
+                if dom_eval[p] < 0:
                     continue
                 m = seg_max[j]
                 pending[p] = np.maximum(pending[p], m) if p in pending else m.copy()

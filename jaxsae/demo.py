@@ -1,0 +1,328 @@
+"""``jaxsae demo``: the whole pipeline on the embedded default model and proteins.
+
+1. load ESM-2 t6 8M and the SCOPe/DSSP proteins that the installed packages carry (no downloads);
+2. extract one layer's per-residue activations of the training proteins and of the held-out
+   (validation + test) proteins into two activation stores;
+3. train an L1 sparse autoencoder (the seed's loss) on the training store;
+4. measure the amortisation gap: the SAE's encoder vs FISTA on the same decoder;
+5. score the SAE's features, the model's neurons and PCA components against secondary
+   structure, residue identity and SCOPe classes; write ``report.html``, the PNG plots and
+   ``summary.json``, and print the headline table.
+
+Every stage keeps its result on disk and a re-run reuses it (the stores, a finished training
+run) unless ``--force``; the directory names carry the settings, so a run with other settings
+never reuses a stale result. Writes are atomic, so Ctrl-C leaves nothing corrupt: run the same
+command again to resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HELP = (
+    "Run the whole pipeline on the embedded default ESM-2 and proteins: extract activations, "
+    "train an SAE, measure the amortisation gap, interpret features (HTML report)."
+)
+
+# the defaults finish in about 10 minutes on a 2-core CPU; --quick in about 2
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {
+        "layer": 4,
+        "n_proteins": 1000,
+        "max_len": 256,
+        "d_sae": 1280,
+        "steps": 1500,
+        "batch_size": 1024,
+        "l1_coeff": 5.0,
+        "max_cards": 40,
+    },
+    "quick": {
+        "layer": 4,
+        "n_proteins": 160,
+        "max_len": 192,
+        "d_sae": 512,
+        "steps": 300,
+        "batch_size": 512,
+        "l1_coeff": 5.0,
+        "max_cards": 24,
+    },
+}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``jaxsae demo`` (the defaults depend on ``--quick``)."""
+    d, q = PRESETS["default"], PRESETS["quick"]
+
+    def both(key: str) -> str:
+        return f"(default {d[key]}; --quick: {q[key]})"
+
+    parser.add_argument("--out", default="jaxsae-out", help="output folder (default jaxsae-out)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a small run (fewer proteins, a smaller SAE, fewer steps)")
+    parser.add_argument("--force", action="store_true",
+                        help="recompute every stage instead of reusing what is on disk")
+    parser.add_argument("--layer", type=int, default=None,
+                        help=f"ESM-2 layer whose activations are used, 0..6 {both('layer')}")
+    parser.add_argument("--n-proteins", type=int, default=None,
+                        help=f"proteins taken from the default dataset {both('n_proteins')}")
+    parser.add_argument("--max-len", type=int, default=None,
+                        help=f"longest protein kept, in residues {both('max_len')}")
+    parser.add_argument("--d-sae", type=int, default=None,
+                        help=f"number of SAE features {both('d_sae')}")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"SAE training steps {both('steps')}")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help=f"residues per training step {both('batch_size')}")
+    parser.add_argument("--l1-coeff", type=float, default=None,
+                        help=f"L1 coefficient λ on inputs normalised to E‖x‖² = d {both('l1_coeff')}")
+    parser.add_argument("--fista-proteins", type=int, default=0,
+                        help="also score FISTA codes on the SAE's decoder, on this many "
+                        "validation and test proteins (slow; default 0: skip)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="hide progress bars")
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    s = dict(PRESETS["quick" if args.quick else "default"])
+    for key in ("layer", "n_proteins", "max_len", "d_sae", "steps", "batch_size", "l1_coeff"):
+        value = getattr(args, key, None)
+        if value is not None:
+            s[key] = value
+    for key in ("n_proteins", "max_len", "d_sae", "steps", "batch_size"):
+        if s[key] <= 0:
+            raise ValueError(f"--{key.replace('_', '-')}: expected a value > 0, found {s[key]}")
+    if s["l1_coeff"] < 0:
+        raise ValueError(f"--l1-coeff: expected a value >= 0, found {s['l1_coeff']}")
+    return s
+
+
+def _say(msg: str) -> None:
+    print(f"[demo] {msg}", flush=True)
+
+
+def _store_ready(path: Path) -> bool:
+    from jaxsae.data.store import open_store
+
+    if not (path / "meta.json").is_file():
+        return False
+    try:
+        open_store(path)
+    except ValueError:
+        return False
+    return True
+
+
+def _extract(records: list, model: Any, layer: int, path: Path, force: bool, progress: bool):
+    """The store of ``records`` at ``layer``: reused when complete, else (re)built, resumably."""
+    from jaxsae.data.store import open_store
+    from jaxsae.protein.extract import extract_activations
+
+    if force and path.exists():
+        shutil.rmtree(path)
+    if _store_ready(path):
+        store = open_store(path)
+        _say(f"activation store: reusing {path} ({store.num_rows} residues)")
+        return store
+    _say(f"extracting layer {layer} of {len(records)} proteins into {path}")
+    stores = extract_activations(records, model, [layer], path, progress=progress)
+    store = stores[layer] if isinstance(stores, dict) else stores
+    return store if hasattr(store, "num_rows") else open_store(store)
+
+
+def _train(settings: dict, store: Any, run_dir: Path, force: bool, progress: bool):
+    """Train the SAE (or reuse the finished run); returns ``(params, history, scale)``."""
+    from jaxsae.training.checkpoint import latest_checkpoint, load_checkpoint  # noqa: F401
+    from jaxsae.training.config import TrainConfig
+    from jaxsae.training.loop import train
+    from jaxsae.training.metrics_log import read_metrics
+
+    cfg = TrainConfig(
+        d_in=store.d,
+        d_sae=settings["d_sae"],
+        l1_coeff=settings["l1_coeff"],
+        total_steps=settings["steps"],
+        batch_size=settings["batch_size"],
+        dead_tokens=max(1, min(10_000_000, settings["steps"] * settings["batch_size"] // 5)),
+    )
+    if force and run_dir.exists():
+        shutil.rmtree(run_dir)
+    finished = _finished_step(run_dir) == cfg.total_steps
+    if finished:
+        _say(f"SAE: reusing the finished run in {run_dir}")
+    else:
+        _say(
+            f"training an L1 SAE {cfg.d_in} → {cfg.d_sae} (λ = {cfg.l1_coeff}) for "
+            f"{cfg.total_steps} steps of {cfg.batch_size} residues on {store.num_rows} "
+            f"training residues; run in {run_dir}"
+        )
+    params, history = train(
+        cfg, store, run_dir, resume=True, progress=progress and not finished,
+        checkpoint_every=max(50, cfg.total_steps // 4), log_every=10,
+    )
+    if not history:
+        history = read_metrics(run_dir / "metrics.jsonl")
+    scale = json.loads((run_dir / "config.json").read_text()).get("normalisation_scale", 1.0)
+    return params, history, float(scale), cfg
+
+
+def _finished_step(run_dir: Path) -> int | None:
+    from jaxsae.training.checkpoint import latest_checkpoint
+
+    ckpt = latest_checkpoint(run_dir / "checkpoints") if run_dir.exists() else None
+    if ckpt is None:
+        return None
+    digits = "".join(c for c in ckpt.stem if c.isdigit())
+    return int(digits) if digits else None
+
+
+def _amortisation(params: Any, store: Any, l1_raw: float, rows: int, seed: int = 0) -> dict:
+    """Encoder vs FISTA on the SAE's decoder, on a sample of held-out residues."""
+    import numpy as np
+
+    from jaxsae.kernels.amortisation import amortisation_gap
+
+    rng = np.random.default_rng(seed)
+    take = np.sort(rng.choice(store.num_rows, size=min(rows, store.num_rows), replace=False))
+    x = store.take(take)
+    res = amortisation_gap(params, x, l1_raw)
+    out = {}
+    for key in ("encoder_objective", "fista_objective", "encoder_l0", "fista_l0"):
+        value = getattr(res, key, None)
+        if value is not None:
+            out[key] = float(np.mean(np.asarray(value)))
+    out["rows"] = int(x.shape[0])
+    for key in res._fields if hasattr(res, "_fields") else ():
+        if key not in out:
+            v = np.asarray(getattr(res, key))
+            if v.size == 1:
+                out[key] = v.item()
+            elif v.dtype.kind == "f":
+                out[key] = float(v.mean())
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``jaxsae demo``."""
+    t_start = time.perf_counter()
+    try:
+        s = _settings(args)
+    except ValueError as err:
+        print(f"jaxsae demo: error: {err}", file=sys.stderr)
+        return 2
+    from jaxsae.protein.default import DEFAULT_MODEL_NAME, load_default_dataset, load_default_model
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    progress = getattr(args, "progress", True)
+    timings: dict[str, float] = {}
+
+    # -- 1. model and data ----------------------------------------------------------------
+    t = time.perf_counter()
+    try:
+        model = load_default_model()
+        records = load_default_dataset(s["n_proteins"], max_len=s["max_len"], min_len=20)
+    except (ModuleNotFoundError, FileNotFoundError) as err:
+        print(f"jaxsae demo: error: {err}", file=sys.stderr)
+        return 1
+    train_recs = [r for r in records if r.split == "train"]
+    eval_recs = [r for r in records if r.split != "train"]
+    if not train_recs or not eval_recs:
+        print(
+            f"jaxsae demo: error: {len(records)} proteins give {len(train_recs)} training and "
+            f"{len(eval_recs)} held-out proteins; raise --n-proteins",
+            file=sys.stderr,
+        )
+        return 2
+    _say(
+        f"model {DEFAULT_MODEL_NAME}; {len(records)} proteins ({len(train_recs)} train, "
+        f"{sum(r.split == 'valid' for r in records)} validation, "
+        f"{sum(r.split == 'test' for r in records)} test; split by SCOPe superfamily)"
+    )
+    timings["load"] = time.perf_counter() - t
+
+    # -- 2. activations -------------------------------------------------------------------
+    t = time.perf_counter()
+    tag = f"L{s['layer']}_n{s['n_proteins']}_len{s['max_len']}"
+    train_store = _extract(train_recs, model, s["layer"], out / f"store_{tag}_train",
+                           args.force, progress)
+    eval_store = _extract(eval_recs, model, s["layer"], out / f"store_{tag}_heldout",
+                          args.force, progress)
+    timings["extract"] = time.perf_counter() - t
+
+    # -- 3. SAE ---------------------------------------------------------------------------
+    t = time.perf_counter()
+    run_dir = out / (
+        f"sae_{tag}_d{s['d_sae']}_l1-{s['l1_coeff']:g}_s{s['steps']}_b{s['batch_size']}"
+    )
+    params, history, scale, cfg = _train(s, train_store, run_dir, args.force, progress)
+    timings["train"] = time.perf_counter() - t
+    last = next((r for r in reversed(history) if "l0" in r), {})
+    if last:
+        _say(
+            f"SAE at step {last.get('step')}: L0 {last.get('l0', float('nan')):.1f}, FVU "
+            f"{last.get('fvu', float('nan')):.3f}, dead {last.get('dead_frac', 0.0):.1%}"
+        )
+
+    # -- 4. amortisation gap --------------------------------------------------------------
+    t = time.perf_counter()
+    l1_raw = s["l1_coeff"] / scale  # λ on raw inputs: the loss scales by s² and the L1 term by s
+    amort = None
+    try:
+        _say("amortisation gap: SAE encoder vs FISTA on the same decoder (held-out residues)")
+        amort = _amortisation(params, eval_store, l1_raw, rows=512 if args.quick else 2048)
+        if "encoder_objective" in amort and "fista_objective" in amort:
+            _say(
+                f"objective encoder {amort['encoder_objective']:.4g} vs FISTA "
+                f"{amort['fista_objective']:.4g}; L0 {amort.get('encoder_l0', float('nan')):.1f}"
+                f" vs {amort.get('fista_l0', float('nan')):.1f}"
+            )
+    except ImportError as err:  # the kernel is optional for the report
+        _say(f"amortisation gap skipped ({err})")
+    timings["amortisation"] = time.perf_counter() - t
+
+    # -- 5. interpretation ----------------------------------------------------------------
+    t = time.perf_counter()
+    from jaxsae.interpret.cli import analyse
+
+    _say(f"interpreting {cfg.d_sae} features on {eval_store.num_rows} held-out residues")
+    result = analyse(
+        eval_store,
+        params,
+        out,
+        pca_source=train_store,
+        l1_coeff=l1_raw,
+        fista_proteins=args.fista_proteins,
+        metrics=history,
+        amortisation=amort,
+        max_cards=s["max_cards"],
+        title=f"Features of ESM-2 t6 8M layer {s['layer']}: an L1 SAE with {cfg.d_sae} features",
+        intro=(
+            f"jaxsae demo: {len(records)} SCOPe domains (≤ {s['max_len']} residues), SAE trained "
+            f"{cfg.total_steps} steps × {cfg.batch_size} residues, λ = {cfg.l1_coeff} on "
+            f"normalised inputs."
+        ),
+        progress=progress,
+        log=_say,
+    )
+    timings["interpret"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t_start
+    tmp = out / f".timings.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps({"settings": s, "timings_s": timings}, indent=1))
+    os.replace(tmp, out / "timings.json")
+
+    print()
+    print(result.console)
+    print()
+    print("stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    print(f"report:  {result.report}")
+    print(f"plots:   {', '.join(str(p) for p in result.images.values())}")
+    print(f"numbers: {result.summary_path}")
+    print(f"SAE:     {run_dir / 'sae'} (SAELens layout)")
+    return 0
