@@ -117,6 +117,7 @@ class _State(NamedTuple):
     done: jax.Array  # (B,) certified and frozen
     gap: jax.Array  # (B,) absolute gap at the last check
     objective: jax.Array  # (B,) objective at the last check
+    support: jax.Array  # (B, F) bool, support at the last check
     num_steps: jax.Array  # scalar int
 
 
@@ -196,52 +197,68 @@ def _residual(ops: _Ops, C: jax.Array, lin: jax.Array, gram: bool) -> tuple[jax.
 
 
 def _polish(
-    ops: _Ops, C: jax.Array, WR: jax.Array, G: jax.Array, *, nonneg: bool, max_support: int
+    reg: jax.Array, C: jax.Array, WR: jax.Array, G: jax.Array, *, nonneg: bool, max_support: int
 ) -> jax.Array:
-    """One Newton step on each sample's support: the exact solution if support and signs are
-    right. ``G = W Wᵀ``; ``WR = W r`` at ``C``. Returns ``(B, F)`` candidate codes."""
-    B, F = C.shape
-    vals, idx = jax.lax.top_k(jnp.abs(C), max_support)  # (B, k)
+    """One Newton step on each row's support: the exact lasso solution if the support and the
+    signs are right. ``C (M, F)`` codes, ``WR = W r (M, F)`` at ``C``, ``G = W Wᵀ``.
+    Returns ``(M, F)`` candidate codes (non-finite where the support system is singular)."""
+    M, F = C.shape
+    vals, idx = jax.lax.top_k(jnp.abs(C), max_support)  # (M, k)
     on = vals > 0
     c_s = jnp.take_along_axis(C, idx, axis=1)
     g_s = jnp.take_along_axis(WR, idx, axis=1)
     sign = jnp.ones_like(c_s) if nonneg else jnp.sign(c_s)
-    rhs = jnp.where(on, g_s - ops.reg[idx] * sign, 0)
-    H = G[idx[:, :, None], idx[:, None, :]]  # (B, k, k)
+    rhs = jnp.where(on, g_s - reg[idx] * sign, 0)
+    H = G[idx[:, :, None], idx[:, None, :]]  # (M, k, k)
     both = on[:, :, None] & on[:, None, :]
     eye = jnp.eye(max_support, dtype=bool)[None, :, :]
     H = jnp.where(both, H, jnp.where(eye, jnp.ones_like(H), jnp.zeros_like(H)))
-    delta = jnp.linalg.solve(H, rhs[:, :, None])[:, :, 0]
-    new = jnp.where(on, c_s + delta, 0)
-    rows = jnp.arange(B)[:, None]
-    return C.at[rows, idx].set(new)
+    L = jax.lax.linalg.cholesky(H)
+    y = jax.lax.linalg.triangular_solve(L, rhs[:, :, None], left_side=True, lower=True)
+    delta = jax.lax.linalg.triangular_solve(L, y, left_side=True, lower=True, transpose_a=True)
+    new = jnp.where(on, c_s + delta[:, :, 0], 0)
+    return C.at[jnp.arange(M)[:, None], idx].set(new)
 
 
 def _check(
     state: _State, ops: _Ops, tol: jax.Array, G: jax.Array, *, nonneg: bool, gram: bool,
-    polish: bool, max_support: int,
+    polish: bool, max_support: int, polish_rows: int,
 ) -> _State:
-    """Duality gap of every sample, optional polish, and the done flags."""
+    """Duality gap of every sample, optional polish, and the done flags.
+
+    The polish is tried on at most ``polish_rows`` samples per check: those not yet done whose
+    support fits in ``max_support``, first those whose support did not change since the last
+    check."""
     C = state.codes
     R, WR = _residual(ops, C, state.codes_lin, gram)
     gap, obj = _gap_from_residual(C, R, WR, ops.reg, nonneg)
     ok = relative_gap(gap, obj) <= tol
+    support = C != 0
     if polish:
-        Cp = _polish(ops, C, WR, G, nonneg=nonneg, max_support=max_support)
-        Rp = ops.X - Cp @ ops.W
+        nnz = jnp.sum(support, axis=-1)
+        stable = jnp.all(support == state.support, axis=-1)
+        score = jnp.where(ok | state.done | (nnz > max_support), 0, 1 + stable.astype(jnp.int32))
+        score_sel, rows = jax.lax.top_k(score, polish_rows)
+        Cs = C[rows]
+        Cp = _polish(ops.reg, Cs, WR[rows], G, nonneg=nonneg, max_support=max_support)
+        Rp = ops.X[rows] - Cp @ ops.W
         gap_p, obj_p = _gap_from_residual(Cp, Rp, Rp @ ops.W.T, ops.reg, nonneg)
-        take = (relative_gap(gap_p, obj_p) <= tol) & ~ok & ~state.done
+        take = (relative_gap(gap_p, obj_p) <= tol) & (score_sel > 0)
         take = take & jnp.all(jnp.isfinite(Cp), axis=-1)
         t2 = take[:, None]
-        C = jnp.where(t2, Cp, C)
-        lin = jnp.where(t2, _lin(ops, Cp, gram), state.codes_lin)
-        gap, obj = jnp.where(take, gap_p, gap), jnp.where(take, obj_p, obj)
-        ok = ok | take
-        state = state._replace(codes=C, codes_lin=lin, aux=jnp.where(t2, C, state.aux),
-                               aux_lin=jnp.where(t2, lin, state.aux_lin),
-                               value=jnp.where(take, obj, state.value))
+        lin_p = Cp @ G if gram else ops.X[rows] - Rp
+        C = C.at[rows].set(jnp.where(t2, Cp, Cs))
+        lin = state.codes_lin.at[rows].set(jnp.where(t2, lin_p, state.codes_lin[rows]))
+        taken = jnp.zeros_like(ok).at[rows].set(take)
+        gap = gap.at[rows].set(jnp.where(take, gap_p, gap[rows]))
+        obj = obj.at[rows].set(jnp.where(take, obj_p, obj[rows]))
+        t_all = taken[:, None]
+        state = state._replace(codes=C, codes_lin=lin, aux=jnp.where(t_all, C, state.aux),
+                               aux_lin=jnp.where(t_all, lin, state.aux_lin),
+                               value=jnp.where(taken, obj, state.value))
+        ok = ok | taken
     done = state.done | ok
-    return state._replace(done=done, gap=gap, objective=obj)
+    return state._replace(done=done, gap=gap, objective=obj, support=support)
 
 
 def _use_gram(form: Form, F: int, D: int) -> bool:
@@ -266,7 +283,7 @@ def _init_state(ops: _Ops, C0: jax.Array, gram: bool) -> _State:
     return _State(
         codes=C0, codes_lin=lin, aux=C0, aux_lin=lin, t=jnp.ones((B,), C0.dtype),
         value=_value(ops, C0, lin, gram), done=jnp.zeros((B,), bool), gap=zeros,
-        objective=zeros, num_steps=jnp.zeros((), jnp.int32),
+        objective=zeros, support=C0 != 0, num_steps=jnp.zeros((), jnp.int32),
     )
 
 
@@ -285,8 +302,10 @@ def _solve_core(
     G = (ops.G if gram else W @ W.T) if polish else ops.G
     step = functools.partial(_step, ops=ops, eta=step_size, accel=accel, restart=restart,
                              nonneg=nonneg, gram=gram)
+    B = X.shape[0]
     check = functools.partial(_check, ops=ops, tol=tol, G=G, nonneg=nonneg, gram=gram,
-                              polish=polish, max_support=max_support)
+                              polish=polish, max_support=max_support,
+                              polish_rows=min(B, max(64, B // 4)))
 
     def cond(state):
         return (state.num_steps < max_steps) & ~jnp.all(state.done)

@@ -1,0 +1,280 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import fista_np, ista_np, lasso_objective_np, make_lasso_problem, sklearn_lasso
+
+from jaxsae.kernels import solvers
+from jaxsae.kernels.lasso import duality_gap, lasso_objective, lipschitz_constant
+from jaxsae.kernels.prox import soft_threshold
+from jaxsae.kernels.solvers import fista, fista_trace, ista, ista_trace, solve_lasso
+
+# one small problem shared by most tests (float64)
+X, W, REG = make_lasso_problem(0, B=12, D=16, F=40)
+L = float(lipschitz_constant(W))
+
+
+@pytest.fixture(scope="module")
+def optimum():
+    """A high-accuracy reference: scikit-learn coordinate descent, then our polished FISTA."""
+    sol = fista(X, W, REG, tol=1e-12, max_steps=20000)
+    assert bool(sol.converged)
+    return sol
+
+
+# --------------------------------------------------------------------------- objective, gap, L
+
+
+def test_objective_and_gap_against_numpy(optimum):
+    C = np.random.default_rng(1).standard_normal((12, 40)) * 0.1
+    np.testing.assert_allclose(lasso_objective(X, W, C, REG), lasso_objective_np(X, W, C, REG))
+    gap = np.asarray(duality_gap(X, W, C, REG))
+    subopt = lasso_objective_np(X, W, C, REG) - np.asarray(optimum.objective)
+    assert np.all(gap >= subopt - 1e-10) and np.all(subopt > 0)  # a certified upper bound
+    assert np.all(np.asarray(duality_gap(X, W, optimum.codes, REG)) <= 1e-10)
+    rel = duality_gap(X, W, C, REG, relative=True)
+    np.testing.assert_allclose(rel, gap / lasso_objective_np(X, W, C, REG))
+
+
+def test_nonneg_objective_and_gap():
+    C = np.abs(np.random.default_rng(2).standard_normal((12, 40))) * 0.1
+    sol = fista(X, W, REG, nonneg=True, tol=1e-12, max_steps=20000)
+    gap = np.asarray(duality_gap(X, W, C, REG, nonneg=True))
+    subopt = lasso_objective_np(X, W, C, REG) - np.asarray(sol.objective)
+    assert np.all(gap >= subopt - 1e-10)
+    C[0, 0] = -1.0
+    assert np.isinf(np.asarray(lasso_objective(X, W, C, REG, nonneg=True))[0])
+
+
+def test_lipschitz_constant():
+    exact = np.linalg.norm(W, 2) ** 2
+    assert exact <= L <= 1.02 * exact
+    assert float(lipschitz_constant(W)) == L  # deterministic
+    assert float(lipschitz_constant(W, safety=1.0)) == pytest.approx(exact, rel=1e-5)
+
+
+# --------------------------------------------------------------------------- closed forms
+
+
+def test_orthonormal_dictionary_one_ista_step():
+    Q, _ = np.linalg.qr(np.random.default_rng(3).standard_normal((16, 16)))
+    sol = ista(X, Q, REG, max_steps=1, check_every=1, step_size=1.0)
+    np.testing.assert_allclose(sol.codes, soft_threshold(X @ Q.T, REG), atol=1e-12)
+    assert int(sol.num_steps) == 1 and bool(sol.converged)
+    assert np.all(np.asarray(sol.gap) <= 1e-12)
+
+
+@pytest.mark.parametrize("nonneg", [False, True])
+def test_large_reg_gives_zero_codes(nonneg):
+    reg = float(np.max(np.abs(X @ W.T)))
+    init = np.ones((12, 40))
+    sol = fista(X, W, reg, nonneg=nonneg, init=init, max_steps=2000)
+    assert bool(sol.converged)
+    np.testing.assert_allclose(sol.codes, 0, atol=1e-8)
+
+
+def test_zero_reg_undercomplete_is_least_squares():
+    Wu = W[:8]  # 8 atoms in dimension 16: full row rank
+    sol = fista(X, Wu, 0.0, max_steps=3000, polish=False)
+    lstsq = np.linalg.lstsq(Wu.T, X.T, rcond=None)[0].T
+    np.testing.assert_allclose(sol.codes, lstsq, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- references
+
+
+@pytest.mark.parametrize("nonneg", [False, True])
+def test_matches_sklearn(nonneg):
+    ref = sklearn_lasso(X, W, REG, nonneg=nonneg)
+    sol = fista(X, W, REG, nonneg=nonneg, tol=1e-9, max_steps=20000)
+    assert bool(sol.converged)
+    f_ref = lasso_objective_np(X, W, ref, REG)
+    np.testing.assert_allclose(sol.objective, f_ref, rtol=1e-5)
+    assert np.all(np.asarray(sol.objective) <= f_ref * (1 + 1e-9))
+    np.testing.assert_allclose(sol.codes, ref, atol=1e-4)
+    if nonneg:
+        assert np.all(np.asarray(sol.codes) >= 0)
+
+
+def test_per_feature_reg_equals_rescaled_atoms():
+    # Σ λ_i |c_i| with atoms W_i is the scalar-λ problem on atoms W_i·λ/λ_i, codes c_i·λ_i/λ.
+    lam = REG * np.random.default_rng(4).uniform(0.5, 2.0, 40)
+    sol = fista(X, W, lam, tol=1e-10, max_steps=20000)
+    scale = REG / lam
+    ref = fista(X, W * scale[:, None], REG, tol=1e-10, max_steps=20000)
+    np.testing.assert_allclose(sol.codes, ref.codes * scale[None, :], atol=1e-7)
+
+
+def test_kkt_conditions(optimum):
+    C = np.asarray(optimum.codes)
+    g = (X - C @ W) @ W.T  # W r = −∇
+    assert np.all(np.abs(g) <= REG * (1 + 1e-6))
+    on = C != 0
+    np.testing.assert_allclose(g[on], REG * np.sign(C[on]), rtol=1e-6)
+
+
+def test_trace_matches_numpy_reference():
+    eta = 1 / L
+    for trace_fn, ref_fn in ((ista_trace, ista_np), (fista_trace, fista_np)):
+        tr = trace_fn(X, W, REG, num_steps=25, step_size=eta)
+        C_ref, obj_ref = ref_fn(X, W, REG, 25, eta)
+        np.testing.assert_allclose(tr.codes, C_ref, atol=1e-10)
+        np.testing.assert_allclose(tr.objective, obj_ref, rtol=1e-10)
+
+
+def test_convergence_rates(optimum):
+    # Beck & Teboulle (2009): F(c_k) − F* ≤ L‖c0 − c*‖²/(2k) (ISTA), 2L‖c0 − c*‖²/(k+1)² (FISTA)
+    k = np.arange(1, 201)[:, None]
+    dist = np.sum(np.asarray(optimum.codes) ** 2, axis=1)[None, :]  # c0 = 0
+    f_star = np.asarray(optimum.objective)[None, :]
+    ista_gap = np.asarray(ista_trace(X, W, REG, num_steps=200).objective)[1:] - f_star
+    fista_gap = np.asarray(fista_trace(X, W, REG, num_steps=200).objective)[1:] - f_star
+    assert np.all(ista_gap <= L * dist / (2 * k) + 1e-12)
+    assert np.all(fista_gap <= 2 * L * dist / (k + 1) ** 2 + 1e-12)
+    assert np.all(np.diff(ista_gap, axis=0) <= 1e-12)  # ISTA is monotone
+
+
+# --------------------------------------------------------------------------- options
+
+
+def test_restart_never_needs_more_iterations():
+    for seed in range(3):
+        Xs, Ws, reg = make_lasso_problem(seed, B=16, D=12, F=48)
+        plain = fista(Xs, Ws, reg, restart=None, polish=False, check_every=1, max_steps=5000)
+        for scheme in ("gradient", "function"):
+            rs = fista(Xs, Ws, reg, restart=scheme, polish=False, check_every=1, max_steps=5000)
+            assert bool(rs.converged) and bool(plain.converged)
+            assert int(rs.num_steps) <= int(plain.num_steps)
+
+
+def test_polish_and_forms_agree(optimum):
+    for kw in ({"polish": False}, {"form": "gram"}, {"form": "direct"}, {"max_support": 2}):
+        sol = fista(X, W, REG, tol=1e-10, max_steps=20000, **kw)
+        assert bool(sol.converged)
+        np.testing.assert_allclose(sol.codes, optimum.codes, atol=1e-7)
+    ist = ista(X, W, REG, tol=1e-8, max_steps=50000, polish=True)
+    np.testing.assert_allclose(ist.codes, optimum.codes, atol=1e-6)
+
+
+def test_warm_start_from_optimum_stops_at_once(optimum):
+    sol = fista(X, W, REG, init=optimum.codes, tol=1e-8)
+    assert int(sol.num_steps) == 0 and bool(sol.converged)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dtypes_and_default_tol(dtype, optimum):
+    sol = solve_lasso(X.astype(dtype), W.astype(dtype), REG)
+    assert sol.codes.dtype == dtype and sol.objective.dtype == dtype
+    assert bool(sol.converged)
+    tol = 1e-4 if dtype == np.float32 else 1e-6
+    rel = np.asarray(sol.gap) / np.asarray(sol.objective)
+    assert np.all(rel <= tol)
+    f64 = lasso_objective_np(X, W, np.asarray(sol.codes, np.float64), REG)
+    assert np.all(f64 - np.asarray(optimum.objective) <= 2 * tol * f64)
+
+
+def test_single_input():
+    sol = fista(X[0], W, REG, tol=1e-10, max_steps=20000)
+    full = fista(X, W, REG, tol=1e-10, max_steps=20000)
+    assert sol.codes.shape == (40,) and sol.gap.shape == ()
+    np.testing.assert_allclose(sol.codes, full.codes[0], atol=1e-8)
+
+
+# --------------------------------------------------------------------------- transformations
+
+
+def test_jit_vmap_and_one_trace_per_configuration():
+    f = jax.jit(lambda X, W, reg: fista(X, W, reg, tol=1e-9, max_steps=5000).codes)
+    eager = fista(X, W, REG, tol=1e-9, max_steps=5000).codes
+    np.testing.assert_allclose(f(X, W, REG), eager, atol=1e-9)
+    # vmap over a stack of problems == a loop
+    Xs = np.stack([X, X[::-1]])
+    Ws = np.stack([W, W[::-1]])
+    batched = jax.vmap(lambda X, W: fista(X, W, REG, tol=1e-9, max_steps=5000).codes)(Xs, Ws)
+    for i in range(2):
+        np.testing.assert_allclose(
+            batched[i], fista(Xs[i], Ws[i], REG, tol=1e-9, max_steps=5000).codes, atol=1e-8)
+    # same shapes and static options, new data / reg / tol / max_steps: no new trace
+    before = solvers._solve_core._cache_size()
+    for i in range(3):
+        fista(X * (1 + i), W, REG * (1 + i), tol=10.0 ** (-6 - i), max_steps=100 + i)
+    assert solvers._solve_core._cache_size() - before <= 1
+
+
+def _fd(f, x, eps=1e-6):
+    """Central finite differences of a scalar function, entry by entry."""
+    x = np.array(x, np.float64)
+    g = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        e = np.zeros_like(x)
+        e[i] = eps
+        g[i] = (f(x + e) - f(x - e)) / (2 * eps)
+    return g
+
+
+def test_implicit_gradients_match_finite_differences():
+    Xs, Ws = X[:3], W[:20]
+    probe = np.random.default_rng(5).standard_normal((3, 20))
+
+    def loss(Xa, Wa, reg):
+        return jnp.sum(fista(Xa, Wa, reg, tol=1e-13, max_steps=50000).codes * probe)
+
+    gX, gW, greg = jax.grad(loss, argnums=(0, 1, 2))(Xs, Ws, REG)
+    np.testing.assert_allclose(gX, _fd(lambda a: float(loss(a, Ws, REG)), Xs), atol=1e-5)
+    np.testing.assert_allclose(gW, _fd(lambda a: float(loss(Xs, a, REG)), Ws), atol=1e-5)
+    np.testing.assert_allclose(greg, _fd(lambda a: float(loss(Xs, Ws, a)), REG), atol=1e-5)
+    # the unrolled trace gives the same gradient once converged
+    def unrolled(Xa):
+        return jnp.sum(fista_trace(Xa, Ws, REG, num_steps=3000, restart="gradient").codes * probe)
+
+    np.testing.assert_allclose(jax.grad(unrolled)(Xs), gX, atol=1e-6)
+
+
+def test_envelope_theorem_dictionary_gradient():
+    # ∇_W min_C P(C; W) = ∇_W P(C*; W) with C* held fixed
+    def value(Wa):
+        C = jax.lax.stop_gradient(fista(X, Wa, REG, tol=1e-13, max_steps=50000).codes)
+        return jnp.sum(lasso_objective(X, Wa, C, REG))
+
+    def optimum_value(Wa):
+        return float(np.sum(fista(X, Wa, REG, tol=1e-13, max_steps=50000).objective))
+
+    g = jax.grad(value)(W)
+    rng = np.random.default_rng(6)
+    for _ in range(2):
+        d = rng.standard_normal(W.shape)
+        fd = (optimum_value(W + 1e-6 * d) - optimum_value(W - 1e-6 * d)) / 2e-6
+        assert float(np.sum(g * d)) == pytest.approx(fd, rel=1e-5)
+
+
+# --------------------------------------------------------------------------- bad inputs
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "match"),
+    [
+        ((X[None], W, REG), {}, "rank 1 or 2"),
+        ((X, W[0], REG), {}, "rank 2"),
+        ((X[:, :5], W, REG), {}, "last dimension D=16"),
+        ((X, W, -1.0), {}, ">= 0"),
+        ((X, W, np.ones(3)), {}, r"shape \(40,\)"),
+        ((np.where(np.eye(12, 16) > 0, np.nan, X), W, REG), {}, "finite"),
+        ((X[:0], W, REG), {}, "non-empty"),
+        ((X, W, REG), {"init": np.zeros((12, 3))}, r"C: expected shape \(12, 40\)"),
+        ((X, W, REG), {"step_size": -1.0}, "step_size"),
+        ((X, W, REG), {"restart": "sometimes"}, "restart"),
+        ((X, W, REG), {"tol": -1.0}, "tol"),
+    ],
+)
+def test_bad_inputs_raise(args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fista(*args, **kwargs)
+
+
+def test_bad_inputs_raise_elsewhere():
+    with pytest.raises(ValueError, match="rank 2"):
+        lipschitz_constant(W[0])
+    with pytest.raises(ValueError, match="num_steps"):
+        fista_trace(X, W, REG, num_steps=-1)
+    with pytest.raises(ValueError, match="C: expected shape"):
+        duality_gap(X, W, np.zeros((12, 41)), REG)
