@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxsae import cli
 from jaxsae.data.loader import Loader
 from jaxsae.kernels.sae import encode, forward
 from jaxsae.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
@@ -219,11 +220,19 @@ def test_keyboard_interrupt_saves_a_checkpoint(tmp_path, monkeypatch):
     assert ck.step == 5 and ck.data_state["position"] == 5 and int(ck.state.step) == 5
 
 
-def test_resampling_in_the_loop(tmp_path):
-    cfg = CFG.replace(dead_tokens=32, l1_coeff=50.0, lr=0.1)  # a strong penalty kills features
-    _, history = train(
-        cfg, _data(), tmp_path, devices=jax.devices()[:1], resample_steps=(6,), log_every=6,
-        progress=False,
-    )
-    events = [r for r in read_metrics(tmp_path) if "resampled" in r]
+def test_cli_train_with_resampling(tmp_path, capsys):
+    np.save(tmp_path / "x.npy", _data())
+    out = tmp_path / "run"
+    argv = [
+        "train", str(tmp_path / "x.npy"), "--out", str(out), "--d-sae", "16", "--steps", "12",
+        "--batch-size", "32", "--lr", "0.1", "--l1-coeff", "50", "--dead-tokens", "32",
+        "--resample-every", "6", "--log-every", "6", "--no-progress",
+    ]  # a strong penalty and a large step kill features by step 6
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    assert f"outputs in {out}" in text and "step 12: loss" in text
+    events = [r for r in read_metrics(out) if "resampled" in r]
     assert len(events) == 1 and events[0]["step"] == 6 and events[0]["resampled"] > 0
+    assert (out / "sae").is_dir()
+    assert cli.main([*argv[:-1], "--d-sae", "32"]) == 1  # resuming with another size
+    assert "config d_sae: checkpoint 16, now 32" in capsys.readouterr().err

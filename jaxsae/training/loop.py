@@ -38,8 +38,7 @@ import numpy as np
 
 from jaxsae.data.loader import Loader, Normalisation, as_source, compute_normalisation
 from jaxsae.data.store import atomic_save_text
-from jaxsae.kernels import sae as sae_kernels
-from jaxsae.kernels.sae import SAEParams
+from jaxsae.kernels.sae import SAEParams, fold_normalisation
 from jaxsae.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from jaxsae.training.checkpoint import save_checkpoint as _save
 from jaxsae.training.config import TrainConfig
@@ -323,7 +322,9 @@ def train(
 
     host = _host_state(state, pmap)
     params = jax.tree.map(jnp.asarray, jax.device_get(host.params))
-    raw = sae_kernels.fold_normalisation(params, jnp.asarray(norm.mean, dtype), float(norm.scale))
+    raw = fold_normalisation(
+        params, norm.mean, norm.scale, apply_b_dec_to_input=cfg.arch == "topk"
+    )
     if export and done == cfg.total_steps:
         from jaxsae.models.saelens import save_saelens
 
