@@ -149,6 +149,11 @@ def _check_mesh(cfg: TrainConfig, mesh: Mesh) -> None:
             f"mesh: expected axes ('{DATA}', '{FEATURE}') (see make_mesh), found {mesh.axis_names}"
         )
     n_f = mesh.shape[FEATURE]
+    if cfg.arch == "topk" and n_f > 1:
+        raise ValueError(
+            f"mesh: arch='topk' needs a global top-k across feature slices, which is not "
+            f"implemented; expected a mesh with feature=1, found feature={n_f}"
+        )
     if cfg.d_sae % n_f:
         raise ValueError(
             f"mesh: expected the {n_f} feature shards to divide d_sae={cfg.d_sae} evenly"

@@ -6,6 +6,7 @@ counters: there are no hidden buffers, so a checkpoint of the state resumes exac
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
+from jaxsae.kernels._checks import check_array
 from jaxsae.kernels.sae import SAEParams, init_params
 from jaxsae.training.config import TrainConfig
 from jaxsae.training.optim import make_optimizer
@@ -48,17 +50,20 @@ class StepMetrics(NamedTuple):
     """Scalar diagnostics of one step on the global batch (averaged over devices).
 
     Attributes:
-      loss: the objective that was differentiated (incl. ``l1_coeff`` · penalty or AuxK).
+      loss: the objective that was differentiated: ``mean ‖x − x̂‖² + l1_coeff · l1`` (L1) or
+        ``fvu + aux_coeff · aux_loss`` (TopK).
       mse: mean squared error per element, ``mean ‖x − x̂‖² / d_in``.
       l0: mean number of active features per token.
-      fvu: fraction of variance unexplained, averaged over the devices' batch shards.
-      l1: ``mean Σ_i f_i ‖W_dec[i]‖₂``, the L1 penalty before ``l1_coeff``.
+      fvu: fraction of variance unexplained; with data parallelism, the mean over the devices
+        of each batch shard's own FVU.
+      l1: ``mean Σ_i f_i ‖W_dec[i]‖₂``, the L1 penalty before ``l1_coeff`` (TopK: diagnostic).
       dead_frac: fraction of features that have not fired for ``cfg.dead_tokens`` tokens
         (counted after this step's batch).
       grad_norm: global gradient norm before clipping.
       lr: learning rate used in this step.
-      l1_coeff: ``λ`` used in this step (after warm-up).
-      aux_loss: the AuxK loss (``topk``; 0 for ``l1``).
+      l1_coeff: ``λ`` used in this step (after warm-up; 0 for TopK).
+      aux_loss: the AuxK loss before ``aux_coeff`` (TopK, with the dead mask of the state
+        before this step; 0 for L1).
     """
 
     loss: jax.Array
@@ -92,6 +97,15 @@ def init_state(
       ``TrainState`` with ``step = 0``, ``init_params`` parameters, Adam moments at 0 and every
       counter at 0.
     """
+    if b_dec is not None:  # validated here, on concrete values
+        b_dec = check_array("b_dec", b_dec, ndim=1)
+        if b_dec.shape != (cfg.d_in,):
+            raise ValueError(f"b_dec: expected shape ({cfg.d_in},), found {tuple(b_dec.shape)}")
+    return _init_state(cfg, jnp.dtype(dtype), b_dec)
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _init_state(cfg: TrainConfig, dtype: jnp.dtype, b_dec: jax.Array | None) -> TrainState:
     init_key, state_key = jax.random.split(jax.random.PRNGKey(cfg.seed))
     params = init_params(
         init_key, cfg.d_in, cfg.d_sae, dec_norm=cfg.dec_init_norm, b_dec=b_dec, dtype=dtype

@@ -14,6 +14,14 @@ The step is a pure function ``train_step(state, batch, cfg) -> (state, StepMetri
   slices of their partial reconstructions (``lax.psum`` over ``"feature"``), the L1 penalty and
   the gradient norm are summed over the slices too.
 
+Exactness: the L1 loss is a mean over tokens, so the averaged gradient of the shards is the
+gradient on the global batch and ``n`` devices give the parameters of one device (tests: to
+1e-10 in float64). The TopK loss (``topk_loss``) is a fraction of variance unexplained, normalised
+by the variance of the batch it sees; data-parallel, each device normalises by its own shard's
+variance and the gradients are averaged (what ``sparsify`` does under DDP), which differs from
+one device on the whole batch by the ratio of the shards' variances. Feature sharding is
+implemented for ``arch="l1"``; TopK would need a global top-k across the slices.
+
 What one step does, in order: ``λ(t)``, ``lr(t)`` from the schedules; loss and gradient on the
 shard (``jaxsae.kernels.sae.sae_loss`` for ``arch="l1"``, ``jaxsae.kernels.topk.topk_loss`` for
 ``arch="topk"`` with the dead mask of the state for AuxK); average over ``"data"``; clip by the
@@ -27,7 +35,16 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from jaxsae.kernels.sae import SAEMetrics, SAEParams, encode, sae_loss
+from jaxsae.kernels.sae import (
+    SAEMetrics,
+    SAEParams,
+    decode,
+    decoder_norms,
+    encode,
+    reconstruction_metrics,
+    sae_loss,
+)
+from jaxsae.kernels.topk import TopKMetrics, topk_loss, topk_pre_acts
 from jaxsae.training.config import TrainConfig
 from jaxsae.training.optim import global_norm, l1_schedule, lr_schedule, make_optimizer
 from jaxsae.training.state import COUNTER_MAX, StepMetrics, TrainState, dead_mask
@@ -54,22 +71,35 @@ def _l1_loss(
     """``sae_loss`` on this device's features, plus the ``(d_sae_local,)`` fired mask.
 
     With the features split over ``feature_axis``, the reconstruction ``x̂ = Σ_s f_s W_dec,s +
-    b_dec`` needs every slice ``s``. The other slices' partial reconstructions enter
-    ``sae_loss`` as a constant offset of the decoder bias, so its reconstruction term is the
-    global one and its gradient with respect to this slice's parameters is exact (they reach
-    the loss only through ``f_s W_dec,s`` and ``f_s ‖W_dec,s‖``). The penalty and the active
-    count it returns cover this slice: they are summed over the slices.
+    b_dec`` needs every slice ``s``: this slice's ``decode`` plus the other slices' partial
+    reconstructions, which enter as a constant (``stop_gradient``), so that the backward pass
+    needs no collective. The terms of ``sae_loss`` are then assembled from the same kernels
+    (``reconstruction_metrics``, ``decoder_norms``); this slice's objective has the global
+    reconstruction term and this slice's penalty, so its gradient with respect to the slice's
+    parameters is the gradient of the global loss. The penalty and the active count are summed
+    over the slices afterwards.
     """
     codes, _ = encode(params, x)  # the same HLO as inside sae_loss: XLA computes it once
     fired = jnp.any(codes > 0, axis=0)
     if axis_size(feature_axis) == 1:
         loss, m = sae_loss(params, x, l1_coeff)
     else:
-        partial = codes @ params.W_dec
-        others = lax.stop_gradient(lax.psum(partial, feature_axis) - partial)
-        _, m = sae_loss(params._replace(b_dec=params.b_dec[None, :] + others), x, l1_coeff)
-        # This slice's objective: its gradient is the global one for the slice's parameters.
-        loss = m.recon + l1_coeff * m.l1
+        mine = codes @ params.W_dec
+        others = lax.stop_gradient(lax.psum(mine, feature_axis) - mine)
+        recon_err, l0, fvu = reconstruction_metrics(x, decode(params, codes) + others, codes)
+        norms = decoder_norms(params)
+        l1 = jnp.mean(codes @ norms)
+        loss = recon_err + l1_coeff * l1
+        m = SAEMetrics(
+            loss=loss,
+            recon=recon_err,
+            mse=recon_err / x.shape[-1],
+            l1=l1,
+            l0=l0,
+            fvu=fvu,
+            explained_variance=1.0 - fvu,
+            dec_norm=jnp.mean(norms),
+        )
     if feature_axis is not None:
         # Penalty and active count: sums over the slices. Reconstruction terms: equal on every
         # slice up to rounding (pmean makes them identical).
@@ -85,6 +115,17 @@ def _l1_loss(
             l0=lax.psum(m.l0, feature_axis),
             dec_norm=lax.pmean(m.dec_norm, feature_axis),
         )
+    return loss, (m, fired)
+
+
+def _topk_loss(
+    params: SAEParams, x: jax.Array, cfg: TrainConfig, dead: jax.Array
+) -> tuple[jax.Array, tuple[TopKMetrics, jax.Array]]:
+    """``topk_loss`` with AuxK on the dead features, plus the ``(d_sae,)`` fired mask."""
+    # The same HLO as the selection inside topk_loss: XLA computes it once.
+    top, idx = lax.top_k(lax.stop_gradient(topk_pre_acts(params, x)), cfg.k)
+    fired = jnp.zeros((params.d_sae,), jnp.bool_).at[idx.reshape(-1)].max(top.reshape(-1) > 0)
+    loss, m = topk_loss(params, x, cfg.k, dead_mask=dead, aux_k=cfg.aux_k, aux_coeff=cfg.aux_coeff)
     return loss, (m, fired)
 
 
@@ -117,7 +158,14 @@ def train_step(
     if cfg.arch == "l1":
         loss_fn = lambda p: _l1_loss(p, batch, l1_coeff, feature_axis)  # noqa: E731
     else:
-        raise NotImplementedError(f"arch={cfg.arch!r} is not implemented yet")
+        if axis_size(feature_axis) > 1:
+            raise NotImplementedError(
+                "arch='topk' with the features split over devices (it needs a global top-k "
+                "across the slices): use a mesh with feature=1"
+            )
+        dead = dead_mask(state.tokens_since_fired, cfg)
+        loss_fn = lambda p: _topk_loss(p, batch, cfg, dead)  # noqa: E731
+        l1_coeff = jnp.zeros((), dtype)
 
     (_, (m, fired)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     if feature_axis is not None:
@@ -148,10 +196,13 @@ def train_step(
         grad_norm=grad_norm,
         lr=lr,
         l1_coeff=l1_coeff,
-        aux_loss=jnp.zeros((), dtype),
+        aux_loss=m.auxk if cfg.arch == "topk" else jnp.zeros((), dtype),
     )
     metrics = metrics._replace(
-        **{f: _pmean(getattr(metrics, f), data_axis) for f in ("loss", "mse", "l0", "fvu", "l1")}
+        **{
+            f: _pmean(getattr(metrics, f), data_axis)
+            for f in ("loss", "mse", "l0", "fvu", "l1", "aux_loss")
+        }
     )
     new_state = TrainState(
         step=state.step + 1,
