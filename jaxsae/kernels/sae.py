@@ -34,6 +34,7 @@ __all__ = [
     "sae_loss",
     "decoder_norms",
     "check_inputs",
+    "check_params",
     "sae_objective",
     "geometric_median",
     "fold_normalisation",
@@ -151,6 +152,18 @@ def check_inputs(params: SAEParams, x: ArrayLike, *, name: str = "x") -> jax.Arr
             f"found shape {tuple(x.shape)}"
         )
     return x
+
+
+def check_params(params: SAEParams, d_in: int, d_sae: int) -> SAEParams:
+    """Raise unless ``params`` has the shapes of an SAE with ``d_in`` inputs and ``d_sae`` features."""
+    want = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+    found = {n: tuple(jnp.shape(getattr(params, n))) for n in want}
+    bad = {n: s for n, s in found.items() if s != want[n]}
+    if bad:
+        raise ValueError(
+            f"params: expected shapes {want} (d_in={d_in}, d_sae={d_sae}), found wrong shapes {bad}"
+        )
+    return params
 
 
 def _row(b: jax.Array, like: jax.Array) -> jax.Array:

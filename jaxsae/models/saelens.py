@@ -1,0 +1,219 @@
+"""Save and load SAEs in SAELens' on-disk layout (``sae_weights.safetensors`` + ``cfg.json``).
+
+The layout (SAELens ≥ 6): a directory with
+
+* ``sae_weights.safetensors``: tensors ``W_enc (d_in, d_sae)``, ``b_enc (d_sae,)``,
+  ``W_dec (d_sae, d_in)``, ``b_dec (d_in,)`` — the same names and layout as ``SAEParams``;
+* ``cfg.json``: ``d_in``, ``d_sae``, ``dtype``, ``device``, ``architecture`` (``"standard"`` or
+  ``"topk"``, with ``k``), ``apply_b_dec_to_input``, ``normalize_activations``,
+  ``reshape_activations`` and ``metadata`` (``model_name``, ``hook_name``, ``hook_layer``,
+  ``context_size``, ``prepend_bos``, ``dataset_path``, …, and any other key given).
+
+Conventions: jaxsae's standard SAE encodes ``x`` (no ``b_dec`` subtraction), so it is saved with
+``apply_b_dec_to_input = false``; its TopK SAE encodes ``x − b_dec`` (``true``). A file with the
+other convention is loaded exactly by folding ``b_dec`` into ``b_enc``
+(``b_enc ∓ b_dec W_enc``). Files are written atomically: into a temporary directory beside the
+target, then renamed. Legacy (SAELens < 6) files with the metadata keys at the top level load too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxsae.kernels.sae import SAEParams
+
+__all__ = ["save_saelens", "load_saelens", "WEIGHTS_FILENAME", "CFG_FILENAME"]
+
+WEIGHTS_FILENAME = "sae_weights.safetensors"
+CFG_FILENAME = "cfg.json"
+
+_TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec")
+_ARCHITECTURES = ("standard", "topk")
+_NORMALISATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
+#: top-level keys of SAELens' config; every other key of a given cfg goes to ``metadata``
+_TOP_LEVEL = {
+    "d_in", "d_sae", "dtype", "device", "architecture", "apply_b_dec_to_input",
+    "normalize_activations", "reshape_activations", "metadata", "k",
+    "rescale_acts_by_decoder_norm",
+}
+_METADATA_DEFAULTS: dict[str, Any] = {
+    "model_name": None,
+    "hook_name": None,
+    "hook_layer": None,
+    "hook_head_index": None,
+    "context_size": None,
+    "prepend_bos": True,
+    "dataset_path": None,
+    "model_from_pretrained_kwargs": {},
+}
+
+
+def _expected_shapes(d_in: int, d_sae: int) -> dict[str, tuple[int, ...]]:
+    return {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+
+
+def _check_tensors(tensors: dict[str, np.ndarray], d_in: int, d_sae: int, where: str) -> None:
+    want = _expected_shapes(d_in, d_sae)
+    missing = sorted(set(want) - set(tensors))
+    extra = sorted(set(tensors) - set(want))
+    wrong = {n: tuple(tensors[n].shape) for n in want if n in tensors
+             and tuple(tensors[n].shape) != want[n]}
+    if missing or extra or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing tensors {missing}")
+        if extra:
+            parts.append(f"unexpected tensors {extra} (only standard and topk SAEs are supported)")
+        if wrong:
+            parts.append("wrong shapes " + ", ".join(f"{n} {s}" for n, s in wrong.items()))
+        expected = ", ".join(f"{n} {s}" for n, s in want.items())
+        raise ValueError(f"{where}: expected tensors {expected} (d_in={d_in}, d_sae={d_sae}); "
+                         f"found " + "; ".join(parts))
+
+
+def _fold_b_dec(tensors: dict[str, np.ndarray], sign: float) -> np.ndarray:
+    """``b_enc + sign · b_dec W_enc`` (moves the input's ``− b_dec`` into / out of ``b_enc``)."""
+    return tensors["b_enc"] + sign * (tensors["b_dec"] @ tensors["W_enc"])
+
+
+def save_saelens(
+    directory: str | os.PathLike, params: SAEParams, cfg: dict[str, Any] | None = None
+) -> Path:
+    """Write ``params`` and a config in SAELens' layout, atomically.
+
+    Args:
+      directory: target directory (created; an existing one is replaced).
+      params: the SAE (a standard one, or a TopK one with ``cfg["architecture"] = "topk"`` and
+        ``cfg["k"]``), acting on the activations as the model produces them (fold any input
+        normalisation first: ``fold_normalisation``).
+      cfg: SAELens fields (``architecture``, ``k``, ``normalize_activations``, ``device``, …)
+        and metadata (``model_name``, ``hook_name``, ``hook_layer``, ``context_size``,
+        ``prepend_bos``, ``dataset_path``, or anything else JSON-serialisable, at the top level
+        or under ``"metadata"``). ``d_in``, ``d_sae`` and ``dtype`` come from ``params``.
+
+    Returns:
+      The directory's path.
+
+    Raises:
+      ValueError: inconsistent shapes, an unknown architecture, a TopK SAE without a valid
+        ``k``, a ``d_in``/``d_sae``/``apply_b_dec_to_input`` in ``cfg`` that contradicts
+        ``params``.
+    """
+    from safetensors.numpy import save_file
+
+    cfg = dict(cfg or {})
+    tensors = {n: np.ascontiguousarray(np.asarray(getattr(params, n))) for n in _TENSORS}
+    d_sae, d_in = tensors["W_dec"].shape if tensors["W_dec"].ndim == 2 else (-1, -1)
+    _check_tensors(tensors, d_in, d_sae, "save_saelens")
+    for key, value in (("d_in", d_in), ("d_sae", d_sae)):
+        if key in cfg and int(cfg[key]) != value:
+            raise ValueError(f"save_saelens: cfg[{key!r}]={cfg[key]} contradicts params ({value})")
+    arch = cfg.get("architecture", "topk" if "k" in cfg else "standard")
+    if arch not in _ARCHITECTURES:
+        raise ValueError(f"save_saelens: expected architecture in {_ARCHITECTURES}, found {arch!r}")
+    apply_b_dec = arch == "topk"
+    if cfg.get("apply_b_dec_to_input", apply_b_dec) != apply_b_dec:
+        raise ValueError(
+            f"save_saelens: a jaxsae {arch} SAE has apply_b_dec_to_input={apply_b_dec}, found "
+            f"{cfg['apply_b_dec_to_input']}"
+        )
+    norm = cfg.get("normalize_activations", "none")
+    if norm not in _NORMALISATIONS:
+        raise ValueError(f"save_saelens: expected normalize_activations in {_NORMALISATIONS}, "
+                         f"found {norm!r}")
+
+    metadata = dict(_METADATA_DEFAULTS)
+    metadata.update(cfg.get("metadata", {}))
+    metadata.update({k: v for k, v in cfg.items() if k not in _TOP_LEVEL})
+    out: dict[str, Any] = {
+        "d_in": int(d_in),
+        "d_sae": int(d_sae),
+        "dtype": str(tensors["W_dec"].dtype),
+        "device": cfg.get("device", "cpu"),
+        "apply_b_dec_to_input": apply_b_dec,
+        "normalize_activations": norm,
+        "reshape_activations": cfg.get("reshape_activations", "none"),
+        "architecture": arch,
+        "metadata": metadata,
+    }
+    if arch == "topk":
+        k = cfg.get("k")
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 < k <= d_sae:
+            raise ValueError(f"save_saelens: a topk SAE needs an int 0 < k <= d_sae={d_sae} in "
+                             f"cfg, found k={k!r}")
+        out["k"] = k
+        out["rescale_acts_by_decoder_norm"] = False
+    text = json.dumps(out, indent=2)  # fails here, before anything is written, if not JSON-able
+
+    target = Path(directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        save_file(tensors, str(tmp / WEIGHTS_FILENAME))
+        (tmp / CFG_FILENAME).write_text(text)
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+            os.replace(target, old / "d")
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def load_saelens(directory: str | os.PathLike) -> tuple[SAEParams, dict[str, Any]]:
+    """Read an SAE saved in SAELens' layout (by ``save_saelens`` or by SAELens).
+
+    Args:
+      directory: a directory with ``sae_weights.safetensors`` and ``cfg.json``.
+
+    Returns:
+      ``(params, cfg)``: ``SAEParams`` as JAX arrays in jaxsae's convention (standard: encoder on
+      ``x``; topk: encoder on ``x − b_dec``; ``b_enc`` adjusted when the file used the other
+      convention) and the config dict as stored (legacy top-level metadata moved under
+      ``"metadata"``).
+
+    Raises:
+      FileNotFoundError: a missing file.
+      ValueError: an unsupported architecture, or tensors with missing/unexpected names or wrong
+        shapes (all listed).
+    """
+    import jax.numpy as jnp
+    from safetensors.numpy import load_file
+
+    path = Path(directory)
+    for name in (WEIGHTS_FILENAME, CFG_FILENAME):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"load_saelens: expected {path / name}, found no such file")
+    cfg = json.loads((path / CFG_FILENAME).read_text())
+    for key in ("d_in", "d_sae"):
+        if key not in cfg:
+            raise ValueError(f"load_saelens: expected {key!r} in {path / CFG_FILENAME}, found "
+                             f"keys {sorted(cfg)}")
+    arch = cfg.get("architecture", "standard")
+    if arch not in _ARCHITECTURES:
+        raise ValueError(f"load_saelens: expected architecture in {_ARCHITECTURES}, found {arch!r}")
+    metadata = dict(cfg.get("metadata", {}))
+    for key in [k for k in cfg if k not in _TOP_LEVEL]:
+        metadata.setdefault(key, cfg.pop(key))
+    cfg["metadata"] = metadata
+    tensors = load_file(str(path / WEIGHTS_FILENAME))
+    _check_tensors(tensors, int(cfg["d_in"]), int(cfg["d_sae"]), f"load_saelens({path})")
+    apply_b_dec = bool(cfg.get("apply_b_dec_to_input", True))
+    want = arch == "topk"
+    if apply_b_dec and not want:
+        tensors["b_enc"] = _fold_b_dec(tensors, -1.0)
+    elif want and not apply_b_dec:
+        tensors["b_enc"] = _fold_b_dec(tensors, +1.0)
+    params = SAEParams(**{n: jnp.asarray(tensors[n]) for n in _TENSORS})
+    return params, cfg
