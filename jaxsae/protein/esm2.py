@@ -50,6 +50,7 @@ __all__ = [
     "embed",
     "transformer_layer",
     "esm2_hidden_states",
+    "resolve_layers",
     "check_params",
 ]
 
@@ -236,10 +237,15 @@ def default_inv_freq(config: ESM2Config) -> np.ndarray:
     )
 
 
-def rotary_tables(length: int, inv_freq: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
-    """``cos, sin`` tables ``(length, head_dim)`` of the rotary embedding, computed in float32
-    at positions ``0 … length − 1`` (each frequency used for both halves of a head)."""
-    freqs = jnp.arange(length, dtype=jnp.float32)[:, None] * inv_freq.astype(jnp.float32)[None, :]
+def rotary_tables(positions: jax.Array, inv_freq: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
+    """``cos, sin`` of the rotary embedding at integer ``positions`` ``(B, T)``.
+
+    Computed in float32, each frequency used for both halves of a head (``rotate_half``).
+
+    Returns:
+      two ``(B, T, head_dim)`` arrays.
+    """
+    freqs = positions.astype(jnp.float32)[:, :, None] * inv_freq.astype(jnp.float32)[None, None, :]
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
 
@@ -249,46 +255,54 @@ def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
     Args:
       x: ``(B, T, H, head_dim)``.
-      cos, sin: ``(T, head_dim)``.
+      cos, sin: ``(B, T, head_dim)``.
     """
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return x * cos[None, :, None, :] + rotated * sin[None, :, None, :]
+    return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
 
 
-def embed(params: ESM2Params, config: ESM2Config, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+def embed(
+    params: ESM2Params, config: ESM2Config, tokens: jax.Array, segments: jax.Array
+) -> jax.Array:
     """Token embeddings with ESM's token-dropout rescaling; padding rows zeroed.
 
     Args:
       tokens: ``(B, T)`` int token ids.
-      mask: ``(B, T)`` bool, true on real tokens.
+      segments: ``(B, T)`` int, ``0`` on padding and ``k ≥ 1`` on the tokens of the ``k``-th
+        sequence packed in a row (one sequence per row: the padding mask as 0/1).
 
     Returns:
       ``h⁰``, ``(B, T, d)``.
     """
     x = params.embed[tokens]
     dtype = x.dtype
+    valid = segments > 0
     if config.token_dropout:
         is_mask = tokens == MASK_ID
         x = jnp.where(is_mask[:, :, None], jnp.zeros((), dtype), x)
-        lengths = jnp.sum(mask, axis=-1).astype(jnp.float32)
-        ratio = jnp.sum(is_mask & mask, axis=-1).astype(jnp.float32) / lengths
-        x = x * ((1.0 - _MASK_RATIO_TRAIN) / (1.0 - ratio)).astype(dtype)[:, None, None]
-    return x * mask[:, :, None].astype(dtype)
+        # r = (<mask> tokens in the sequence) / (its length), for every token's sequence
+        same = segments[:, :, None] == segments[:, None, :]
+        length = jnp.sum(same, axis=-1).astype(jnp.float32)
+        n_mask = jnp.sum(same & is_mask[:, None, :], axis=-1).astype(jnp.float32)
+        x = x * ((1.0 - _MASK_RATIO_TRAIN) / (1.0 - n_mask / length)).astype(dtype)[:, :, None]
+    return x * valid[:, :, None].astype(dtype)
 
 
 def transformer_layer(
     lp: ESM2LayerParams,
     config: ESM2Config,
     h: jax.Array,
-    mask: jax.Array,
+    allowed: jax.Array,
     cos: jax.Array,
     sin: jax.Array,
 ) -> jax.Array:
     """One pre-LayerNorm block (``lp`` holds one layer's arrays, no leading axis).
 
     Args:
-      h: ``(B, T, d)``; mask ``(B, T)`` bool; cos, sin ``(T, head_dim)``.
+      h: ``(B, T, d)``.
+      allowed: ``(B, T, T)`` bool, true where query ``t`` may attend to key ``s``.
+      cos, sin: ``(B, T, head_dim)`` rotary tables.
 
     Returns:
       ``(B, T, d)``.
@@ -301,7 +315,7 @@ def transformer_layer(
     k = apply_rotary(qkv[:, :, 1], cos, sin)
     v = qkv[:, :, 2]
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k)
-    scores = jnp.where(mask[:, None, None, :], scores, jnp.finfo(scores.dtype).min)
+    scores = jnp.where(allowed[:, None, :, :], scores, jnp.finfo(scores.dtype).min)
     probs = jax.nn.softmax(scores, axis=-1)
     attn = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(B, T, d)
     h = h + _dense(attn, lp.W_out, lp.b_out)
@@ -310,7 +324,8 @@ def transformer_layer(
     return h + _dense(x, lp.W_fc2, lp.b_fc2)
 
 
-def _normalise_layers(config: ESM2Config, layers: Sequence[int] | None) -> tuple[int, ...]:
+def resolve_layers(config: ESM2Config, layers: Sequence[int] | None) -> tuple[int, ...]:
+    """Hidden-state indices in ``0 … L`` (negative ones counted from ``L``); all when ``None``."""
     L = config.num_layers
     if layers is None:
         return tuple(range(L + 1))
@@ -326,17 +341,22 @@ def _normalise_layers(config: ESM2Config, layers: Sequence[int] | None) -> tuple
 
 
 @functools.partial(jax.jit, static_argnames=("config", "layers"))
-def _hidden_states(params, tokens, mask, config, layers):
-    T = tokens.shape[1]
-    cos, sin = rotary_tables(T, params.inv_freq, params.embed.dtype)
-    h = embed(params, config, tokens, mask)
+def _hidden_states(params, tokens, segments, positions, config, layers):
+    cos, sin = rotary_tables(positions, params.inv_freq, params.embed.dtype)
+    allowed = (segments[:, :, None] == segments[:, None, :]) & (segments > 0)[:, None, :]
+    h = embed(params, config, tokens, segments)
+
+    def block(h, lp):
+        return transformer_layer(lp, config, h, allowed, cos, sin), None
+
     kept = {0: h}
-    for i in range(max(layers)):
-        lp = jax.tree.map(lambda p, i=i: p[i], params.layers)
-        h = transformer_layer(lp, config, h, mask, cos, sin)
-        if i + 1 == config.num_layers:
+    done = 0
+    for target in sorted(set(layers) - {0}):  # blocks done..target-1, compiled once as a scan
+        h, _ = jax.lax.scan(block, h, jax.tree.map(lambda p: p[done:target], params.layers))
+        if target == config.num_layers:
             h = layer_norm(h, params.final_ln_scale, params.final_ln_bias, config.layer_norm_eps)
-        kept[i + 1] = h
+        kept[target] = h
+        done = target
     return jnp.stack([kept[layer] for layer in layers])
 
 
@@ -347,42 +367,64 @@ def esm2_hidden_states(
     *,
     config: ESM2Config,
     layers: Sequence[int] | None = None,
+    segments: jax.Array | None = None,
+    positions: jax.Array | None = None,
 ) -> jax.Array:
-    """Hidden states of ESM-2 for a padded batch (jit-compiled once per shape and ``layers``).
+    """Hidden states of ESM-2 for a padded (or packed) batch, jit-compiled once per shape.
 
-    Only the blocks up to ``max(layers)`` run.
+    Only the blocks up to ``max(layers)`` run. Several sequences may be *packed* into one row
+    (``segments``, ``positions``): attention then stays inside each sequence, rotary positions
+    restart at each one, and the result equals running them one by one.
 
     Args:
       params: ``ESM2Params`` matching ``config``.
       tokens: ``(B, T)`` int token ids (``alphabet.batch_tokenize``), ``T ≤ config.max_tokens``.
-      mask: ``(B, T)`` bool, true on real tokens; by default ``tokens != <pad>``.
+      mask: ``(B, T)`` bool, true on real tokens; by default ``tokens != <pad>``. Ignored when
+        ``segments`` is given.
       config: the model's sizes.
       layers: which hidden states, ``0`` (embeddings) … ``L`` (last block, final LayerNorm
         applied; negative indices count from it); default all ``L + 1``.
+      segments: ``(B, T)`` int, ``0`` on padding, ``k ≥ 1`` on the ``k``-th sequence of a row.
+      positions: ``(B, T)`` int rotary positions (``0`` at each sequence's ``<cls>``); by
+        default ``0 … T − 1``.
 
     Returns:
       ``(len(layers), B, T, d)`` in the parameters' dtype. Rows at padded positions are
       meaningless.
 
     Raises:
-      ValueError: wrong ranks, a batch longer than ``max_tokens``, a sequence with no real
-        token, or a layer out of range.
+      ValueError: wrong ranks or shapes, a batch longer than ``max_tokens``, a row with no
+        real token, or a layer out of range.
     """
-    layers = _normalise_layers(config, layers)
-    tokens = jnp.asarray(tokens)
+    layers = resolve_layers(config, layers)
+    if not isinstance(tokens, np.ndarray | jax.Array):
+        tokens = np.asarray(tokens)
     if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
         raise ValueError(
             f"tokens: expected an integer array (batch, length), found {tokens.dtype} "
             f"{tuple(tokens.shape)}"
         )
-    if tokens.shape[1] > config.max_tokens:
+    B, T = tokens.shape
+    if T > config.max_tokens:
         raise ValueError(
             f"tokens: expected at most {config.max_tokens} positions (<cls> and <eos> "
-            f"included), found {tokens.shape[1]}"
+            f"included), found {T}"
         )
-    mask = tokens != PAD_ID if mask is None else jnp.asarray(mask, dtype=bool)
-    if mask.shape != tokens.shape:
-        raise ValueError(f"mask: expected shape {tuple(tokens.shape)}, found {tuple(mask.shape)}")
-    if not bool(jnp.all(jnp.any(mask, axis=-1))):
-        raise ValueError("mask: expected at least one real token in every sequence")
-    return _hidden_states(params, tokens.astype(jnp.int32), mask, config, layers)
+    if segments is None:
+        mask = tokens != PAD_ID if mask is None else mask
+        segments = mask
+    for name, a in (("segments", segments), ("positions", positions)):
+        if a is not None and tuple(a.shape) != (B, T):
+            raise ValueError(f"{name}: expected shape {(B, T)}, found {tuple(a.shape)}")
+    if isinstance(segments, np.ndarray) and not (segments > 0).any(axis=-1).all():
+        raise ValueError("mask/segments: expected at least one real token in every row")
+    if positions is None:
+        positions = np.broadcast_to(np.arange(T, dtype=np.int32)[None, :], (B, T))
+    return _hidden_states(
+        params,
+        jnp.asarray(tokens, jnp.int32),
+        jnp.asarray(segments, jnp.int32),
+        jnp.asarray(positions, jnp.int32),
+        config,
+        layers,
+    )
