@@ -1,0 +1,89 @@
+"""``jaxsae extract``: per-residue ESM-2 activations of proteins into activation stores."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = (
+    "Run ESM-2 (embedded 8M default or a local checkpoint) over proteins (a FASTA file or the "
+    "embedded SCOPe/DSSP set) and store per-residue activations of chosen layers (resumable)."
+)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_argument_group("proteins")
+    src.add_argument("--fasta", help="FASTA file (plain or .gz); default: the embedded dataset")
+    src.add_argument(
+        "--invalid", choices=("error", "unk"), default="error",
+        help="FASTA characters outside A-Z: fail (default) or read as X with a warning",
+    )  # fmt: skip
+    src.add_argument("-n", "--num-proteins", type=int, help="embedded dataset: how many proteins")
+    src.add_argument("--max-len", type=int, help="embedded dataset: longest sequence kept")
+    src.add_argument(
+        "--split", choices=("train", "valid", "test"),
+        help="embedded dataset: one split (SCOPe superfamily split); default all",
+    )  # fmt: skip
+    mod = parser.add_argument_group("model")
+    mod.add_argument(
+        "--model",
+        help="Hugging Face ESM-2 directory (config.json + model.safetensors / pytorch_model.bin) "
+        "or fair-esm .pt file; default: the embedded ESM-2 t6 8M",
+    )
+    mod.add_argument(
+        "--layers", type=int, nargs="+",
+        help="hidden states to store: 0 = embeddings ... L = last block (negative from the end); "
+        "default: 2L/3 (layer 4 of the 8M model)",
+    )  # fmt: skip
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", required=True, help="output directory (stores in OUT/layer_<l>/)")
+    out.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    out.add_argument("--max-tokens-per-batch", type=int, default=4096)
+    out.add_argument("--rows-per-shard", type=int, default=65536)
+    out.add_argument(
+        "--too-long", choices=("crop", "error"), default="crop",
+        help="proteins longer than the model's 1022 residues: crop with a warning, or fail",
+    )  # fmt: skip
+    out.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from jaxsae.protein.extract import extract_activations
+
+    if args.model:
+        from jaxsae.protein.weights import load_esm2
+
+        model = load_esm2(args.model)
+    else:
+        from jaxsae.protein.default import load_default_model
+
+        model = load_default_model()
+    config = model[0]
+    if args.fasta:
+        from jaxsae.protein.fasta import read_fasta
+
+        proteins = list(read_fasta(args.fasta, invalid=args.invalid))
+        source = args.fasta
+    else:
+        from jaxsae.protein.default import load_default_dataset
+
+        proteins = load_default_dataset(args.num_proteins, max_len=args.max_len, split=args.split)
+        source = "embedded SCOPe 2.07 / DSSP set (sidechainnet)"
+    layers = args.layers if args.layers else [2 * config.num_layers // 3]
+    print(
+        f"model {config.name}: {config.num_layers} layers, d={config.d_model}; "
+        f"{len(proteins)} proteins from {source}; layers {layers}"
+    )
+    stores = extract_activations(
+        proteins,
+        model,
+        layers,
+        args.out,
+        dtype=args.dtype,
+        max_tokens_per_batch=args.max_tokens_per_batch,
+        rows_per_shard=args.rows_per_shard,
+        too_long=args.too_long,
+        progress=not args.no_progress,
+    )
+    for layer, store in stores.items():
+        print(f"layer {layer}: {store.num_rows} residues x d={store.d} -> {store.path}")
+    return 0
