@@ -119,6 +119,7 @@ class _State(NamedTuple):
     objective: jax.Array  # (B,) objective at the last check
     support: jax.Array  # (B, F) bool, support at the last check
     num_steps: jax.Array  # scalar int
+    num_checks: jax.Array  # scalar int
 
 
 class _Ops(NamedTuple):
@@ -284,6 +285,7 @@ def _init_state(ops: _Ops, C0: jax.Array, gram: bool) -> _State:
         codes=C0, codes_lin=lin, aux=C0, aux_lin=lin, t=jnp.ones((B,), C0.dtype),
         value=_value(ops, C0, lin, gram), done=jnp.zeros((B,), bool), gap=zeros,
         objective=zeros, support=C0 != 0, num_steps=jnp.zeros((), jnp.int32),
+        num_checks=jnp.zeros((), jnp.int32),
     )
 
 
@@ -308,15 +310,17 @@ def _solve_core(
                               polish_rows=min(B, max(64, B // 4)))
 
     def cond(state):
-        return (state.num_steps < max_steps) & ~jnp.all(state.done)
+        first = state.num_checks == 0
+        return first | ((state.num_steps < max_steps) & ~jnp.all(state.done))
 
     def body(state):
-        n = jnp.minimum(check_every, max_steps - state.num_steps)
+        # the first pass only checks the initial point (one copy of the check in the graph)
+        n = jnp.where(state.num_checks == 0, 0,
+                      jnp.minimum(check_every, max_steps - state.num_steps))
         state = jax.lax.fori_loop(0, n, lambda _, s: step(s), state)
-        return check(state)
+        return check(state)._replace(num_checks=state.num_checks + 1)
 
-    state = check(_init_state(ops, C0, gram))
-    state = jax.lax.while_loop(cond, body, state)
+    state = jax.lax.while_loop(cond, body, _init_state(ops, C0, gram))
     return Solution(
         codes=state.codes,
         num_steps=state.num_steps,
