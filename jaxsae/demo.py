@@ -120,25 +120,24 @@ def _store_ready(path: Path) -> bool:
 
 
 def _extract(records: list, model: Any, layer: int, path: Path, force: bool, progress: bool):
-    """The store of ``records`` at ``layer``: reused when complete, else (re)built, resumably."""
+    """The store of ``records`` at ``layer`` (in ``path/layer_{layer}``): reused when complete,
+    else built (an interrupted extraction resumes from its last complete shard)."""
     from jaxsae.data.store import open_store
     from jaxsae.protein.extract import extract_activations
 
     if force and path.exists():
         shutil.rmtree(path)
-    if _store_ready(path):
-        store = open_store(path)
-        _say(f"activation store: reusing {path} ({store.num_rows} residues)")
+    store_dir = path / f"layer_{layer}"
+    if _store_ready(store_dir):
+        store = open_store(store_dir)
+        _say(f"activation store: reusing {store_dir} ({store.num_rows} residues)")
         return store
-    _say(f"extracting layer {layer} of {len(records)} proteins into {path}")
-    stores = extract_activations(records, model, [layer], path, progress=progress)
-    store = stores[layer] if isinstance(stores, dict) else stores
-    return store if hasattr(store, "num_rows") else open_store(store)
+    _say(f"extracting layer {layer} of {len(records)} proteins into {store_dir}")
+    return extract_activations(records, model, [layer], path, progress=progress)[layer]
 
 
 def _train(settings: dict, store: Any, run_dir: Path, force: bool, progress: bool):
     """Train the SAE (or reuse the finished run); returns ``(params, history, scale)``."""
-    from jaxsae.training.checkpoint import latest_checkpoint, load_checkpoint  # noqa: F401
     from jaxsae.training.config import TrainConfig
     from jaxsae.training.loop import train
     from jaxsae.training.metrics_log import read_metrics
@@ -182,30 +181,33 @@ def _finished_step(run_dir: Path) -> int | None:
     return int(digits) if digits else None
 
 
-def _amortisation(params: Any, store: Any, l1_raw: float, rows: int, seed: int = 0) -> dict:
-    """Encoder vs FISTA on the SAE's decoder, on a sample of held-out residues."""
+def _amortisation(params: Any, store: Any, l1_raw: float, scale: float, rows: int) -> dict:
+    """Encoder vs FISTA on the SAE's decoder, on a sample of held-out residues.
+
+    Objectives are reported on the training scale (inputs normalised to ``E‖x‖² = d``): the raw
+    objective times ``scale²``.
+    """
     import numpy as np
 
     from jaxsae.kernels.amortisation import amortisation_gap
 
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(0)
     take = np.sort(rng.choice(store.num_rows, size=min(rows, store.num_rows), replace=False))
-    x = store.take(take)
-    res = amortisation_gap(params, x, l1_raw)
-    out = {}
-    for key in ("encoder_objective", "fista_objective", "encoder_l0", "fista_l0"):
-        value = getattr(res, key, None)
-        if value is not None:
-            out[key] = float(np.mean(np.asarray(value)))
-    out["rows"] = int(x.shape[0])
-    for key in res._fields if hasattr(res, "_fields") else ():
-        if key not in out:
-            v = np.asarray(getattr(res, key))
-            if v.size == 1:
-                out[key] = v.item()
-            elif v.dtype.kind == "f":
-                out[key] = float(v.mean())
-    return out
+    res = amortisation_gap(params, store.take(take), l1_raw, max_steps=2000)
+    s2 = scale**2
+    return {
+        "rows": int(take.size),
+        "encoder_objective": float(res.objective_encoder) * s2,
+        "fista_objective": float(res.objective_optimal) * s2,
+        "relative_gap": float(res.relative_gap),
+        "encoder_l0": float(res.l0_encoder),
+        "fista_l0": float(res.l0_optimal),
+        "encoder_mse": float(res.mse_encoder) * s2,
+        "fista_mse": float(res.mse_optimal) * s2,
+        "code_cosine": float(res.cosine),
+        "fista_steps": int(res.num_steps),
+        "fista_converged": bool(res.converged),
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -276,12 +278,13 @@ def run(args: argparse.Namespace) -> int:
     amort = None
     try:
         _say("amortisation gap: SAE encoder vs FISTA on the same decoder (held-out residues)")
-        amort = _amortisation(params, eval_store, l1_raw, rows=512 if args.quick else 2048)
+        amort = _amortisation(params, eval_store, l1_raw, scale, rows=256 if args.quick else 1024)
         if "encoder_objective" in amort and "fista_objective" in amort:
             _say(
                 f"objective encoder {amort['encoder_objective']:.4g} vs FISTA "
                 f"{amort['fista_objective']:.4g}; L0 {amort.get('encoder_l0', float('nan')):.1f}"
-                f" vs {amort.get('fista_l0', float('nan')):.1f}"
+                f" vs {amort.get('fista_l0', float('nan')):.1f} (gap {100 * amort['relative_gap']:.1f}%,"
+                f" FISTA {amort['fista_steps']} steps)"
             )
     except ImportError as err:  # the kernel is optional for the report
         _say(f"amortisation gap skipped ({err})")

@@ -166,9 +166,9 @@ def fista_featurizer(
 ) -> Featurizer:
     """Sparse codes from FISTA on the SAE's decoder: the exact (non-amortised) features.
 
-    Solves, per residue, the SAE's own objective with its decoder held fixed,
-    ``min_{f >= 0} ‖x − b_dec − f W_dec‖² + λ Σ_i f_i ‖W_dec[i]‖₂``, i.e. the lasso
-    ``½‖x − b_dec − f W_dec‖² + Σ_i (λ ‖W_dec[i]‖₂ / 2) f_i`` (half the objective).
+    Minimises, per residue, the SAE's own objective with its decoder held fixed,
+    ``min_{f >= 0} ‖x − b_dec − f W_dec‖² + λ Σ_i f_i ‖W_dec[i]‖₂``
+    (``jaxsae.kernels.amortisation.optimal_codes``).
 
     Args:
       params: ``SAEParams``.
@@ -177,25 +177,21 @@ def fista_featurizer(
       max_steps: FISTA iterations at most.
       tol: relative duality-gap tolerance (default: the solver's).
     """
-    from jaxsae.kernels.sae import decoder_norms
-    from jaxsae.kernels.solvers import fista
+    from jaxsae.kernels.amortisation import optimal_codes
 
     dtype = params.W_dec.dtype
     d = params.W_dec.shape[1]
     fparams = {
-        "W": params.W_dec,
-        "b_dec": params.b_dec,
-        "reg": (0.5 * l1_coeff * decoder_norms(params)).astype(dtype),
+        "sae": params,
+        "l1_coeff": jnp.asarray(l1_coeff, dtype),
         "mean": jnp.zeros((d,), dtype) if mean is None else jnp.asarray(mean, dtype),
         "scale": jnp.asarray(scale, dtype),
     }
 
     def apply(p: dict, x: jax.Array) -> jax.Array:
-        x = (x.astype(p["W"].dtype) - p["mean"][None, :]) * p["scale"]
-        sol = fista(
-            x - p["b_dec"][None, :], p["W"], p["reg"], nonneg=True, max_steps=max_steps, tol=tol
-        )
-        return sol.codes
+        x = (x.astype(p["mean"].dtype) - p["mean"][None, :]) * p["scale"]
+        sol = optimal_codes(p["sae"], x, p["l1_coeff"], max_steps=max_steps, tol=tol)
+        return jnp.maximum(sol.codes, 0)
 
     num_f = int(params.W_dec.shape[0])
     return Featurizer("FISTA", apply, fparams, num_f, tuple(f"f{i}" for i in range(num_f)))
