@@ -198,7 +198,15 @@ def decode(params: SAEParams, codes: jax.Array) -> jax.Array:
 
 
 def forward(params: SAEParams, x: jax.Array) -> SAEOutput:
-    """Encoder then decoder on ``x (..., d_in)``; see ``SAEOutput`` for the shapes."""
+    """Encoder then decoder on ``x (batch, d_in)`` or ``(d_in,)``; see ``SAEOutput`` for shapes.
+
+    Raises:
+      ValueError: ``x`` of the wrong rank or ``d_in``, or non-finite (outside ``jit``).
+    """
+    return _forward(params, check_inputs(params, x))
+
+
+def _forward(params: SAEParams, x: jax.Array) -> SAEOutput:
     codes, pre = encode(params, x)
     return SAEOutput(codes=codes, recon=decode(params, codes), pre_acts=pre)
 
@@ -237,7 +245,7 @@ def sae_loss(
     """
     x = check_inputs(params, x)
     check_nonnegative("l1_coeff", l1_coeff)
-    out = forward(params, x)
+    out = _forward(params, x)
     norms = decoder_norms(params)
     l1 = jnp.mean(out.codes @ norms)
     recon_err, l0, fvu = reconstruction_metrics(x, out.recon, out.codes)
