@@ -44,12 +44,19 @@ def test_round_trip(tmp_path):
     state = _perturbed(cfg)
     norm = Normalisation(np.arange(6.0), 0.25)
     path = save_checkpoint(
-        tmp_path, state, step=7, config=cfg.to_dict(), data_state={"position": 7, "seed": 1},
-        normalisation=norm, extra={"note": "x"},
+        tmp_path,
+        state,
+        step=7,
+        config=cfg.to_dict(),
+        data_state={"position": 7, "seed": 1},
+        normalisation=norm,
+        extra={"note": "x"},
     )
     assert path.name == "ckpt_000000007.npz"
     ck = load_checkpoint(tmp_path, _shape(cfg), config=cfg.to_dict())
-    assert ck.step == 7 and ck.data_state == {"position": 7, "seed": 1} and ck.extra == {"note": "x"}
+    assert (
+        ck.step == 7 and ck.data_state == {"position": 7, "seed": 1} and ck.extra == {"note": "x"}
+    )
     assert ck.config == cfg.to_dict() and ck.path == path
     np.testing.assert_array_equal(ck.normalisation.mean, norm.mean)
     assert ck.normalisation.scale == 0.25
@@ -64,7 +71,10 @@ def test_keeps_the_last_ones_and_latest(tmp_path):
     state = init_state(cfg)
     for step in (5, 10, 15):
         save_checkpoint(tmp_path, state, step=step, config=cfg.to_dict(), keep=2)
-    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt_000000010.npz", "ckpt_000000015.npz"]
+    assert [p.name for p in list_checkpoints(tmp_path)] == [
+        "ckpt_000000010.npz",
+        "ckpt_000000015.npz",
+    ]
     assert latest_checkpoint(tmp_path).name == "ckpt_000000015.npz"
     assert latest_checkpoint(tmp_path / "none") is None
 
@@ -95,7 +105,9 @@ def test_wrong_shape_or_config_is_named(tmp_path):
     msg = str(err.value)
     assert "config d_sae: checkpoint 10, now 12" in msg
     assert "params.W_enc has shape (6, 10), expected (6, 12)" in msg
-    with pytest.raises(CheckpointMismatchError, match="params.W_dec has dtype float32, expected float64"):
+    with pytest.raises(
+        CheckpointMismatchError, match="params.W_dec has dtype float32, expected float64"
+    ):
         load_checkpoint(tmp_path, _shape(cfg, dtype=jnp.float64))
     with pytest.raises(CheckpointMismatchError, match="config l1_coeff: checkpoint 5.0, now 1.0"):
         load_checkpoint(tmp_path, _shape(cfg), config=cfg.replace(l1_coeff=1.0).to_dict())
@@ -115,7 +127,9 @@ def test_typed_key_round_trip(tmp_path):
     tree = {"key": jax.random.key(3), "x": jnp.ones(2)}
     save_checkpoint(tmp_path, tree, step=1, config={})
     ck = load_checkpoint(tmp_path, tree)
-    np.testing.assert_array_equal(jax.random.key_data(ck.state["key"]), jax.random.key_data(tree["key"]))
+    np.testing.assert_array_equal(
+        jax.random.key_data(ck.state["key"]), jax.random.key_data(tree["key"])
+    )
     assert jax.random.uniform(ck.state["key"]) == jax.random.uniform(tree["key"])
 
 
@@ -130,6 +144,10 @@ def test_metrics_log_resume_drops_later_records(tmp_path):
     assert [r["step"] for r in read_metrics(path)] == [10, 20, 30]
     with MetricsLog(path, resume_step=20) as log:
         log.write(step=30, loss=9.0)
-    assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path)] == [(10, 1.0), (20, 2.0), (30, 9.0)]
+    assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path)] == [
+        (10, 1.0),
+        (20, 2.0),
+        (30, 9.0),
+    ]
     MetricsLog(path).close()
     assert read_metrics(path) == []

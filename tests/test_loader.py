@@ -55,16 +55,22 @@ def test_determinism_and_resume_position():
 def test_resume_with_other_stream_is_an_error():
     a = Loader(_data(), 7, seed=1)
     b = Loader(_data(n=50), 7, seed=2)
-    with pytest.raises(ValueError, match=r"seed: checkpoint 1, now 2; num_rows: checkpoint 103, now 50"):
+    with pytest.raises(
+        ValueError, match=r"seed: checkpoint 1, now 2; num_rows: checkpoint 103, now 50"
+    ):
         b.load_state_dict(a.state_dict())
 
 
 def test_sources_agree(tmp_path):
     X = _data()
     np.save(tmp_path / "x.npy", X)
-    st.write_shard(tmp_path / "s", 0, X[:60], np.stack([np.zeros(60), np.arange(60)], 1).astype(int))
+    st.write_shard(
+        tmp_path / "s", 0, X[:60], np.stack([np.zeros(60), np.arange(60)], 1).astype(int)
+    )
     st.write_shard(tmp_path / "s", 1, X[60:], np.stack([np.ones(43), np.arange(43)], 1).astype(int))
-    store = st.finalize_store(tmp_path / "s", [{"id": "a", "length": 60}, {"id": "b", "length": 43}])
+    store = st.finalize_store(
+        tmp_path / "s", [{"id": "a", "length": 60}, {"id": "b", "length": 43}]
+    )
     ref = Loader(X, 16, seed=5, block_rows=8, buffer_rows=32)
     for data in (tmp_path / "x.npy", str(tmp_path / "s"), store):
         other = Loader(data, 16, seed=5, block_rows=8, buffer_rows=32)

@@ -8,6 +8,7 @@ import pytest
 from jaxsae import cli
 from jaxsae.data.loader import Loader
 from jaxsae.kernels.sae import encode, forward
+from jaxsae.models.saelens import load_saelens
 from jaxsae.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from jaxsae.training.config import TrainConfig
 from jaxsae.training.loop import TrainingDivergedError, train
@@ -15,7 +16,6 @@ from jaxsae.training.metrics_log import read_metrics
 from jaxsae.training.parallel import make_mesh
 from jaxsae.training.resample import resample_dead_features
 from jaxsae.training.state import init_state
-
 
 _resample = jax.jit(resample_dead_features)
 
@@ -31,8 +31,11 @@ def _state(d_in=D_IN, d_sae=D_SAE):
     rng = np.random.default_rng(0)
     params = jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape)), state.params)
     opt = jax.tree.map(
-        lambda x: jnp.asarray(rng.standard_normal(x.shape), x.dtype)
-        if jnp.issubdtype(x.dtype, jnp.floating) else x,
+        lambda x: (
+            jnp.asarray(rng.standard_normal(x.shape), x.dtype)
+            if jnp.issubdtype(x.dtype, jnp.floating)
+            else x
+        ),
         state.opt_state,
     )
     counters = jnp.asarray(rng.integers(1, 1000, d_sae), jnp.int32)
@@ -62,7 +65,9 @@ def test_dead_features_revived_alive_untouched():
         np.testing.assert_array_equal(new_m.W_dec[alive], old_m.W_dec[alive])
         np.testing.assert_array_equal(new_m.b_dec, old_m.b_dec)
         for i in (1, 4):
-            assert not np.any(new_m.W_enc[:, i]) and not np.any(new_m.W_dec[i]) and new_m.b_enc[i] == 0
+            assert (
+                not np.any(new_m.W_enc[:, i]) and not np.any(new_m.W_dec[i]) and new_m.b_enc[i] == 0
+            )
     assert new.opt_state[1][0].count == state.opt_state[1][0].count
     enc_alive = np.linalg.norm(p.W_enc[:, alive], axis=0).mean()
     dec_alive = np.linalg.norm(p.W_dec[alive], axis=1).mean()
@@ -134,9 +139,14 @@ def test_run_writes_log_checkpoints_and_export(uninterrupted):
         assert all(np.isfinite(r[key]) for r in history), key
     assert history[-1]["loss"] < history[0]["loss"]
     assert [p.name for p in list_checkpoints(out / "checkpoints")] == [
-        "ckpt_000000006.npz", "ckpt_000000012.npz"
+        "ckpt_000000006.npz",
+        "ckpt_000000012.npz",
     ]
-    assert (out / "sae").is_dir() and (out / "config.json").is_file()
+    assert (out / "config.json").is_file()
+    exported, sae_cfg = load_saelens(out / "sae")
+    _leaves_close(exported, params, 0)
+    assert sae_cfg["architecture"] == "standard"
+    assert sae_cfg["metadata"]["jaxsae_train_config"] == CFG.to_dict()
     # the returned parameters act on raw inputs: they equal the trained (normalised) SAE
     template = jax.eval_shape(lambda: init_state(CFG))
     ck = load_checkpoint(out / "checkpoints", template)
@@ -186,7 +196,9 @@ def test_bad_data_fails_before_compute(tmp_path):
     with pytest.raises(ValueError, match="width d_in=8, found 5"):
         train(CFG, _data(d=5), tmp_path, progress=False)
     with pytest.raises(ValueError, match="divisible by the 3"):
-        train(CFG.replace(batch_size=32), _data(), tmp_path, devices=jax.devices()[:3], progress=False)
+        train(
+            CFG.replace(batch_size=32), _data(), tmp_path, devices=jax.devices()[:3], progress=False
+        )
 
 
 def test_nan_stops_with_last_good_checkpoint(tmp_path):
@@ -195,8 +207,14 @@ def test_nan_stops_with_last_good_checkpoint(tmp_path):
     loader = Loader(X, 32, shuffle=False, check_finite=True)
     with pytest.raises(TrainingDivergedError, match=r"at step 8.*checkpoint \(step 4\)"):
         train(
-            CFG, loader, tmp_path, normalise=False, devices=jax.devices()[:1], checkpoint_every=4,
-            log_every=1, progress=False,
+            CFG,
+            loader,
+            tmp_path,
+            normalise=False,
+            devices=jax.devices()[:1],
+            checkpoint_every=4,
+            log_every=1,
+            progress=False,
         )
     assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["ckpt_000000004.npz"]
     ck = load_checkpoint(tmp_path / "checkpoints", jax.eval_shape(lambda: init_state(CFG)))
@@ -215,7 +233,9 @@ def test_keyboard_interrupt_saves_a_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(loader, "batch_at", interrupt_at_5)
     with pytest.raises(KeyboardInterrupt):
-        train(CFG, loader, tmp_path, devices=jax.devices()[:1], checkpoint_every=100, progress=False)
+        train(
+            CFG, loader, tmp_path, devices=jax.devices()[:1], checkpoint_every=100, progress=False
+        )
     ck = load_checkpoint(tmp_path / "checkpoints", jax.eval_shape(lambda: init_state(CFG)))
     assert ck.step == 5 and ck.data_state["position"] == 5 and int(ck.state.step) == 5
 
@@ -224,9 +244,27 @@ def test_cli_train_with_resampling(tmp_path, capsys):
     np.save(tmp_path / "x.npy", _data())
     out = tmp_path / "run"
     argv = [
-        "train", str(tmp_path / "x.npy"), "--out", str(out), "--d-sae", "16", "--steps", "12",
-        "--batch-size", "32", "--lr", "0.1", "--l1-coeff", "50", "--dead-tokens", "32",
-        "--resample-every", "6", "--log-every", "6", "--no-progress",
+        "train",
+        str(tmp_path / "x.npy"),
+        "--out",
+        str(out),
+        "--d-sae",
+        "16",
+        "--steps",
+        "12",
+        "--batch-size",
+        "32",
+        "--lr",
+        "0.1",
+        "--l1-coeff",
+        "50",
+        "--dead-tokens",
+        "32",
+        "--resample-every",
+        "6",
+        "--log-every",
+        "6",
+        "--no-progress",
     ]  # a strong penalty and a large step kill features by step 6
     assert cli.main(argv) == 0
     text = capsys.readouterr().out

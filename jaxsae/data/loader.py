@@ -99,8 +99,7 @@ def as_source(data: Any) -> _ArraySource | _StoreSource:
             return _check_source(arr, str(path))
         else:
             raise ValueError(
-                f"data {path}: expected an activation store directory or a .npy file, "
-                "found neither"
+                f"data {path}: expected an activation store directory or a .npy file, found neither"
             )
     if isinstance(data, ActivationStore):
         if data.num_rows == 0:
@@ -280,7 +279,10 @@ class Loader:
             else:
                 perm = np.arange(len(ids))
             acts = np.concatenate(
-                [self.source.read(int(b) * br, min((int(b) + 1) * br, self.num_rows)) for b in blocks]
+                [
+                    self.source.read(int(b) * br, min((int(b) + 1) * br, self.num_rows))
+                    for b in blocks
+                ]
             )
             self._windows[key] = (ids[perm], acts[perm])
             while len(self._windows) > 2:
@@ -303,7 +305,9 @@ class Loader:
 
     def rows_at(self, step: int) -> np.ndarray:
         """Global row numbers ``(batch_size,)`` of batch ``step`` (what ``batch_at`` returns)."""
-        return np.concatenate([self._window(e, w)[0][lo:hi] for e, w, lo, hi in self._segments(step)])
+        return np.concatenate(
+            [self._window(e, w)[0][lo:hi] for e, w, lo, hi in self._segments(step)]
+        )
 
     def batch_at(self, step: int) -> np.ndarray:
         """Batch ``step`` as ``(batch_size, d)`` float32, normalised if a normalisation is set.

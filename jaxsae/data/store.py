@@ -150,15 +150,14 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
         raise ValueError(
-            f"activation store {path.parent}: {what} {path.name} is unreadable ({err}); "
-            "rewrite it"
+            f"activation store {path.parent}: {what} {path.name} is unreadable ({err}); rewrite it"
         ) from err
 
 
 def finalize_store(
     store_dir: str | os.PathLike, proteins: list[dict], meta: dict | None = None
 ) -> ActivationStore:
-    """Check the shards, compute statistics, and write ``mean.npy``, ``proteins.jsonl``, ``meta.json``.
+    """Check the shards, compute statistics, write ``mean.npy``, ``proteins.jsonl``, ``meta.json``.
 
     Streams over the shards once (memory: one shard), accumulating in float64.
 
@@ -352,7 +351,7 @@ class ActivationStore:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def rows(self, start: int, stop: int) -> np.ndarray:
-        """Global rows ``[start, stop)`` (across shards) as a float32 ``(stop - start, d)`` array."""
+        """Global rows ``[start, stop)`` (across shards), a float32 ``(stop - start, d)`` array."""
         return self._gather(start, stop, self.shard, self.d, np.float32)
 
     def index_rows(self, start: int, stop: int) -> np.ndarray:

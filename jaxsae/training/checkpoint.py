@@ -148,7 +148,9 @@ def save_checkpoint(
         "config": config,
         "data_state": data_state or {},
         "norm_scale": None if normalisation is None else float(normalisation.scale),
-        "leaves": {n: [list(a.shape), a.dtype.name] for n, a in zip(names, arrays.values())},
+        "leaves": {
+            n: [list(a.shape), a.dtype.name] for n, a in zip(names, arrays.values(), strict=True)
+        },
         "extra": extra or {},
     }
     if normalisation is not None:
@@ -241,7 +243,8 @@ def load_checkpoint(
         out.append(got)
     if problems:
         raise CheckpointMismatchError(
-            f"checkpoint {path} does not fit this run: " + "; ".join(problems)
+            f"checkpoint {path} does not fit this run: "
+            + "; ".join(problems)
             + ". Use the same settings to resume, or start afresh (--no-resume / another --out)."
         )
     state = jax.tree_util.tree_unflatten(treedef, out)

@@ -11,34 +11,85 @@ HELP = "train a sparse autoencoder on activations (a store directory or a .npy f
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``train`` arguments (no heavy imports here)."""
     parser.add_argument(
-        "data", help="activations: a store directory (from `jaxsae extract`) or a (rows, d) .npy file"
+        "data",
+        help="activations: a store directory (from `jaxsae extract`) or a (rows, d) .npy file",
     )
-    parser.add_argument("--out", required=True, help="output directory (checkpoints, metrics.jsonl, sae/)")
-    parser.add_argument("--d-sae", type=int, default=None,
-                        help="number of features (default: 8 × the input width)")
-    parser.add_argument("--arch", choices=("l1", "topk"), default="l1",
-                        help="l1: ReLU + decoder-norm-weighted L1 penalty; topk: keep the k largest (default l1)")
-    parser.add_argument("--k", type=int, default=32, help="active features per token for --arch topk (default 32)")
-    parser.add_argument("--l1-coeff", type=float, default=5.0,
-                        help="L1 coefficient λ for --arch l1, on inputs normalised to E‖x‖² = d_in (default 5)")
+    parser.add_argument(
+        "--out", required=True, help="output directory (checkpoints, metrics.jsonl, sae/)"
+    )
+    parser.add_argument(
+        "--d-sae", type=int, default=None, help="number of features (default: 8 × the input width)"
+    )
+    parser.add_argument(
+        "--arch",
+        choices=("l1", "topk"),
+        default="l1",
+        help="l1: ReLU + decoder-norm-weighted L1 penalty; topk: keep the k largest (default l1)",
+    )
+    parser.add_argument(
+        "--k", type=int, default=32, help="active features per token for --arch topk (default 32)"
+    )
+    parser.add_argument(
+        "--l1-coeff",
+        type=float,
+        default=5.0,
+        help="L1 coefficient λ for --arch l1, on inputs normalised to E‖x‖² = d_in (default 5)",
+    )
     parser.add_argument("--steps", type=int, default=1000, help="optimiser steps (default 1000)")
-    parser.add_argument("--batch-size", type=int, default=4096, help="tokens per step, over all devices (default 4096)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate (default 1e-3)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the data order (default 0)")
-    parser.add_argument("--dead-tokens", type=int, default=None,
-                        help="a feature is dead after this many tokens without firing (default: the config's 10M)")
-    parser.add_argument("--resample-every", type=int, default=0,
-                        help="resample dead features every N steps (--arch l1; default 0: never)")
-    parser.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (default 500)")
-    parser.add_argument("--log-every", type=int, default=10, help="steps between metrics.jsonl records (default 10)")
-    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                        help="continue from the latest checkpoint in --out if any (default); "
-                        "--no-resume starts afresh")
-    parser.add_argument("--pmap", action="store_true",
-                        help="run the step under jax.pmap instead of shard_map on a device mesh")
-    parser.add_argument("--no-normalise", dest="normalise", action="store_false",
-                        help="train on raw inputs (default: centre and scale to E‖x‖² = d_in)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=4096,
+        help="tokens per step, over all devices (default 4096)",
+    )
+    parser.add_argument(
+        "--lr", type=float, default=1e-3, help="peak Adam learning rate (default 1e-3)"
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the initialisation and the data order (default 0)",
+    )
+    parser.add_argument(
+        "--dead-tokens",
+        type=int,
+        default=None,
+        help="a feature is dead after this many tokens without firing (default: the config's 10M)",
+    )
+    parser.add_argument(
+        "--resample-every",
+        type=int,
+        default=0,
+        help="resample dead features every N steps (--arch l1; default 0: never)",
+    )
+    parser.add_argument(
+        "--checkpoint-every", type=int, default=500, help="steps between checkpoints (default 500)"
+    )
+    parser.add_argument(
+        "--log-every", type=int, default=10, help="steps between metrics.jsonl records (default 10)"
+    )
+    parser.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="continue from the latest checkpoint in --out if any (default); "
+        "--no-resume starts afresh",
+    )
+    parser.add_argument(
+        "--pmap",
+        action="store_true",
+        help="run the step under jax.pmap instead of shard_map on a device mesh",
+    )
+    parser.add_argument(
+        "--no-normalise",
+        dest="normalise",
+        action="store_false",
+        help="train on raw inputs (default: centre and scale to E‖x‖² = d_in)",
+    )
+    parser.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="hide the progress bar"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,7 +117,10 @@ def run(args: argparse.Namespace) -> int:
         )
         every = args.resample_every
         resample = range(every, args.steps, every) if every > 0 else ()
-        print(f"training {cfg.arch} SAE {cfg.d_in} → {cfg.d_sae} on {src.num_rows} rows of {args.data}")
+        print(
+            f"training {cfg.arch} SAE {cfg.d_in} → {cfg.d_sae} on {src.num_rows} rows "
+            f"of {args.data}"
+        )
         _, history = train(
             cfg,
             src,

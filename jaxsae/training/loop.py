@@ -217,7 +217,10 @@ def train(
     loader.normalisation = norm
     atomic_save_text(
         out / "config.json",
-        json.dumps({"config": cfg.to_dict(), "options": options, "normalisation_scale": norm.scale}, indent=1),
+        json.dumps(
+            {"config": cfg.to_dict(), "options": options, "normalisation_scale": norm.scale},
+            indent=1,
+        ),
     )
 
     if pmap:
@@ -282,8 +285,11 @@ def train(
         history.append(log.write(step=done, **rec))
         if bar is not None:
             bar.set_postfix(
-                loss=f"{rec['loss']:.4g}", L0=f"{rec['l0']:.1f}", FVU=f"{rec['fvu']:.3f}",
-                dead=f"{rec['dead_frac']:.1%}", refresh=False,
+                loss=f"{rec['loss']:.4g}",
+                L0=f"{rec['l0']:.1f}",
+                FVU=f"{rec['fvu']:.3f}",
+                dead=f"{rec['dead_frac']:.1%}",
+                refresh=False,
             )
         pending, tick, tick_step = [], now, done
 
@@ -297,7 +303,9 @@ def train(
             bar.update(1)
             if done in resample_at:
                 flush(bar)
-                state = _resample(state, loader, done, cfg, resample_batches, pmap, resample_fn, place, log)
+                state = _resample(
+                    state, loader, done, cfg, resample_batches, pmap, resample_fn, place, log
+                )
             if done % log_every == 0 or done == end:
                 flush(bar)
             if done % checkpoint_every == 0 or done == end:
@@ -310,7 +318,8 @@ def train(
             save(state)
             print(f"\ninterrupted: checkpoint saved at step {done} in {ckpt_dir}")
         except (TrainingDivergedError, RuntimeError) as err:  # e.g. a state donated mid-step
-            print(f"\ninterrupted: could not save step {done} ({err}); {_kept_message(ckpt_dir, last_saved)}")
+            kept = _kept_message(ckpt_dir, last_saved)
+            print(f"\ninterrupted: could not save step {done} ({err}); {kept}")
         log.close()
         raise
     except TrainingDivergedError:
@@ -322,14 +331,29 @@ def train(
 
     host = _host_state(state, pmap)
     params = jax.tree.map(jnp.asarray, jax.device_get(host.params))
-    raw = fold_normalisation(
-        params, norm.mean, norm.scale, apply_b_dec_to_input=cfg.arch == "topk"
-    )
+    raw = fold_normalisation(params, norm.mean, norm.scale, apply_b_dec_to_input=cfg.arch == "topk")
     if export and done == cfg.total_steps:
         from jaxsae.models.saelens import save_saelens
 
-        save_saelens(out / "sae", raw, cfg)
+        save_saelens(out / "sae", raw, _saelens_cfg(cfg, src, norm))
     return raw, history
+
+
+def _saelens_cfg(cfg: TrainConfig, src: Any, norm: Normalisation) -> dict:
+    """SAELens fields of the exported SAE; the store's metadata and the run's go to metadata."""
+    meta = dict(getattr(getattr(src, "store", None), "meta", {}))
+    for ours, theirs in (("model", "model_name"), ("layer", "hook_layer")):
+        if ours in meta:
+            meta.setdefault(theirs, meta[ours])
+    meta.update(
+        dataset_path=src.name,
+        jaxsae_train_config=cfg.to_dict(),
+        jaxsae_input_normalisation={"centred": bool(np.any(norm.mean)), "scale": norm.scale},
+    )
+    out: dict[str, Any] = {"architecture": "topk" if cfg.arch == "topk" else "standard"}
+    if cfg.arch == "topk":
+        out["k"] = cfg.k
+    return {**out, "metadata": meta}
 
 
 def _kept_message(ckpt_dir: Path, last_saved: int | None) -> str:
