@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -83,7 +84,7 @@ class ESM2Config:
     layer_norm_eps: float = 1e-5
     token_dropout: bool = True
     rope_theta: float = 10000.0
-    name: str = "esm2"
+    name: str = dataclasses.field(default="esm2", compare=False)  # a label: no recompilation
 
     def __post_init__(self) -> None:
         for f in ("num_layers", "d_model", "num_heads", "d_ff", "vocab_size", "max_tokens"):
@@ -173,11 +174,14 @@ def param_shapes(config: ESM2Config) -> ESM2Params:
     )  # fmt: skip
 
 
+def _is_shape(x: object) -> bool:
+    return isinstance(x, tuple) and all(isinstance(i, int) for i in x)
+
+
 def check_params(params: ESM2Params, config: ESM2Config) -> ESM2Params:
     """Raise a ``ValueError`` listing every parameter whose shape does not match ``config``."""
     want = param_shapes(config)
-    is_shape = lambda x: isinstance(x, tuple) and all(isinstance(i, int) for i in x)  # noqa: E731
-    paths_want = jax.tree_util.tree_flatten_with_path(want, is_leaf=is_shape)[0]
+    paths_want = jax.tree_util.tree_flatten_with_path(want, is_leaf=_is_shape)[0]
     got = jax.tree.leaves(params)
     if len(got) != len(paths_want):
         raise ValueError(f"ESM-2 params: expected {len(paths_want)} arrays, found {len(got)}")
@@ -194,12 +198,12 @@ def check_params(params: ESM2Params, config: ESM2Config) -> ESM2Params:
 def init_esm2_params(key: jax.Array, config: ESM2Config, dtype: type = jnp.float32) -> ESM2Params:
     """Random parameters (normal, std 0.02; LayerNorms at identity), for tests and examples."""
     shapes = param_shapes(config)
-    leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda x: isinstance(x, tuple))
-    keys = jax.random.split(key, len(leaves))
-    names = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(
-        shapes, is_leaf=lambda x: isinstance(x, tuple))[0]]  # fmt: skip
-    out = []
-    for k, s, n in zip(keys, leaves, names, strict=True):
+    flat, treedef = jax.tree_util.tree_flatten_with_path(shapes, is_leaf=_is_shape)
+    names = [jax.tree_util.keystr(p) for p, _ in flat]
+    sizes = [math.prod(s) for _, s in flat]
+    noise = np.asarray(0.02 * jax.random.normal(key, (sum(sizes),), dtype))  # one draw, split
+    out, start = [], 0
+    for (_, s), n, size in zip(flat, names, sizes, strict=True):
         if "inv_freq" in n:
             out.append(jnp.asarray(default_inv_freq(config), dtype))
         elif "ln_scale" in n:
@@ -207,7 +211,8 @@ def init_esm2_params(key: jax.Array, config: ESM2Config, dtype: type = jnp.float
         elif "ln_bias" in n:
             out.append(jnp.zeros(s, dtype))
         else:
-            out.append(0.02 * jax.random.normal(k, s, dtype))
+            out.append(jnp.asarray(noise[start : start + size].reshape(s)))
+        start += size
     return jax.tree.unflatten(treedef, out)
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "params_from_hf_state_dict",
     "params_from_fair_esm_state_dict",
     "load_esm2",
+    "save_esm2_hf",
 ]
 
 
@@ -250,10 +251,15 @@ def _assemble(
     missing: list[str] = []
 
     def get(key: str) -> np.ndarray | None:
-        if key not in sd:
+        # LayerNorm weight/bias are also written as gamma/beta (transformers >= 5 save_pretrained)
+        alias = re.sub(r"\.weight$", ".gamma", key) if key.endswith(".weight") else (
+            re.sub(r"\.bias$", ".beta", key)
+        )
+        found = key if key in sd else alias if alias in sd else None
+        if found is None:
             missing.append(key)
             return None
-        return np.asarray(sd[key], dtype=np.float32)
+        return np.asarray(sd[found], dtype=np.float32)
 
     def linear(prefix: str) -> tuple[np.ndarray | None, np.ndarray | None]:
         w, b = get(prefix + ".weight"), get(prefix + ".bias")
@@ -455,3 +461,65 @@ def load_esm2(path: str | os.PathLike) -> tuple[ESM2Config, ESM2Params]:
     sd = {k: v for k, v in sd.items() if isinstance(v, np.ndarray)}
     config = _fair_esm_config(ckpt, sd, name=weights.stem)
     return config, params_from_fair_esm_state_dict(sd, config)
+
+
+def save_esm2_hf(params: ESM2Params, config: ESM2Config, out_dir: str | os.PathLike) -> Path:
+    """Write ``(config, params)`` as a Hugging Face ``EsmModel`` directory (``config.json`` +
+    ``model.safetensors``), loadable by ``load_esm2`` and by ``transformers``.
+
+    Returns:
+      the directory.
+    """
+    from safetensors.numpy import save_file
+
+    check_params(params, config)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    p = {k: np.asarray(v, np.float32) for k, v in params._asdict().items() if k != "layers"}
+    lp = {k: np.asarray(v, np.float32) for k, v in params.layers._asdict().items()}
+    d = config.d_model
+    sd = {
+        "embeddings.word_embeddings.weight": p["embed"],
+        "encoder.emb_layer_norm_after.weight": p["final_ln_scale"],
+        "encoder.emb_layer_norm_after.bias": p["final_ln_bias"],
+        "rotary_embeddings.inv_freq": p["inv_freq"],
+    }
+    for i in range(config.num_layers):
+        pre = f"encoder.layer.{i}."
+        W, b = lp["W_qkv"][i], lp["b_qkv"][i]
+        for j, name in enumerate(("query", "key", "value")):
+            sd[pre + f"attention.self.{name}.weight"] = W[:, j * d : (j + 1) * d].T
+            sd[pre + f"attention.self.{name}.bias"] = b[j * d : (j + 1) * d]
+        pairs = {
+            "attention.LayerNorm": ("attn_ln_scale", "attn_ln_bias", False),
+            "attention.output.dense": ("W_out", "b_out", True),
+            "LayerNorm": ("mlp_ln_scale", "mlp_ln_bias", False),
+            "intermediate.dense": ("W_fc1", "b_fc1", True),
+            "output.dense": ("W_fc2", "b_fc2", True),
+        }
+        for name, (w, bias, linear) in pairs.items():
+            sd[pre + name + ".weight"] = lp[w][i].T if linear else lp[w][i]
+            sd[pre + name + ".bias"] = lp[bias][i]
+    save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, str(out / "model.safetensors"))
+    cfg = {
+        "model_type": "esm",
+        "architectures": ["EsmModel"],
+        "_name_or_path": config.name,
+        "vocab_size": config.vocab_size,
+        "hidden_size": d,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "intermediate_size": config.d_ff,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "max_position_embeddings": config.max_tokens + 2,
+        "layer_norm_eps": config.layer_norm_eps,
+        "position_embedding_type": "rotary",
+        "emb_layer_norm_before": False,
+        "token_dropout": config.token_dropout,
+        "mask_token_id": 32,
+        "pad_token_id": 1,
+    }
+    (out / "config.json").write_text(json.dumps(cfg, indent=1))
+    return out
