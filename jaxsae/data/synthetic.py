@@ -12,6 +12,7 @@ per datum is ``avg_active``), with a magnitude uniform in ``magnitude = (lo, hi)
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -87,15 +88,19 @@ def make_sparse_data(
     if noise_std < 0 or decay < 0:
         raise ValueError(f"expected noise_std >= 0 and decay >= 0, found {noise_std}, {decay}")
 
+    return _sample(key, avg_active, decay, lo, hi, noise_std, n, d_in, n_features,
+                   jnp.dtype(dtype))
+
+
+@partial(jax.jit, static_argnums=(6, 7, 8, 9))
+def _sample(key, avg_active, decay, lo, hi, noise_std, n, d_in, n_features, dtype):
     k_feat, k_on, k_mag, k_noise = jax.random.split(key, 4)
     feats = jax.random.normal(k_feat, (n_features, d_in), dtype)
     feats = feats / jnp.linalg.norm(feats, axis=1, keepdims=True)
-    weights = (jnp.arange(n_features, dtype=dtype) + 1) ** (-decay)
+    weights = (jnp.arange(n_features, dtype=dtype) + 1) ** (-jnp.asarray(decay, dtype))
     probs = jnp.clip(avg_active * weights / jnp.sum(weights), 0, 1)
     on = jax.random.bernoulli(k_on, probs[None, :], (n, n_features))
     mags = jax.random.uniform(k_mag, (n, n_features), dtype, minval=lo, maxval=hi)
     codes = jnp.where(on, mags, jnp.zeros((), dtype))
-    X = codes @ feats
-    if noise_std > 0:
-        X = X + noise_std * jax.random.normal(k_noise, X.shape, dtype)
-    return SyntheticData(X=X, true_features=feats, codes=codes)
+    noise = jnp.asarray(noise_std, dtype) * jax.random.normal(k_noise, (n, d_in), dtype)
+    return SyntheticData(X=codes @ feats + noise, true_features=feats, codes=codes)

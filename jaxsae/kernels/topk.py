@@ -37,6 +37,7 @@ References:
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -128,7 +129,11 @@ def topk_encode(
       ``indices (..., k)`` their feature indices (int32).
     """
     x = check_inputs(params, x)
-    k = check_k(k, params.d_sae)
+    return _topk_encode(params, x, check_k(k, params.d_sae))
+
+
+@partial(jax.jit, static_argnums=2)
+def _topk_encode(params: SAEParams, x: jax.Array, k: int):
     top, indices = lax.top_k(topk_pre_acts(params, x), k)
     values = jnp.maximum(top, 0)
     return _dense_codes(values, indices, params.d_sae), values, indices
@@ -258,9 +263,14 @@ def topk_decode(params: SAEParams, values: ArrayLike, indices: ArrayLike) -> jax
             f"topk_decode: expected values and indices of the same shape, found "
             f"{tuple(values.shape)} and {tuple(indices.shape)}"
         )
+    return _topk_decode(params, values, indices)
+
+
+@jax.jit
+def _topk_decode(params: SAEParams, values: jax.Array, indices: jax.Array) -> jax.Array:
     lead = values.shape[:-1]
-    flat = _sparse_decode(params.W_dec, values.reshape(-1, values.shape[-1]),
-                          indices.reshape(-1, values.shape[-1]))
+    m = values.shape[-1]
+    flat = _sparse_decode(params.W_dec, values.reshape(-1, m), indices.reshape(-1, m))
     out = flat.reshape(*lead, params.d_in)
     return out + _row(params.b_dec, out)
 
@@ -268,12 +278,16 @@ def topk_decode(params: SAEParams, values: ArrayLike, indices: ArrayLike) -> jax
 def topk_forward(params: SAEParams, x: ArrayLike, k: int) -> SAEOutput:
     """TopK encoder then sparse decoder on ``x (..., d_in)``; see ``SAEOutput`` for the shapes."""
     x = check_inputs(params, x)
-    k = check_k(k, params.d_sae)
+    return _topk_forward(params, x, check_k(k, params.d_sae))
+
+
+@partial(jax.jit, static_argnums=2)
+def _topk_forward(params: SAEParams, x: jax.Array, k: int) -> SAEOutput:
     pre = topk_pre_acts(params, x)
     top, indices = lax.top_k(pre, k)
     values = jnp.maximum(top, 0)
     codes = _dense_codes(values, indices, params.d_sae)
-    return SAEOutput(codes=codes, recon=topk_decode(params, values, indices), pre_acts=pre)
+    return SAEOutput(codes=codes, recon=_topk_decode(params, values, indices), pre_acts=pre)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -320,9 +334,7 @@ def topk_loss(
     k = check_k(k, params.d_sae)
     check_nonnegative("aux_coeff", aux_coeff)
     d_sae = params.d_sae
-    xf = x.reshape(-1, params.d_in)
-    use_aux = dead_mask is not None
-    if use_aux:
+    if dead_mask is not None:
         dead_mask = jnp.asarray(dead_mask)
         if dead_mask.shape != (d_sae,) or dead_mask.dtype != jnp.bool_:
             raise ValueError(
@@ -330,6 +342,24 @@ def topk_loss(
                 f"{dead_mask.dtype} {tuple(dead_mask.shape)}"
             )
         aux_k = check_k(min(int(aux_k), d_sae), d_sae, name="aux_k")
+    else:
+        aux_k = 0  # unused: one compilation whatever the value
+    return _topk_loss(params, x, dead_mask, jnp.asarray(aux_coeff, x.dtype), k, aux_k, sparse)
+
+
+@partial(jax.jit, static_argnums=(4, 5, 6))
+def _topk_loss(
+    params: SAEParams,
+    x: jax.Array,
+    dead_mask: jax.Array | None,
+    aux_coeff: jax.Array,
+    k: int,
+    aux_k: int,
+    sparse: bool,
+) -> tuple[jax.Array, TopKMetrics]:
+    d_sae = params.d_sae
+    xf = x.reshape(-1, params.d_in)
+    use_aux = dead_mask is not None
 
     pre = topk_pre_acts(params, xf)
     if sparse:
