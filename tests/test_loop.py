@@ -8,6 +8,7 @@ import pytest
 from jaxsae import cli
 from jaxsae.data.loader import Loader
 from jaxsae.kernels.sae import encode, forward
+from jaxsae.kernels.topk import topk_forward
 from jaxsae.models.saelens import load_saelens
 from jaxsae.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from jaxsae.training.config import TrainConfig
@@ -182,6 +183,24 @@ def test_one_device_and_pmap_match_the_mesh(uninterrupted, tmp_path):
         CFG, _data(), tmp_path / "pmap", pmap=True, devices=jax.devices()[:2], progress=False
     )
     _leaves_close(pm, full, 1e-5)
+
+
+def test_topk_run_exports_a_topk_sae_on_raw_inputs(tmp_path):
+    cfg = CFG.replace(arch="topk", k=3, aux_k=4)
+    params, history = train(cfg, _data(), tmp_path, devices=jax.devices()[:1], progress=False)
+    assert history[-1]["l0"] <= 3
+    exported, sae_cfg = load_saelens(tmp_path / "sae")
+    assert sae_cfg["architecture"] == "topk" and sae_cfg["k"] == 3
+    assert sae_cfg["apply_b_dec_to_input"] is True
+    _leaves_close(exported, params, 0)
+    ck = load_checkpoint(tmp_path / "checkpoints", jax.eval_shape(lambda: init_state(cfg)))
+    X = _data()[:16]
+    trained = jax.tree.map(jnp.asarray, ck.state.params)
+    norm_out = topk_forward(trained, jnp.asarray(ck.normalisation.apply(X)), 3)
+    raw_out = topk_forward(params, jnp.asarray(X), 3)
+    np.testing.assert_allclose(raw_out.codes, norm_out.codes, rtol=1e-4, atol=1e-4)
+    expect = np.asarray(norm_out.recon) / ck.normalisation.scale + ck.normalisation.mean[None, :]
+    np.testing.assert_allclose(raw_out.recon, expect, rtol=1e-4, atol=1e-3)
 
 
 def test_resume_with_another_config_is_a_clear_error(uninterrupted):

@@ -1,7 +1,16 @@
 """jaxsae.training: configuration, optimiser, train state, the per-device train step and its
 data- and feature-parallel drivers."""
 
+from jaxsae.training.checkpoint import (
+    Checkpoint,
+    CheckpointMismatchError,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from jaxsae.training.config import TrainConfig
+from jaxsae.training.loop import TrainingDivergedError, train
+from jaxsae.training.metrics_log import MetricsLog, read_metrics
 from jaxsae.training.optim import (
     clip_by_global_norm,
     global_norm,
@@ -22,6 +31,7 @@ from jaxsae.training.parallel import (
     state_specs,
     unreplicate,
 )
+from jaxsae.training.resample import resample_dead_features, reset_feature_moments
 from jaxsae.training.state import StepMetrics, TrainState, dead_mask, init_state
 from jaxsae.training.step import train_step
 
@@ -48,4 +58,15 @@ __all__ = [
     "split_for_pmap",
     "memory_per_device",
     "max_d_sae",
+    "train",
+    "TrainingDivergedError",
+    "Checkpoint",
+    "CheckpointMismatchError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "latest_checkpoint",
+    "MetricsLog",
+    "read_metrics",
+    "resample_dead_features",
+    "reset_feature_moments",
 ]

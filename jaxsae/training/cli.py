@@ -77,6 +77,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--no-resume starts afresh",
     )
     parser.add_argument(
+        "--feature-shards",
+        type=int,
+        default=1,
+        help="split the dictionary over this many devices (a (data, feature) mesh; default 1)",
+    )
+    parser.add_argument(
         "--pmap",
         action="store_true",
         help="run the step under jax.pmap instead of shard_map on a device mesh",
@@ -99,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from jaxsae.data.loader import as_source
     from jaxsae.training.config import TrainConfig
     from jaxsae.training.loop import TrainingDivergedError, train
+    from jaxsae.training.parallel import make_mesh
 
     try:
         src = as_source(args.data)
@@ -129,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
             checkpoint_every=args.checkpoint_every,
             log_every=args.log_every,
             pmap=args.pmap,
+            mesh=None if args.pmap else make_mesh(feature=args.feature_shards),
             progress=args.progress,
             normalise=args.normalise,
             resample_steps=resample,
