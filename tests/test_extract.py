@@ -78,7 +78,9 @@ def test_interrupted_run_resumes_to_the_same_result(model, proteins, tmp_path, m
     with pytest.raises(KeyboardInterrupt):
         ex.extract_activations(proteins, model, [1], tmp_path / "part", **KW)
     assert not (tmp_path / "part" / "layer_1" / "meta.json").exists()
-    monkeypatch.setattr(store_mod, "write_shard", lambda *a, **k: (calls.append(a[1]), real(*a, **k)))
+    monkeypatch.setattr(
+        store_mod, "write_shard", lambda *a, **k: (calls.append(a[1]), real(*a, **k))
+    )
     calls.clear()
     resumed = ex.extract_activations(proteins, model, [1], tmp_path / "part", **KW)[1]
     assert 0 not in calls and 1 not in calls  # finished shards were kept and skipped

@@ -79,8 +79,17 @@ def write_torch_zip(path, tensors, *, extra=None, root="archive"):
         blobs[str(i)] = storage.tobytes()
         numel = storage.size
         rebuild = _Global("torch._utils", "_rebuild_tensor_v2")
-        state[name] = _Call(rebuild, (_Storage(kind, str(i), numel), offset, shape, strides,
-                                      False, _Call(_Global("collections", "OrderedDict"), ())))
+        state[name] = _Call(
+            rebuild,
+            (
+                _Storage(kind, str(i), numel),
+                offset,
+                shape,
+                strides,
+                False,
+                _Call(_Global("collections", "OrderedDict"), ()),
+            ),
+        )
     obj = state if extra is None else {"model": state, **extra}
     buf = io.BytesIO()
     _TorchLikePickler(buf, protocol=2).dump(obj)
@@ -197,8 +206,10 @@ def _assert_same(p, q):
 @pytest.mark.parametrize("prefix", ["encoder.sentence_encoder.", "encoder.", ""])
 def test_fair_esm_checkpoint(tmp_path, prefix):
     params = init_esm2_params(jax.random.key(0), TINY)
-    args = _Call(_Global("copyreg", "_reconstructor"),
-                 (_Global("argparse", "Namespace"), _Global("builtins", "object"), None))
+    args = _Call(
+        _Global("copyreg", "_reconstructor"),
+        (_Global("argparse", "Namespace"), _Global("builtins", "object"), None),
+    )
     # args: an argparse.Namespace carrying the sizes (as in ESM-1b); ESM-2 keeps them in cfg
     ns_state = {"encoder_attention_heads": 2, "encoder_layers": 2, "token_dropout": True}
 

@@ -60,7 +60,9 @@ def check_sequence(sequence: str, name: str = "sequence") -> str:
       ValueError: naming ``name``, the first offending character and its 1-based position.
     """
     if not isinstance(sequence, str):
-        raise ValueError(f"{name}: expected a string of letters A-Z, found {type(sequence).__name__}")
+        raise ValueError(
+            f"{name}: expected a string of letters A-Z, found {type(sequence).__name__}"
+        )
     if not sequence:
         raise ValueError(f"{name}: expected a non-empty sequence, found an empty one")
     codes = np.frombuffer(sequence.encode("utf-8", "replace"), dtype=np.uint8)

@@ -122,7 +122,8 @@ class ESM2LayerParams(NamedTuple):
       b_qkv: ``(L, 3d)``.
       W_out: ``(L, d, d)`` attention output projection; ``b_out`` ``(L, d)``.
       mlp_ln_scale, mlp_ln_bias: ``(L, d)`` LayerNorm before the feed-forward block.
-      W_fc1: ``(L, d, d_ff)``; ``b_fc1`` ``(L, d_ff)``; ``W_fc2`` ``(L, d_ff, d)``; ``b_fc2`` ``(L, d)``.
+      W_fc1: ``(L, d, d_ff)``; ``b_fc1`` ``(L, d_ff)``.
+      W_fc2: ``(L, d_ff, d)``; ``b_fc2`` ``(L, d)``.
     """
 
     attn_ln_scale: jax.Array
@@ -225,7 +226,7 @@ def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> j
 
 
 def _lead(v: jax.Array, ndim: int) -> jax.Array:
-    """``v`` of shape ``(n,)`` reshaped to ``(1, …, 1, n)`` of rank ``ndim`` (explicit broadcast)."""
+    """``v`` ``(n,)`` reshaped to ``(1, …, 1, n)`` of rank ``ndim`` (explicit broadcasting)."""
     return v.reshape((1,) * (ndim - 1) + v.shape)
 
 
@@ -357,7 +358,9 @@ def _hidden_states(params, tokens, segments, positions, config, layers):
     kept = {0: h}
     done = 0
     for target in sorted(set(layers) - {0}):  # blocks done..target-1, compiled once as a scan
-        h, _ = jax.lax.scan(block, h, jax.tree.map(lambda p: p[done:target], params.layers))
+        h, _ = jax.lax.scan(
+            block, h, jax.tree.map(lambda p, a=done, b=target: p[a:b], params.layers)
+        )
         if target == config.num_layers:
             h = layer_norm(h, params.final_ln_scale, params.final_ln_bias, config.layer_norm_eps)
         kept[target] = h
@@ -410,7 +413,7 @@ def esm2_hidden_states(
             f"{tuple(tokens.shape)}"
         )
     B, T = tokens.shape
-    if T > config.max_tokens:
+    if config.max_tokens < T:
         raise ValueError(
             f"tokens: expected at most {config.max_tokens} positions (<cls> and <eos> "
             f"included), found {T}"

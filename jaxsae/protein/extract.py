@@ -135,6 +135,45 @@ def _batches(
     return out
 
 
+def _batch_arrays(
+    recs: list[dict], batch_rows: list[list[int]], n_rows: int, length: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int, int]]]:
+    """Tokens, segment ids and rotary positions ``(n_rows, length)`` of a batch of packed rows.
+
+    Returns also ``(protein, row, column of its first residue)`` for every protein placed.
+    Rows past ``len(batch_rows)`` are fillers: a lone ``<pad>`` marked valid.
+    """
+    from jaxsae.protein.alphabet import PAD_ID, tokenize
+
+    tokens = np.full((n_rows, length), PAD_ID, dtype=np.int32)
+    segments = np.zeros((n_rows, length), dtype=np.int32)
+    positions = np.zeros((n_rows, length), dtype=np.int32)
+    placed = []
+    for j, members in enumerate(batch_rows):
+        col = 0
+        for k, p in enumerate(members):
+            t = tokenize(recs[p]["sequence"])
+            tokens[j, col : col + len(t)] = t
+            segments[j, col : col + len(t)] = k + 1
+            positions[j, col : col + len(t)] = np.arange(len(t))
+            placed.append((p, j, col + 1))
+            col += len(t)
+    segments[len(batch_rows) :, 0] = 1
+    return tokens, segments, positions, placed
+
+
+def _collect(
+    hidden: Any, placed: list, lengths: Sequence[int], row_of: dict[int, int], acts: np.ndarray
+) -> int:
+    """Copy each placed protein's residues from ``hidden`` into the shard buffer ``acts``;
+    return the number of residues copied."""
+    h = np.asarray(hidden)
+    for p, j, c in placed:
+        n, r0 = lengths[p], row_of[p]
+        acts[:, r0 : r0 + n] = h[:, j, c : c + n]
+    return sum(lengths[p] for p, _, _ in placed)
+
+
 def _fingerprint(proteins: list[dict]) -> str:
     h = hashlib.sha256()
     for p in proteins:
@@ -184,8 +223,8 @@ def extract_activations(
     from tqdm.auto import tqdm
 
     from jaxsae.data.store import finalize_store, shard_exists, write_shard
-    from jaxsae.protein.alphabet import PAD_ID, check_sequence, tokenize
-    from jaxsae.protein.esm2 import resolve_layers, check_params, esm2_hidden_states
+    from jaxsae.protein.alphabet import check_sequence
+    from jaxsae.protein.esm2 import check_params, esm2_hidden_states, resolve_layers
 
     config, params = model
     if dtype not in ("float32", "float16"):
@@ -282,42 +321,20 @@ def extract_activations(
             row_of = {p: int(o) for p, o in zip(idx, offsets[:-1], strict=True)}
             acts = np.empty((len(layers), int(offsets[-1]), d), dtype=np_dtype)
             pending = None  # one batch in flight: dispatch the next before copying this one
-
-            def collect(job: tuple) -> None:
-                hidden, placed = job
-                h = np.asarray(hidden)
-                for p, j, c in placed:
-                    n, r0 = lengths[p], row_of[p]
-                    acts[:, r0 : r0 + n] = h[:, j, c : c + n]
-                bar.update(sum(lengths[p] for p, _, _ in placed))
-
             for b, batch_rows in _batches(pack_rows(idx, lengths, buckets), max_tokens_per_batch):
                 # a full batch has `per` rows; the last one of a length is padded to a power of 2
                 per = max(1, max_tokens_per_batch // b)
                 n_rows = min(per, 1 << (len(batch_rows) - 1).bit_length())
-                tokens = np.full((n_rows, b), PAD_ID, dtype=np.int32)
-                segments = np.zeros((n_rows, b), dtype=np.int32)
-                positions = np.zeros((n_rows, b), dtype=np.int32)
-                placed = []  # (protein, row, first residue column)
-                for j, members in enumerate(batch_rows):
-                    col = 0
-                    for k, p in enumerate(members):
-                        t = tokenize(recs[p]["sequence"])
-                        tokens[j, col : col + len(t)] = t
-                        segments[j, col : col + len(t)] = k + 1
-                        positions[j, col : col + len(t)] = np.arange(len(t))
-                        placed.append((p, j, col + 1))
-                        col += len(t)
-                segments[len(batch_rows) :, 0] = 1  # filler rows: a lone <pad>, kept valid
+                tokens, segments, positions, placed = _batch_arrays(recs, batch_rows, n_rows, b)
                 hidden = esm2_hidden_states(
                     params, tokens, config=config, layers=layers,
                     segments=segments, positions=positions,
                 )  # fmt: skip
                 if pending is not None:
-                    collect(pending)
+                    bar.update(_collect(*pending, lengths, row_of, acts))
                 pending = (hidden, placed)
             if pending is not None:
-                collect(pending)
+                bar.update(_collect(*pending, lengths, row_of, acts))
             index = np.empty((int(offsets[-1]), 2), dtype=np.int32)
             for p in idx:
                 r0, n = row_of[p], lengths[p]

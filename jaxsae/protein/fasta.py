@@ -83,9 +83,7 @@ def _clean(rec_id: str, chunks: list[tuple[int, str]], invalid: str) -> str:
     return "".join(out)
 
 
-def read_fasta(
-    source: str | os.PathLike | IO, *, invalid: str = "error"
-) -> Iterator[FastaRecord]:
+def read_fasta(source: str | os.PathLike | IO, *, invalid: str = "error") -> Iterator[FastaRecord]:
     """Stream the records of a FASTA file, one at a time.
 
     Args:

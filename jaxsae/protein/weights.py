@@ -91,9 +91,13 @@ def _reconstruct(cls: Any, base: Any, state: Any) -> Any:
     return _Namespace()
 
 
-def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple, *_: Any) -> np.ndarray:
+def _rebuild_tensor(
+    storage: np.ndarray, offset: int, size: tuple, stride: tuple, *_: Any
+) -> np.ndarray:
     size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
-    needed = offset + (sum((n - 1) * s for n, s in zip(size, stride, strict=True)) + 1 if all(size) else 0)
+    needed = offset + (
+        sum((n - 1) * s for n, s in zip(size, stride, strict=True)) + 1 if all(size) else 0
+    )
     if needed > storage.size:
         raise ValueError(
             f"checkpoint tensor of shape {size} at offset {offset} needs {needed} elements, "
@@ -191,7 +195,11 @@ def load_torch_file(path: str | os.PathLike) -> Any:
         if len(pkl) != 1:
             raise ValueError(f"{path}: expected one data.pkl in the archive, found {len(pkl)}")
         root = pkl[0][: -len("data.pkl")]
-        order = zf.read(root + "byteorder").decode().strip() if root + "byteorder" in names else "little"
+        order = (
+            zf.read(root + "byteorder").decode().strip()
+            if root + "byteorder" in names
+            else "little"
+        )
         if order != "little":
             raise ValueError(f"{path}: expected a little-endian checkpoint, found {order}")
         return RestrictedUnpickler(
@@ -245,15 +253,20 @@ def config_from_hf(cfg: dict, name: str | None = None) -> ESM2Config:
 
 
 def _assemble(
-    sd: dict[str, np.ndarray], config: ESM2Config, names: dict[str, Any], layer_names: dict[str, str]
+    sd: dict[str, np.ndarray],
+    config: ESM2Config,
+    names: dict[str, Any],
+    layer_names: dict[str, str],
 ) -> ESM2Params:
     """Collect, transpose and stack checkpoint arrays; list every missing or mis-shaped key."""
     missing: list[str] = []
 
     def get(key: str) -> np.ndarray | None:
         # LayerNorm weight/bias are also written as gamma/beta (transformers >= 5 save_pretrained)
-        alias = re.sub(r"\.weight$", ".gamma", key) if key.endswith(".weight") else (
-            re.sub(r"\.bias$", ".beta", key)
+        alias = (
+            re.sub(r"\.weight$", ".gamma", key)
+            if key.endswith(".weight")
+            else (re.sub(r"\.bias$", ".beta", key))
         )
         found = key if key in sd else alias if alias in sd else None
         if found is None:
@@ -287,7 +300,9 @@ def _assemble(
     embed = get(names["embed"])
     fs, fb = get(names["final_ln"] + ".weight"), get(names["final_ln"] + ".bias")
     if missing:
-        shown = ", ".join(missing[:20]) + (f" … ({len(missing)} in all)" if len(missing) > 20 else "")
+        shown = ", ".join(missing[:20]) + (
+            f" … ({len(missing)} in all)" if len(missing) > 20 else ""
+        )
         raise ValueError(f"ESM-2 checkpoint: missing keys: {shown}")
     shape_err = [
         f"layer {i}: {f} has shape {x.shape}"
@@ -296,7 +311,9 @@ def _assemble(
         if x.shape != xs[0].shape
     ]
     if shape_err:
-        raise ValueError("ESM-2 checkpoint: inconsistent layer shapes: " + "; ".join(shape_err[:10]))
+        raise ValueError(
+            "ESM-2 checkpoint: inconsistent layer shapes: " + "; ".join(shape_err[:10])
+        )
     # rotary frequencies: the checkpoint's buffer where it has one (float16-rounded in ESM-2)
     inv_freq = next((sd[k] for k in names["inv_freq"] if k in sd), None)
     inv_freq = default_inv_freq(config) if inv_freq is None else np.asarray(inv_freq, np.float32)
@@ -439,7 +456,11 @@ def load_esm2(path: str | os.PathLike) -> tuple[ESM2Config, ESM2Params]:
     if path.is_dir():
         hf_dir = path
         weights = next(
-            (hf_dir / n for n in ("model.safetensors", "pytorch_model.bin") if (hf_dir / n).is_file()),
+            (
+                hf_dir / n
+                for n in ("model.safetensors", "pytorch_model.bin")
+                if (hf_dir / n).is_file()
+            ),
             None,
         )
         if weights is None:
