@@ -1,4 +1,6 @@
 import functools
+import os
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -241,13 +243,16 @@ def test_nan_stops_with_last_good_checkpoint(tmp_path):
     assert [r["step"] for r in read_metrics(tmp_path)] == list(range(1, 8))
 
 
-def test_keyboard_interrupt_saves_a_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize("how", ["exception", "sigint"])
+def test_keyboard_interrupt_saves_a_checkpoint(uninterrupted, tmp_path, monkeypatch, how):
     loader = Loader(_data(), 32, seed=0)
     real = loader.batch_at
 
     def interrupt_at_5(step):
         if step == 5:
-            raise KeyboardInterrupt
+            if how == "exception":  # raised mid-step: the 5 completed steps are saved
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: step 5 finishes, then 6 are saved
         return real(step)
 
     monkeypatch.setattr(loader, "batch_at", interrupt_at_5)
@@ -255,8 +260,14 @@ def test_keyboard_interrupt_saves_a_checkpoint(tmp_path, monkeypatch):
         train(
             CFG, loader, tmp_path, devices=jax.devices()[:1], checkpoint_every=100, progress=False
         )
+    want = 5 if how == "exception" else 6
     ck = load_checkpoint(tmp_path / "checkpoints", jax.eval_shape(lambda: init_state(CFG)))
-    assert ck.step == 5 and ck.data_state["position"] == 5 and int(ck.state.step) == 5
+    assert ck.step == want and ck.data_state["position"] == want and int(ck.state.step) == want
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    if how == "sigint":  # resuming finishes the run like an uninterrupted one (1 device here)
+        loader = Loader(_data(), 32, seed=0)
+        params, _ = train(CFG, loader, tmp_path, devices=jax.devices()[:1], progress=False)
+        _leaves_close(params, uninterrupted[1], 1e-5)
 
 
 def test_cli_train_with_resampling(tmp_path, capsys):

@@ -15,7 +15,8 @@ What it guarantees:
   stopped at step ``N`` and resumed reaches the same parameters as an uninterrupted run.
 * **Devices.** By default the step is ``make_sharded_step`` on a mesh of all devices (batch
   split over ``"data"``); ``pmap=True`` uses ``make_pmap_step``. Both give the same numbers.
-* **Failures.** Ctrl-C saves a checkpoint at the last completed step, then re-raises. A
+* **Failures.** Ctrl-C lets the current step finish, saves a checkpoint, then raises
+  ``KeyboardInterrupt`` (a second Ctrl-C interrupts at once). A
   non-finite loss or parameter stops the run with ``TrainingDivergedError`` before anything
   non-finite reaches a checkpoint: the last good checkpoint stays on disk.
 * **Normalised inputs.** The SAE is trained on ``(x − μ)·s`` with ``E‖(x − μ)·s‖² = d_in``
@@ -27,6 +28,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -294,23 +297,26 @@ def train(
         pending, tick, tick_step = [], now, done
 
     bar = tqdm(total=end, initial=start, desc="train", unit="step", disable=not progress)
+    sigint = _DeferredInterrupt()
     try:
-        while done < end:
-            batch = loader.batch_at(done)
-            state, metrics = step_fn(state, batch)
-            done += 1
-            pending.append(metrics)
-            bar.update(1)
-            if done in resample_at:
-                flush(bar)
-                state = _resample(
-                    state, loader, done, cfg, resample_batches, pmap, resample_fn, place, log
-                )
-            if done % log_every == 0 or done == end:
-                flush(bar)
-            if done % checkpoint_every == 0 or done == end:
-                flush(bar)
-                save(state)
+        with sigint:
+            while done < end:
+                batch = loader.batch_at(done)
+                state, metrics = step_fn(state, batch)
+                done += 1
+                pending.append(metrics)
+                bar.update(1)
+                sigint.check()
+                if done in resample_at:
+                    flush(bar)
+                    state = _resample(
+                        state, loader, done, cfg, resample_batches, pmap, resample_fn, place, log
+                    )
+                if done % log_every == 0 or done == end:
+                    flush(bar)
+                if done % checkpoint_every == 0 or done == end:
+                    flush(bar)
+                    save(state)
     except KeyboardInterrupt:
         bar.close()
         try:
@@ -354,6 +360,38 @@ def _saelens_cfg(cfg: TrainConfig, src: Any, norm: Normalisation) -> dict:
     if cfg.arch == "topk":
         out["k"] = cfg.k
     return {**out, "metadata": meta}
+
+
+class _DeferredInterrupt:
+    """Turn Ctrl-C into a flag checked between steps, so the state saved is a whole step's.
+
+    A second Ctrl-C interrupts at once. Outside the main thread (where signal handlers cannot be
+    installed) this does nothing and a ``KeyboardInterrupt`` lands wherever it lands.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> _DeferredInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def check(self) -> None:
+        """Raise ``KeyboardInterrupt`` if Ctrl-C was pressed since the last step began."""
+        if self.requested:
+            raise KeyboardInterrupt
 
 
 def _kept_message(ckpt_dir: Path, last_saved: int | None) -> str:
