@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxsae.kernels.sae import forward, init_params, sae_loss
+from jaxsae.kernels.sae import SAEParams, forward, init_params, sae_loss
 from jaxsae.kernels.topk import topk_forward, topk_loss
 from jaxsae.models import SparseAutoencoder as NNXSAE
 from jaxsae.models.eqx import SparseAutoencoder as EqxSAE
@@ -15,16 +15,17 @@ from jaxsae.models.eqx import SparseAutoencoder as EqxSAE
 D, F, K = 6, 16, 3
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def params():
-    p = init_params(jax.random.PRNGKey(0), D, F, dtype=jnp.float64)
-    return p._replace(b_enc=0.05 * jax.random.normal(jax.random.PRNGKey(1), (F,)),
-                      b_dec=0.1 * jax.random.normal(jax.random.PRNGKey(2), (D,)))
+    rng = np.random.default_rng(0)
+    W_dec = rng.standard_normal((F, D))
+    return SAEParams(W_enc=jnp.asarray(W_dec.T), b_enc=jnp.asarray(0.05 * rng.standard_normal(F)),
+                     W_dec=jnp.asarray(W_dec), b_dec=jnp.asarray(0.1 * rng.standard_normal(D)))
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def x():
-    return jax.random.normal(jax.random.PRNGKey(3), (5, D), jnp.float64)
+    return jnp.asarray(np.random.default_rng(3).standard_normal((5, D)))
 
 
 def assert_trees_equal(a, b):
@@ -38,7 +39,7 @@ def test_nnx_init_matches_init_params():
     m = NNXSAE(D, F, rngs=nnx.Rngs(params=7), dtype=jnp.float64)
     p = m.to_params()
     assert p.W_enc.shape == (D, F) and p.W_dec.shape == (F, D)
-    np.testing.assert_allclose(jnp.linalg.norm(p.W_dec, axis=1), 0.1, rtol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(p.W_dec), axis=1), 0.1, rtol=1e-12)
     np.testing.assert_array_equal(p.W_enc, p.W_dec.T)
     assert len(jax.tree.leaves(nnx.state(m, nnx.Param))) == 4
 
@@ -59,7 +60,7 @@ def test_nnx_l1_outputs_and_grads_equal_functional(params, x):
 def test_nnx_topk_outputs_and_grads_equal_functional(params, x):
     m = NNXSAE.from_params(params, k=K)
     assert_trees_equal(m(x), topk_forward(params, x, K))
-    dead = jnp.arange(F) % 3 == 0
+    dead = jnp.asarray(np.arange(F) % 3 == 0)
     g_m = nnx.jit(nnx.grad(lambda mod: mod.loss(x, dead_mask=dead, aux_k=4)[0]))(m)
     g_f = jax.jit(jax.grad(lambda p: topk_loss(p, x, K, dead_mask=dead, aux_k=4)[0]))(params)
     for name in ("W_enc", "b_enc", "W_dec", "b_dec"):

@@ -97,10 +97,11 @@ def test_forward_shapes_and_single_input(params, x):
 def test_init_params_recipe():
     p = init_params(jax.random.PRNGKey(0), 7, 30, dec_norm=0.25)
     assert p.W_dec.dtype == jnp.float32
-    np.testing.assert_allclose(jnp.linalg.norm(p.W_dec, axis=1), 0.25, rtol=1e-5)
-    np.testing.assert_array_equal(p.W_enc, p.W_dec.T)
-    assert not jnp.any(p.b_enc) and not jnp.any(p.b_dec)
-    b = jnp.arange(7.0)
+    W_dec = np.asarray(p.W_dec)
+    np.testing.assert_allclose(np.linalg.norm(W_dec, axis=1), 0.25, rtol=1e-5)
+    np.testing.assert_array_equal(p.W_enc, W_dec.T)
+    assert not np.any(p.b_enc) and not np.any(p.b_dec)
+    b = np.arange(7.0)
     np.testing.assert_array_equal(init_params(jax.random.PRNGKey(0), 7, 30, b_dec=b).b_dec, b)
     with pytest.raises(ValueError, match=r"shape \(7,\)"):
         init_params(jax.random.PRNGKey(0), 7, 30, b_dec=jnp.zeros(6))
@@ -162,21 +163,21 @@ def test_validation(params, x):
 
 def test_make_sparse_data():
     data = make_sparse_data(jax.random.PRNGKey(0), 4000, 10, 40, avg_active=3.0)
-    X, T, C = data
+    X, T, C = (np.asarray(a) for a in data)
     assert X.shape == (4000, 10) and T.shape == (40, 10) and C.shape == (4000, 40)
-    np.testing.assert_allclose(jnp.linalg.norm(T, axis=1), 1.0, rtol=1e-5)
-    assert bool(jnp.all(C >= 0)) and bool(jnp.all(C <= 1))
-    np.testing.assert_allclose(float(jnp.mean(jnp.sum(C > 0, axis=1))), 3.0, rtol=0.05)
-    np.testing.assert_allclose(X, C @ T, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(T, axis=1), 1.0, rtol=1e-5)
+    assert np.all(C >= 0) and np.all(C <= 1)
+    np.testing.assert_allclose((C > 0).sum(1).mean(), 3.0, rtol=0.05)
+    np.testing.assert_allclose(X, C @ T, rtol=1e-4, atol=1e-5)
     # power-law frequencies: the first feature fires more often than the last
     _, _, C2 = make_sparse_data(jax.random.PRNGKey(1), 4000, 10, 40, active_prob=0.05,
-                               decay=1.0)
-    freq = np.asarray(jnp.mean(C2 > 0, axis=0))
+                                decay=1.0)
+    freq = (np.asarray(C2) > 0).mean(0)
     assert freq[0] > 5 * freq[-1]
     np.testing.assert_allclose(freq.sum(), 0.05 * 40, rtol=0.1)
-    noisy = make_sparse_data(jax.random.PRNGKey(0), 4000, 10, 40, avg_active=3.0, noise_std=0.1)
-    np.testing.assert_allclose(float(jnp.std(noisy.X - noisy.codes @ noisy.true_features)), 0.1,
-                               rtol=0.05)
+    Xn, Tn, Cn = (np.asarray(a) for a in make_sparse_data(
+        jax.random.PRNGKey(0), 4000, 10, 40, avg_active=3.0, noise_std=0.1))
+    np.testing.assert_allclose(np.std(Xn - Cn @ Tn), 0.1, rtol=0.05)
     with pytest.raises(ValueError, match="exactly one"):
         make_sparse_data(jax.random.PRNGKey(0), 10, 4, 8)
     with pytest.raises(ValueError, match="avg_active"):

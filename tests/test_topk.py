@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsae.kernels.sae import init_params
+from jaxsae.kernels.sae import SAEParams
 from jaxsae.kernels.topk import topk_decode, topk_encode, topk_forward, topk_loss
 
 D, F, K, AUX = 8, 40, 4, 6
@@ -14,17 +14,21 @@ NAMES = ("W_enc", "b_enc", "W_dec", "b_dec")
 
 @pytest.fixture(scope="module")
 def params():
-    p = init_params(jax.random.PRNGKey(0), D, F, dec_norm=1.0, dtype=jnp.float64)
-    return p._replace(
-        W_enc=p.W_enc + 0.1 * jax.random.normal(jax.random.PRNGKey(5), (D, F)),
-        b_enc=0.05 * jax.random.normal(jax.random.PRNGKey(1), (F,)),
-        b_dec=0.1 * jax.random.normal(jax.random.PRNGKey(2), (D,)),
+    rng = np.random.default_rng(0)
+    W_dec = rng.standard_normal((F, D))
+    W_dec /= np.linalg.norm(W_dec, axis=1, keepdims=True)
+    return SAEParams(
+        W_enc=jnp.asarray(W_dec.T + 0.1 * rng.standard_normal((D, F))),
+        b_enc=jnp.asarray(0.05 * rng.standard_normal(F)),
+        W_dec=jnp.asarray(W_dec),
+        b_dec=jnp.asarray(0.1 * rng.standard_normal(D)),
     )
 
 
 @pytest.fixture(scope="module")
 def x():
-    return jax.random.normal(jax.random.PRNGKey(3), (13, D), jnp.float64)  # 13: not a chunk multiple
+    # 13 rows: not a multiple of the sparse path's chunk
+    return jnp.asarray(np.random.default_rng(3).standard_normal((13, D)))
 
 
 def numpy_topk_loss(p, x, k, dead=None, aux_k=AUX, aux_coeff=1 / 32):
@@ -66,7 +70,9 @@ def _all_paths(p, x, dead):
 
 @pytest.mark.parametrize("n_dead", [0, 3, 17])  # none, fewer than aux_k, more than aux_k
 def test_sparse_equals_dense_and_numpy(params, x, n_dead):
-    dead = jnp.zeros((F,), bool).at[jnp.arange(n_dead) * 2].set(True)
+    dead = np.zeros(F, bool)
+    dead[: 2 * n_dead : 2] = True
+    dead = jnp.asarray(dead)
     out = _all_paths(params, x, dead)
     for aux in (False, True):
         (l_s, m_s), g_s = out[True, aux]
@@ -96,8 +102,8 @@ def test_sparse_gradient_matches_finite_differences(params, x):
         return topk_loss(p, x, K)[0]
 
     g = jax.jit(jax.grad(loss))(params)
-    key = jax.random.PRNGKey(9)
-    direction = jax.tree.map(lambda a: jax.random.normal(key, a.shape, a.dtype), params)
+    rng = np.random.default_rng(9)
+    direction = jax.tree.map(lambda a: jnp.asarray(rng.standard_normal(a.shape)), params)
     eps = 1e-6
     plus = jax.tree.map(lambda a, d: a + eps * d, params, direction)
     minus = jax.tree.map(lambda a, d: a - eps * d, params, direction)

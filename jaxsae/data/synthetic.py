@@ -94,13 +94,24 @@ def make_sparse_data(
 
 @partial(jax.jit, static_argnums=(6, 7, 8, 9))
 def _sample(key, avg_active, decay, lo, hi, noise_std, n, d_in, n_features, dtype):
-    k_feat, k_on, k_mag, k_noise = jax.random.split(key, 4)
-    feats = jax.random.normal(k_feat, (n_features, d_in), dtype)
+    # One uniform draw on (−1, 1) feeds every random quantity (a single random-bits kernel
+    # compiles several times faster than one per distribution): Gaussians as √2·erfinv(v),
+    # uniforms on [0, 1) as (v + 1)/2.
+    sizes = (n_features * d_in, n * n_features, n * n_features, n * d_in)
+    lo_v = jnp.nextafter(jnp.asarray(-1, dtype), jnp.asarray(0, dtype))
+    v = jax.random.uniform(key, (sum(sizes),), dtype, minval=lo_v, maxval=1)
+    parts, start = [], 0
+    for size in sizes:
+        parts.append(v[start:start + size])
+        start += size
+    v_feat, v_on, v_mag, v_noise = parts
+    gauss = jnp.sqrt(jnp.asarray(2, dtype))
+    feats = (gauss * jax.lax.erf_inv(v_feat)).reshape(n_features, d_in)
     feats = feats / jnp.linalg.norm(feats, axis=1, keepdims=True)
     weights = (jnp.arange(n_features, dtype=dtype) + 1) ** (-jnp.asarray(decay, dtype))
     probs = jnp.clip(avg_active * weights / jnp.sum(weights), 0, 1)
-    on = jax.random.bernoulli(k_on, probs[None, :], (n, n_features))
-    mags = jax.random.uniform(k_mag, (n, n_features), dtype, minval=lo, maxval=hi)
-    codes = jnp.where(on, mags, jnp.zeros((), dtype))
-    noise = jnp.asarray(noise_std, dtype) * jax.random.normal(k_noise, (n, d_in), dtype)
+    on = (v_on.reshape(n, n_features) + 1) / 2 < probs[None, :]
+    mags = lo + (hi - lo) * (v_mag.reshape(n, n_features) + 1) / 2
+    codes = jnp.where(on, mags, jnp.zeros((), dtype)).astype(dtype)
+    noise = (noise_std * gauss * jax.lax.erf_inv(v_noise)).reshape(n, d_in).astype(dtype)
     return SyntheticData(X=codes @ feats + noise, true_features=feats, codes=codes)

@@ -132,15 +132,21 @@ def init_params(
     """
     if d_in <= 0 or d_sae <= 0:
         raise ValueError(f"init_params: expected d_in > 0 and d_sae > 0, found {d_in}, {d_sae}")
-    W = jax.random.normal(key, (d_sae, d_in), dtype=dtype)
-    W = dec_norm * W / jnp.linalg.norm(W, axis=1, keepdims=True)
     if b_dec is None:
         bd = jnp.zeros((d_in,), dtype)
     else:
         bd = check_array("b_dec", b_dec, ndim=1).astype(dtype)
         if bd.shape != (d_in,):
             raise ValueError(f"b_dec: expected shape ({d_in},), found {tuple(bd.shape)}")
-    return SAEParams(W_enc=W.T, b_enc=jnp.zeros((d_sae,), dtype), W_dec=W, b_dec=bd)
+    return _init_params(key, bd, jnp.asarray(dec_norm, dtype), d_sae)
+
+
+@partial(jax.jit, static_argnums=3)
+def _init_params(key: jax.Array, b_dec: jax.Array, dec_norm: jax.Array, d_sae: int) -> SAEParams:
+    d_in, dtype = b_dec.shape[0], b_dec.dtype
+    W = jax.random.normal(key, (d_sae, d_in), dtype=dtype)
+    W = dec_norm * W / jnp.linalg.norm(W, axis=1, keepdims=True)
+    return SAEParams(W_enc=W.T, b_enc=jnp.zeros((d_sae,), dtype), W_dec=W, b_dec=b_dec)
 
 
 def check_inputs(params: SAEParams, x: ArrayLike, *, name: str = "x") -> jax.Array:
