@@ -193,7 +193,7 @@ def _amortisation(params: Any, store: Any, l1_raw: float, scale: float, rows: in
 
     rng = np.random.default_rng(0)
     take = np.sort(rng.choice(store.num_rows, size=min(rows, store.num_rows), replace=False))
-    res = amortisation_gap(params, store.take(take), l1_raw, max_steps=2000)
+    res = amortisation_gap(params, store.take(take), l1_raw, max_steps=1000)
     s2 = scale**2
     return {
         "rows": int(take.size),
@@ -278,7 +278,16 @@ def run(args: argparse.Namespace) -> int:
     amort = None
     try:
         _say("amortisation gap: SAE encoder vs FISTA on the same decoder (held-out residues)")
-        amort = _amortisation(params, eval_store, l1_raw, scale, rows=256 if args.quick else 1024)
+        cache = run_dir / "amortisation.json"
+        rows = 128 if args.quick else 256
+        amort = json.loads(cache.read_text()) if cache.is_file() else None
+        if amort is not None and amort.get("rows") == min(rows, eval_store.num_rows):
+            _say(f"amortisation gap: reusing {cache}")
+        else:
+            amort = _amortisation(params, eval_store, l1_raw, scale, rows=rows)
+            tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
+            tmp.write_text(json.dumps(amort, indent=1))
+            os.replace(tmp, cache)
         if "encoder_objective" in amort and "fista_objective" in amort:
             _say(
                 f"objective encoder {amort['encoder_objective']:.4g} vs FISTA "

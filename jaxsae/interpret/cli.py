@@ -411,32 +411,36 @@ def _label(featurizers: Mapping[str, Any], method: str, feature: int) -> str:
 
 
 def _feature_track(store, proteins, featurizer, scores, stats):
-    """The best SAE feature for the helix concept (else the best-scored concept) on its top protein."""
+    """The SAE feature to plot along its top protein: the best-scoring covered concept's,
+    preferring secondary structure over residue identity; ``None`` if nothing is eligible."""
     import jax
     import numpy as np
 
     from jaxsae.interpret.report import _protein_rows
 
     names = list(scores.names)
-    pref = [n for n in ("DSSP3 H", "DSSP8 H", "DSSP3 E") if n in names and scores.eligible[names.index(n)]]
-    if pref:
-        j = names.index(pref[0])
-    elif scores.eligible.any():
-        j = int(np.argmax(np.where(scores.eligible, scores.test_f1, -1)))
-    else:
+    ok = np.asarray(scores.eligible)
+    if not ok.any():
         return None
+    structural = np.array([not n.startswith("residue ") for n in names])
+    pool = ok & structural & (scores.test_f1 > 0.5)
+    if not pool.any():
+        pool = ok & (scores.test_f1 > 0.5)
+    if not pool.any():
+        pool = ok
+    j = int(np.argmax(np.where(pool, scores.test_f1, -1.0)))
     f = int(scores.feature[j])
     prots = [int(p) for p in stats.top_protein[f] if p >= 0]
     if not prots:
         return None
     p = prots[0]
-    acts, pos = _protein_rows(store, p)
+    acts, _ = _protein_rows(store, p)
     vals = np.asarray(jax.jit(featurizer.apply)(featurizer.params, acts))[:, f]
     seq = proteins[p].get("sequence") or "?" * len(vals)
     ss = proteins[p].get("dssp")
     if len(seq) != len(vals):
         seq, ss = "?" * len(vals), None
-    return f, p, seq, vals, ss, names[j]
+    return f, p, seq, vals, ss, f"{names[j]}, test F1 {scores.test_f1[j]:.2f}"
 
 
 def _json_default(o: Any) -> Any:

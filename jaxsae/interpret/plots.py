@@ -135,6 +135,7 @@ def plot_coverage(
     elig = [max(coverage[m].get(c, {}).get("eligible", 0) for m in methods) for c in cats]
     ax.set_xticks(x, [f"{c}\n({e})" for c, e in zip(cats, elig, strict=True)], fontsize=8)
     ax.set_ylabel("concepts with test F1 > 0.5")
+    ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set_title(title + "; (n) = concepts scored; labels: mean best F1", fontsize=9)
     ax.legend(fontsize=8)
     return _save(fig, path, dpi)
