@@ -158,15 +158,30 @@ def compute_normalisation(
     else:
         n = src.num_rows
         if n <= num_samples:
-            x = np.asarray(src.read(0, n), np.float64)
+            rows = None
         else:
             rows = np.sort(np.random.default_rng(seed).choice(n, num_samples, replace=False))
-            x = np.stack([src.read(int(r), int(r) + 1)[0] for r in rows]).astype(np.float64)
-        if not np.isfinite(x).all():
-            raise ValueError(f"data {src.name}: non-finite values in the normalisation sample")
-        mean = x.mean(axis=0)
-        xc = x - mean[None, :] if center else x
-        spread = float(np.mean(np.einsum("ij,ij->i", xc, xc)))
+        m = n if rows is None else len(rows)
+
+        def chunks():  # float64 chunks of the sample: memory stays bounded for wide data
+            step = 8192
+            for lo in range(0, m, step):
+                if rows is None:
+                    x = src.read(lo, min(lo + step, m))
+                elif isinstance(src, _StoreSource):
+                    x = src.store.take(rows[lo : lo + step])
+                else:
+                    x = src.arr[rows[lo : lo + step]]
+                x = np.asarray(x, dtype=np.float64)
+                if not np.isfinite(x).all():
+                    raise ValueError(
+                        f"data {src.name}: non-finite values in the normalisation sample"
+                    )
+                yield x
+
+        mean = sum(x.sum(axis=0) for x in chunks()) / m
+        shift = mean if center else np.zeros_like(mean)
+        spread = sum(float(np.sum((x - shift[None, :]) ** 2)) for x in chunks()) / m
     if not center:
         mean = np.zeros((d,), np.float64)
     if not spread > 0:
