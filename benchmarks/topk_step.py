@@ -8,7 +8,8 @@ Compared in one process, alternating in rounds:
 * ``jaxsae dense``: the same loss with ``sparse=False`` (dense TopK reference, autodiff);
 * ``torch dense``: the same maths in PyTorch: dense decode by a full matmul, autograd,
   ``torch.optim.Adam``, ``torch.set_num_threads(2)``.
-* with ``--auxk``: the sparse step again with a dead mask (half the features dead) and AuxK.
+* with ``--auxk``: the sparse step with AuxK (``aux_k = 512``) and a dead mask flagging 0 %
+  (the auxiliary branch is skipped by ``lax.cond``) or 10 % of the features.
 
 Usage::
 
@@ -27,7 +28,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _common import fmt_time, machine_line, time_rounds  # noqa: E402
 
 
-def jax_step(d_in: int, d_sae: int, k: int, batch: int, *, sparse: bool, auxk: bool):
+def jax_step(d_in: int, d_sae: int, k: int, batch: int, *, sparse: bool, dead_frac: float | None):
     """A jitted TopK train step in JAX and a closure that runs it once on fixed data."""
     import jax
     import jax.numpy as jnp
@@ -39,7 +40,7 @@ def jax_step(d_in: int, d_sae: int, k: int, batch: int, *, sparse: bool, auxk: b
     key = jax.random.PRNGKey(0)
     params = init_params(key, d_in, d_sae)
     x = jax.random.normal(jax.random.PRNGKey(1), (batch, d_in), jnp.float32)
-    dead = (jnp.arange(d_sae) % 2 == 0) if auxk else None
+    dead = None if dead_frac is None else jnp.arange(d_sae) < int(dead_frac * d_sae)
     opt = optax.adam(1e-4)
     state = {"params": params, "opt": opt.init(params)}
 
@@ -105,21 +106,22 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.rounds} alternating rounds)")
     for size in args.sizes.split(","):
         d_in, d_sae = (int(s) for s in size.lower().split("x"))
-        fns = {"jaxsae sparse": jax_step(d_in, d_sae, args.k, args.batch, sparse=True, auxk=False)}
+        def step(**kw):
+            return jax_step(d_in, d_sae, args.k, args.batch, **kw)
+
+        fns = {"jaxsae sparse": step(sparse=True, dead_frac=None)}
         if args.auxk:
-            fns["jaxsae sparse+auxk"] = jax_step(
-                d_in, d_sae, args.k, args.batch, sparse=True, auxk=True
-            )
+            fns["sparse+auxk 0% dead"] = step(sparse=True, dead_frac=0.0)
+            fns["sparse+auxk 10% dead"] = step(sparse=True, dead_frac=0.1)
         if not args.no_dense_jax:
-            fns["jaxsae dense"] = jax_step(d_in, d_sae, args.k, args.batch, sparse=False,
-                                           auxk=False)
+            fns["jaxsae dense"] = step(sparse=False, dead_frac=None)
         fns["torch dense"] = torch_step(d_in, d_sae, args.k, args.batch)
         times = time_rounds(fns, rounds=args.rounds)
         ref = times["torch dense"]
         print(f"\nd_in={d_in} d_sae={d_sae}")
-        print(f"  {'method':<20} {'time/step':>10} {'tokens/s':>10} {'vs torch':>9}")
+        print(f"  {'method':<22} {'time/step':>10} {'tokens/s':>10} {'vs torch':>9}")
         for name, t in times.items():
-            print(f"  {name:<20} {fmt_time(t):>10} {args.batch / t:>10.0f} {ref / t:>8.2f}×")
+            print(f"  {name:<22} {fmt_time(t):>10} {args.batch / t:>10.0f} {ref / t:>8.2f}×")
     return 0
 
 

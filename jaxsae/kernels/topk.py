@@ -17,7 +17,9 @@ the scale of ``x``, plus OpenAI's auxiliary loss):
 
 where ``ê = Σ_{i∈A} ReLU(z_i) W_dec[i]`` (no bias) is decoded from the ``aux_k`` largest
 pre-activations among *dead* features ``A`` (OpenAI's ``normalized_mse(ê, e)``, Gao et al.
-2024, §A.2; their ``k_aux = 512``, ``α = 1/32``). ``L_aux = 0`` when no feature is dead.
+2024, §A.2; their ``k_aux = 512``, ``α = 1/32``). ``L_aux = 0`` when no feature is dead, and
+then the auxiliary branch is not computed at all (``lax.cond``). Its cost grows with ``aux_k``:
+the sparse work per input is ``k + aux_k`` rows instead of ``k``.
 
 Fast path (``sparse=True``, the default of ``topk_loss``): the only dense matmul is the
 encoder's forward ``(x − b_dec) W_enc``. The decoder reads the ``k`` active rows of ``W_dec``
@@ -365,38 +367,40 @@ def _topk_loss(
     if sparse:
         pre = lax.stop_gradient(pre)
     _, idx = lax.top_k(lax.stop_gradient(pre), k)
-    if use_aux:
-        dead_pre = jnp.where(dead_mask[None, :], lax.stop_gradient(pre), -jnp.inf)
-        _, aux_idx = lax.top_k(dead_pre, aux_k)
-        all_idx = jnp.concatenate([idx, aux_idx], axis=1)
-    else:
-        all_idx = idx
 
-    if sparse:
-        z = _pre_acts_at(params.W_enc, params.b_enc, params.b_dec, xf, pre, all_idx)
-    else:
-        z = jnp.take_along_axis(pre, all_idx, axis=1)
-    values = jnp.maximum(z[:, :k], 0)
-
-    def dec(vals, ind):  # Σ_j vals_j W_dec[ind_j], without the bias
+    def pre_at(p: SAEParams, ind: jax.Array) -> jax.Array:  # z at the given indices
         if sparse:
-            return _sparse_decode(params.W_dec, vals, ind)
-        return _dense_codes(vals, ind, d_sae) @ params.W_dec
+            return _pre_acts_at(p.W_enc, p.b_enc, p.b_dec, xf, pre, ind)
+        return jnp.take_along_axis(pre, ind, axis=1)
 
-    recon = dec(values, idx) + params.b_dec[None, :]
+    def dec(p: SAEParams, vals: jax.Array, ind: jax.Array) -> jax.Array:  # no bias
+        if sparse:
+            return _sparse_decode(p.W_dec, vals, ind)
+        return _dense_codes(vals, ind, d_sae) @ p.W_dec
+
+    values = jnp.maximum(pre_at(params, idx), 0)
+    recon = dec(params, values, idx) + params.b_dec[None, :]
     err = xf - recon
     err2 = jnp.sum(err**2, axis=-1)
     fvu = _fvu(xf, err2)
 
+    zero = jnp.zeros((), xf.dtype)
     if use_aux:
-        aux_vals = jnp.maximum(z[:, k:], 0) * dead_mask[aux_idx].astype(z.dtype)
         e = lax.stop_gradient(err)
-        aux_err2 = jnp.sum((e - dec(aux_vals, aux_idx)) ** 2, axis=-1)
+
+        def aux_loss(p: SAEParams) -> jax.Array:
+            dead_pre = jnp.where(dead_mask[None, :], lax.stop_gradient(pre), -jnp.inf)
+            _, aux_idx = lax.top_k(dead_pre, aux_k)
+            aux_vals = jnp.maximum(pre_at(p, aux_idx), 0) * dead_mask[aux_idx].astype(xf.dtype)
+            aux_err2 = jnp.sum((e - dec(p, aux_vals, aux_idx)) ** 2, axis=-1)
+            return _fvu(e, aux_err2)
+
         num_dead = jnp.sum(dead_mask).astype(xf.dtype)
-        auxk = jnp.where(num_dead > 0, _fvu(e, aux_err2), jnp.zeros((), xf.dtype))
+        # skipped at run time (and in the backward pass) when no feature is dead
+        auxk = lax.cond(num_dead > 0, aux_loss, lambda p: zero, params)
     else:
-        num_dead = jnp.zeros((), xf.dtype)
-        auxk = jnp.zeros((), xf.dtype)
+        num_dead = zero
+        auxk = zero
 
     loss = fvu + aux_coeff * auxk
     norms = decoder_norms(params)
