@@ -102,11 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     print(machine_line())
-    print(f"TopK train step, float32, k={args.k}, batch={args.batch}, Adam; tokens/s (median of "
-          f"{args.rounds} alternating rounds)")
+    print(
+        f"TopK train step, float32, k={args.k}, batch={args.batch}, Adam; tokens/s (median of "
+        f"{args.rounds} alternating rounds)"
+    )
     for size in args.sizes.split(","):
         d_in, d_sae = (int(s) for s in size.lower().split("x"))
-        def step(**kw):
+
+        def step(d_in=d_in, d_sae=d_sae, **kw):
             return jax_step(d_in, d_sae, args.k, args.batch, **kw)
 
         fns = {"jaxsae sparse": step(sparse=True, dead_frac=None)}

@@ -52,8 +52,10 @@ def test_optimal_codes_match_brute_force_and_beat_encoder(tiny_sae):
     lam = 0.7
     r = amortisation_gap(params, x, lam, tol=1e-12, max_steps=20000, polish=False)
     per_sample = sae_objective(params, x, r.codes_optimal, lam)
-    ref = [brute_force(np.asarray(params.W_dec), np.asarray(params.b_dec), np.asarray(xi), lam)
-           for xi in x]
+    ref = [
+        brute_force(np.asarray(params.W_dec), np.asarray(params.b_dec), np.asarray(xi), lam)
+        for xi in x
+    ]
     np.testing.assert_allclose(per_sample, ref, rtol=1e-8, atol=1e-10)
     enc_obj = sae_objective(params, x, encode(params, x)[0], lam)
     assert np.all(np.asarray(per_sample) <= np.asarray(enc_obj) + 1e-12)
@@ -67,8 +69,9 @@ def test_solver_objective_is_half_the_sae_objective(tiny_sae):
     params, x = tiny_sae
     lam = 0.4
     sol = optimal_codes(params, x, lam, tol=1e-12, max_steps=20000, polish=False)
-    np.testing.assert_allclose(2 * sol.objective, sae_objective(params, x, sol.codes, lam),
-                               rtol=1e-10)
+    np.testing.assert_allclose(
+        2 * sol.objective, sae_objective(params, x, sol.codes, lam), rtol=1e-10
+    )
 
 
 def test_zero_gap_when_encoder_is_optimal():
@@ -79,8 +82,9 @@ def test_zero_gap_when_encoder_is_optimal():
     Q = np.linalg.qr(np.random.default_rng(1).standard_normal((d, d)))[0]
     W_dec = jnp.asarray(np.concatenate([Q, np.zeros((2, d))]))
     lam = 0.6
-    params = SAEParams(W_enc=W_dec.T, b_enc=jnp.full((5,), -lam / 2), W_dec=W_dec,
-                       b_dec=jnp.zeros((d,)))
+    params = SAEParams(
+        W_enc=W_dec.T, b_enc=jnp.full((5,), -lam / 2), W_dec=W_dec, b_dec=jnp.zeros((d,))
+    )
     x = jax.random.normal(jax.random.PRNGKey(0), (6, d), jnp.float64)
     r = amortisation_gap(params, x, lam, tol=1e-12, max_steps=20000, polish=False)
     assert abs(float(r.gap)) < 1e-10

@@ -9,7 +9,7 @@ from flax import nnx
 
 from jaxsae.kernels.sae import SAEParams, forward, init_params, sae_loss
 from jaxsae.kernels.topk import topk_forward, topk_loss
-from jaxsae.models import SparseAutoencoder as NNXSAE
+from jaxsae.models import SparseAutoencoder as NnxSAE
 from jaxsae.models.eqx import SparseAutoencoder as EqxSAE
 
 D, F, K = 6, 16, 3
@@ -19,8 +19,12 @@ D, F, K = 6, 16, 3
 def params():
     rng = np.random.default_rng(0)
     W_dec = rng.standard_normal((F, D))
-    return SAEParams(W_enc=jnp.asarray(W_dec.T), b_enc=jnp.asarray(0.05 * rng.standard_normal(F)),
-                     W_dec=jnp.asarray(W_dec), b_dec=jnp.asarray(0.1 * rng.standard_normal(D)))
+    return SAEParams(
+        W_enc=jnp.asarray(W_dec.T),
+        b_enc=jnp.asarray(0.05 * rng.standard_normal(F)),
+        W_dec=jnp.asarray(W_dec),
+        b_dec=jnp.asarray(0.1 * rng.standard_normal(D)),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +40,7 @@ def assert_trees_equal(a, b):
 
 
 def test_nnx_init_matches_init_params():
-    m = NNXSAE(D, F, rngs=nnx.Rngs(params=7), dtype=jnp.float64)
+    m = NnxSAE(D, F, rngs=nnx.Rngs(params=7), dtype=jnp.float64)
     p = m.to_params()
     assert p.W_enc.shape == (D, F) and p.W_dec.shape == (F, D)
     np.testing.assert_allclose(np.linalg.norm(np.asarray(p.W_dec), axis=1), 0.1, rtol=1e-12)
@@ -45,7 +49,7 @@ def test_nnx_init_matches_init_params():
 
 
 def test_nnx_l1_outputs_and_grads_equal_functional(params, x):
-    m = NNXSAE.from_params(params)
+    m = NnxSAE.from_params(params)
     assert_trees_equal(m(x), forward(params, x))
     lam = 0.3
     (l_m, met_m) = m.loss(x, lam)
@@ -58,7 +62,7 @@ def test_nnx_l1_outputs_and_grads_equal_functional(params, x):
 
 
 def test_nnx_topk_outputs_and_grads_equal_functional(params, x):
-    m = NNXSAE.from_params(params, k=K)
+    m = NnxSAE.from_params(params, k=K)
     assert_trees_equal(m(x), topk_forward(params, x, K))
     dead = jnp.asarray(np.arange(F) % 3 == 0)
     g_m = nnx.jit(nnx.grad(lambda mod: mod.loss(x, dead_mask=dead, aux_k=4)[0]))(m)
@@ -68,7 +72,7 @@ def test_nnx_topk_outputs_and_grads_equal_functional(params, x):
 
 
 def test_nnx_under_jit(params, x):
-    m = NNXSAE.from_params(params)
+    m = NnxSAE.from_params(params)
 
     @nnx.jit
     def loss(mod, xb):
@@ -94,8 +98,9 @@ def test_eqx_outputs_and_grads_equal_functional(params, x, k):
 
 def test_eqx_init_and_jit():
     m = EqxSAE(D, F, key=jax.random.PRNGKey(0), dtype=jnp.float64)
-    np.testing.assert_array_equal(m.to_params().W_enc, init_params(jax.random.PRNGKey(0), D, F,
-                                                                   dtype=jnp.float64).W_enc)
+    np.testing.assert_array_equal(
+        m.to_params().W_enc, init_params(jax.random.PRNGKey(0), D, F, dtype=jnp.float64).W_enc
+    )
     xb = jnp.ones((2, D))
     out = eqx.filter_jit(lambda mod, xx: mod(xx))(m, xb)
     assert out.recon.shape == (2, D)
@@ -103,16 +108,16 @@ def test_eqx_init_and_jit():
 
 def test_wrapper_validation(params, x):
     with pytest.raises(ValueError, match="rngs"):
-        NNXSAE(D, F)
+        NnxSAE(D, F)
     with pytest.raises(ValueError, match="key"):
         EqxSAE(D, F)
     with pytest.raises(ValueError, match="k"):
-        NNXSAE(D, F, rngs=nnx.Rngs(0), k=F + 1)
+        NnxSAE(D, F, rngs=nnx.Rngs(0), k=F + 1)
     with pytest.raises(ValueError, match="k"):
         EqxSAE(D, F, key=jax.random.PRNGKey(0), k=0)
     with pytest.raises(ValueError, match="l1_coeff"):
-        NNXSAE.from_params(params).loss(x)
+        NnxSAE.from_params(params).loss(x)
     with pytest.raises(ValueError, match="wrong shapes"):
-        NNXSAE(D + 1, F, params=params)
+        NnxSAE(D + 1, F, params=params)
     with pytest.raises(ValueError, match="d_in=6"):
-        NNXSAE.from_params(params)(jnp.ones((2, D + 1)))
+        NnxSAE.from_params(params)(jnp.ones((2, D + 1)))

@@ -62,8 +62,12 @@ def numpy_loss_and_grads(p, x, lam):
         "b_dec": d_xhat.sum(0),
     }
     metrics = {
-        "loss": loss, "recon": recon, "mse": recon / x.shape[1], "l1": l1,
-        "l0": (f > 0).sum(1).mean(), "fvu": (r**2).sum() / ((x - x.mean(0)) ** 2).sum(),
+        "loss": loss,
+        "recon": recon,
+        "mse": recon / x.shape[1],
+        "l1": l1,
+        "l0": (f > 0).sum(1).mean(),
+        "fvu": (r**2).sum() / ((x - x.mean(0)) ** 2).sum(),
         "dec_norm": norms.mean(),
     }
     return loss, metrics, grads
@@ -78,8 +82,9 @@ def test_loss_metrics_and_grads_match_numpy(params, x, lam):
         np.testing.assert_allclose(getattr(m, name), v, rtol=1e-12, err_msg=name)
     np.testing.assert_allclose(m.explained_variance, 1 - ref_m["fvu"], rtol=1e-12)
     for name in NAMES:
-        np.testing.assert_allclose(getattr(g, name), ref_g[name], rtol=1e-10, atol=1e-13,
-                                   err_msg=name)
+        np.testing.assert_allclose(
+            getattr(g, name), ref_g[name], rtol=1e-10, atol=1e-13, err_msg=name
+        )
     # eager == jit, and the per-input objective averages to the loss
     np.testing.assert_allclose(sae_loss(params, x, lam)[0], loss, rtol=1e-12)
     codes = encode(params, x)[0]
@@ -170,13 +175,16 @@ def test_make_sparse_data():
     np.testing.assert_allclose((C > 0).sum(1).mean(), 3.0, rtol=0.05)
     np.testing.assert_allclose(X, C @ T, rtol=1e-4, atol=1e-5)
     # power-law frequencies: the first feature fires more often than the last
-    _, _, C2 = make_sparse_data(jax.random.PRNGKey(1), 4000, 10, 40, active_prob=0.05,
-                                decay=1.0)
+    _, _, C2 = make_sparse_data(jax.random.PRNGKey(1), 4000, 10, 40, active_prob=0.05, decay=1.0)
     freq = (np.asarray(C2) > 0).mean(0)
     assert freq[0] > 5 * freq[-1]
     np.testing.assert_allclose(freq.sum(), 0.05 * 40, rtol=0.1)
-    Xn, Tn, Cn = (np.asarray(a) for a in make_sparse_data(
-        jax.random.PRNGKey(0), 4000, 10, 40, avg_active=3.0, noise_std=0.1))
+    Xn, Tn, Cn = (
+        np.asarray(a)
+        for a in make_sparse_data(
+            jax.random.PRNGKey(0), 4000, 10, 40, avg_active=3.0, noise_std=0.1
+        )
+    )
     np.testing.assert_allclose(np.std(Xn - Cn @ Tn), 0.1, rtol=0.05)
     with pytest.raises(ValueError, match="exactly one"):
         make_sparse_data(jax.random.PRNGKey(0), 10, 4, 8)

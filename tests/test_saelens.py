@@ -18,13 +18,21 @@ D, F = 4, 10
 @pytest.fixture
 def params():
     p = init_params(jax.random.PRNGKey(0), D, F)
-    return p._replace(b_enc=jnp.linspace(-0.1, 0.1, F, dtype=jnp.float32),
-                      b_dec=jnp.asarray([0.1, -0.2, 0.3, 0.0], jnp.float32))
+    return p._replace(
+        b_enc=jnp.linspace(-0.1, 0.1, F, dtype=jnp.float32),
+        b_dec=jnp.asarray([0.1, -0.2, 0.3, 0.0], jnp.float32),
+    )
 
 
 def test_round_trip_and_layout(tmp_path, params):
-    cfg = {"model_name": "esm2_t6_8M_UR50D", "hook_name": "layers.4", "hook_layer": 4,
-           "context_size": 1024, "dataset_path": "uniref50-sample", "l1_coeff": 5.0}
+    cfg = {
+        "model_name": "esm2_t6_8M_UR50D",
+        "hook_name": "layers.4",
+        "hook_layer": 4,
+        "context_size": 1024,
+        "dataset_path": "uniref50-sample",
+        "l1_coeff": 5.0,
+    }
     out = save_saelens(tmp_path / "sae", params, cfg)
     tensors = load_file(str(out / "sae_weights.safetensors"))
     assert sorted(tensors) == ["W_dec", "W_enc", "b_dec", "b_enc"]
@@ -62,25 +70,36 @@ def test_other_b_dec_convention_is_folded(tmp_path, params):
     # give the same codes through jaxsae's encoder on x.
     d = tmp_path / "ext"
     d.mkdir()
-    save_file({n: np.asarray(getattr(params, n)) for n in SAEParams._fields},
-              str(d / "sae_weights.safetensors"))
-    legacy = {"d_in": D, "d_sae": F, "dtype": "float32", "architecture": "standard",
-              "apply_b_dec_to_input": True, "hook_name": "blocks.0.hook_resid_pre"}
+    save_file(
+        {n: np.asarray(getattr(params, n)) for n in SAEParams._fields},
+        str(d / "sae_weights.safetensors"),
+    )
+    legacy = {
+        "d_in": D,
+        "d_sae": F,
+        "dtype": "float32",
+        "architecture": "standard",
+        "apply_b_dec_to_input": True,
+        "hook_name": "blocks.0.hook_resid_pre",
+    }
     (d / "cfg.json").write_text(json.dumps(legacy))
     loaded, cfg = load_saelens(d)
     assert cfg["metadata"]["hook_name"] == "blocks.0.hook_resid_pre"  # legacy top-level key
     x = jax.random.normal(jax.random.PRNGKey(1), (3, D), jnp.float32)
     pre = (x - params.b_dec[None, :]) @ params.W_enc + params.b_enc[None, :]
-    np.testing.assert_allclose(forward(loaded, x).codes, jnp.maximum(pre, 0), rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(forward(loaded, x).codes, jnp.maximum(pre, 0), rtol=1e-5, atol=1e-6)
     # a topk file without the b_dec subtraction
     legacy.update(architecture="topk", k=2, apply_b_dec_to_input=False)
     (d / "cfg.json").write_text(json.dumps(legacy))
     loaded, _ = load_saelens(d)
     pre = x @ params.W_enc + params.b_enc[None, :]
     top = jnp.sort(pre, axis=1)[:, -2:]
-    np.testing.assert_allclose(jnp.sort(topk_forward(loaded, x, 2).codes, axis=1)[:, -2:],
-                               jnp.maximum(top, 0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        jnp.sort(topk_forward(loaded, x, 2).codes, axis=1)[:, -2:],
+        jnp.maximum(top, 0),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_wrong_file_gives_clear_error(tmp_path, params):

@@ -61,9 +61,10 @@ def _all_paths(p, x, dead):
     out = {}
     for sparse in (True, False):
         for aux in (False, True):
+
             def f(q, sparse=sparse, aux=aux):
-                return topk_loss(q, x, K, dead_mask=dead if aux else None, aux_k=AUX,
-                                 sparse=sparse)
+                return topk_loss(q, x, K, dead_mask=dead if aux else None, aux_k=AUX, sparse=sparse)
+
             out[sparse, aux] = jax.value_and_grad(f, has_aux=True)(p)
     return out
 
@@ -79,8 +80,13 @@ def test_sparse_equals_dense_and_numpy(params, x, n_dead):
         (l_d, m_d), g_d = out[False, aux]
         np.testing.assert_allclose(l_s, l_d, rtol=1e-12)
         for name in NAMES:
-            np.testing.assert_allclose(getattr(g_s, name), getattr(g_d, name), rtol=1e-5,
-                                       atol=1e-10, err_msg=f"{name}, aux={aux}")
+            np.testing.assert_allclose(
+                getattr(g_s, name),
+                getattr(g_d, name),
+                rtol=1e-5,
+                atol=1e-10,
+                err_msg=f"{name}, aux={aux}",
+            )
         ref, fvu, auxk, _ = numpy_topk_loss(params, x, K, np.asarray(dead) if aux else None)
         np.testing.assert_allclose(l_s, ref, rtol=1e-10)
         np.testing.assert_allclose(m_s.fvu, fvu, rtol=1e-10)
@@ -108,8 +114,9 @@ def test_sparse_gradient_matches_finite_differences(params, x):
     plus = jax.tree.map(lambda a, d: a + eps * d, params, direction)
     minus = jax.tree.map(lambda a, d: a - eps * d, params, direction)
     fd = (loss(plus) - loss(minus)) / (2 * eps)
-    an = sum(jnp.vdot(a, d) for a, d in zip(jax.tree.leaves(g), jax.tree.leaves(direction),
-                                            strict=True))
+    an = sum(
+        jnp.vdot(a, d) for a, d in zip(jax.tree.leaves(g), jax.tree.leaves(direction), strict=True)
+    )
     np.testing.assert_allclose(an, fd, rtol=1e-6)
 
 

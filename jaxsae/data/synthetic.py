@@ -88,8 +88,7 @@ def make_sparse_data(
     if noise_std < 0 or decay < 0:
         raise ValueError(f"expected noise_std >= 0 and decay >= 0, found {noise_std}, {decay}")
 
-    return _sample(key, avg_active, decay, lo, hi, noise_std, n, d_in, n_features,
-                   jnp.dtype(dtype))
+    return _sample(key, avg_active, decay, lo, hi, noise_std, n, d_in, n_features, jnp.dtype(dtype))
 
 
 @partial(jax.jit, static_argnums=(6, 7, 8, 9))
@@ -102,7 +101,7 @@ def _sample(key, avg_active, decay, lo, hi, noise_std, n, d_in, n_features, dtyp
     v = jax.random.uniform(key, (sum(sizes),), dtype, minval=lo_v, maxval=1)
     parts, start = [], 0
     for size in sizes:
-        parts.append(v[start:start + size])
+        parts.append(v[start : start + size])
         start += size
     v_feat, v_on, v_mag, v_noise = parts
     gauss = jnp.sqrt(jnp.asarray(2, dtype))

@@ -104,8 +104,16 @@ def optimal_codes(
     check_nonnegative("l1_coeff", l1_coeff)
     reg = 0.5 * jnp.asarray(l1_coeff, x.dtype) * decoder_norms(params)
     xc = x - params.b_dec.reshape((1,) * (x.ndim - 1) + (params.d_in,))
-    return fista(xc, params.W_dec, reg, nonneg=True, init=init, max_steps=max_steps, tol=tol,
-                 **solver_options)
+    return fista(
+        xc,
+        params.W_dec,
+        reg,
+        nonneg=True,
+        init=init,
+        max_steps=max_steps,
+        tol=tol,
+        **solver_options,
+    )
 
 
 def amortisation_gap(
@@ -138,8 +146,15 @@ def amortisation_gap(
     if x.ndim == 1:
         x = x[None, :]
     codes_enc, _ = encode(params, x)
-    sol = optimal_codes(params, x, l1_coeff, init=codes_enc if warm_start else None,
-                        max_steps=max_steps, tol=tol, **solver_options)
+    sol = optimal_codes(
+        params,
+        x,
+        l1_coeff,
+        init=codes_enc if warm_start else None,
+        max_steps=max_steps,
+        tol=tol,
+        **solver_options,
+    )
     codes_opt = jnp.maximum(sol.codes, 0)  # exact zeros below 0 (the solver's prox gives ≥ 0)
     j_enc = jnp.mean(sae_objective(params, x, codes_enc, l1_coeff))
     j_opt = jnp.mean(sae_objective(params, x, codes_opt, l1_coeff))
@@ -156,8 +171,9 @@ def amortisation_gap(
     dot = jnp.sum(codes_enc * codes_opt, axis=-1)
     both_zero = (n_enc == 0) & (n_opt == 0)
     cos = jnp.where(both_zero, 1.0, dot / jnp.maximum(n_enc * n_opt, tiny))
-    rel_dist = jnp.linalg.norm(codes_enc - codes_opt) / jnp.maximum(jnp.linalg.norm(codes_opt),
-                                                                     tiny)
+    rel_dist = jnp.linalg.norm(codes_enc - codes_opt) / jnp.maximum(
+        jnp.linalg.norm(codes_opt), tiny
+    )
     gap = j_enc - j_opt
     return AmortisationGap(
         objective_encoder=j_enc,

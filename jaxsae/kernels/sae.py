@@ -161,7 +161,7 @@ def check_inputs(params: SAEParams, x: ArrayLike, *, name: str = "x") -> jax.Arr
 
 
 def check_params(params: SAEParams, d_in: int, d_sae: int) -> SAEParams:
-    """Raise unless ``params`` has the shapes of an SAE with ``d_in`` inputs and ``d_sae`` features."""
+    """Raise unless ``params`` has the shapes of an SAE with ``d_in`` inputs, ``d_sae`` features."""
     want = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
     found = {n: tuple(jnp.shape(getattr(params, n))) for n in want}
     bad = {n: s for n, s in found.items() if s != want[n]}
@@ -230,9 +230,7 @@ def reconstruction_metrics(
     return recon_err, l0, fvu
 
 
-def sae_loss(
-    params: SAEParams, x: jax.Array, l1_coeff: ArrayLike
-) -> tuple[jax.Array, SAEMetrics]:
+def sae_loss(params: SAEParams, x: jax.Array, l1_coeff: ArrayLike) -> tuple[jax.Array, SAEMetrics]:
     """The seed's SAE loss and its metrics on a batch.
 
     ``L = mean_x ‖x − x̂‖² + l1_coeff · mean_x Σ_i f_i(x) ‖W_dec[i]‖₂``
@@ -381,10 +379,8 @@ def fold_normalisation(
     m = jnp.broadcast_to(m, (d_in,))
     s = jnp.broadcast_to(s, (d_in,))
     W_enc = s[:, None] * params.W_enc
-    if apply_b_dec_to_input:
-        b_enc = params.b_enc
-    else:
-        b_enc = params.b_enc - (m * s) @ params.W_enc
+    # the encoder reads x' = (x − m) s (standard) or x' − b_dec = s (x − b_dec_new) (TopK)
+    b_enc = params.b_enc if apply_b_dec_to_input else params.b_enc - (m * s) @ params.W_enc
     return SAEParams(
         W_enc=W_enc,
         b_enc=b_enc,

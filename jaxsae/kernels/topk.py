@@ -115,9 +115,7 @@ def _dense_codes(values: jax.Array, indices: jax.Array, d_sae: int) -> jax.Array
     return codes.reshape(*values.shape[:-1], d_sae)
 
 
-def topk_encode(
-    params: SAEParams, x: ArrayLike, k: int
-) -> tuple[jax.Array, jax.Array, jax.Array]:
+def topk_encode(params: SAEParams, x: ArrayLike, k: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """TopK encoder: ReLU of the ``k`` largest pre-activations of each input.
 
     Args:
@@ -418,4 +416,3 @@ def _topk_loss(
         num_dead=num_dead,
     )
     return loss, metrics
-

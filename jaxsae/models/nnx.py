@@ -6,7 +6,6 @@ SAE, ``k=None``) or ``jaxsae.kernels.topk`` (TopK SAE, ``k`` active features).
 
 from __future__ import annotations
 
-
 import jax.numpy as jnp
 from flax import nnx
 from jax.typing import ArrayLike
@@ -77,8 +76,12 @@ class SparseAutoencoder(nnx.Module):
 
     def to_params(self) -> SAEParams:
         """The functional ``SAEParams`` (the arrays themselves, differentiable under nnx.grad)."""
-        return SAEParams(W_enc=self.W_enc[...], b_enc=self.b_enc[...], W_dec=self.W_dec[...],
-                         b_dec=self.b_dec[...])
+        return SAEParams(
+            W_enc=self.W_enc[...],
+            b_enc=self.b_enc[...],
+            W_dec=self.W_dec[...],
+            b_dec=self.b_dec[...],
+        )
 
     def __call__(self, x: ArrayLike) -> SAEOutput:
         """Forward pass on ``x (batch, d_in)`` or ``(d_in,)``: ``forward`` or ``topk_forward``."""
@@ -97,5 +100,3 @@ class SparseAutoencoder(nnx.Module):
                 raise ValueError("loss: expected l1_coeff for an L1 SAE (k=None), found None")
             return sae_loss(self.to_params(), x, l1_coeff)
         return topk_loss(self.to_params(), x, self.k, **topk_options)
-
-

@@ -39,8 +39,16 @@ _ARCHITECTURES = ("standard", "topk")
 _NORMALISATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
 #: top-level keys of SAELens' config; every other key of a given cfg goes to ``metadata``
 _TOP_LEVEL = {
-    "d_in", "d_sae", "dtype", "device", "architecture", "apply_b_dec_to_input",
-    "normalize_activations", "reshape_activations", "metadata", "k",
+    "d_in",
+    "d_sae",
+    "dtype",
+    "device",
+    "architecture",
+    "apply_b_dec_to_input",
+    "normalize_activations",
+    "reshape_activations",
+    "metadata",
+    "k",
     "rescale_acts_by_decoder_norm",
 }
 _METADATA_DEFAULTS: dict[str, Any] = {
@@ -63,8 +71,11 @@ def _check_tensors(tensors: dict[str, np.ndarray], d_in: int, d_sae: int, where:
     want = _expected_shapes(d_in, d_sae)
     missing = sorted(set(want) - set(tensors))
     extra = sorted(set(tensors) - set(want))
-    wrong = {n: tuple(tensors[n].shape) for n in want if n in tensors
-             and tuple(tensors[n].shape) != want[n]}
+    wrong = {
+        n: tuple(tensors[n].shape)
+        for n in want
+        if n in tensors and tuple(tensors[n].shape) != want[n]
+    }
     if missing or extra or wrong:
         parts = []
         if missing:
@@ -74,8 +85,10 @@ def _check_tensors(tensors: dict[str, np.ndarray], d_in: int, d_sae: int, where:
         if wrong:
             parts.append("wrong shapes " + ", ".join(f"{n} {s}" for n, s in wrong.items()))
         expected = ", ".join(f"{n} {s}" for n, s in want.items())
-        raise ValueError(f"{where}: expected tensors {expected} (d_in={d_in}, d_sae={d_sae}); "
-                         f"found " + "; ".join(parts))
+        raise ValueError(
+            f"{where}: expected tensors {expected} (d_in={d_in}, d_sae={d_sae}); "
+            f"found " + "; ".join(parts)
+        )
 
 
 def _fold_b_dec(tensors: dict[str, np.ndarray], sign: float) -> np.ndarray:
@@ -126,8 +139,9 @@ def save_saelens(
         )
     norm = cfg.get("normalize_activations", "none")
     if norm not in _NORMALISATIONS:
-        raise ValueError(f"save_saelens: expected normalize_activations in {_NORMALISATIONS}, "
-                         f"found {norm!r}")
+        raise ValueError(
+            f"save_saelens: expected normalize_activations in {_NORMALISATIONS}, found {norm!r}"
+        )
 
     metadata = dict(_METADATA_DEFAULTS)
     metadata.update(cfg.get("metadata", {}))
@@ -146,8 +160,10 @@ def save_saelens(
     if arch == "topk":
         k = cfg.get("k")
         if isinstance(k, bool) or not isinstance(k, int) or not 0 < k <= d_sae:
-            raise ValueError(f"save_saelens: a topk SAE needs an int 0 < k <= d_sae={d_sae} in "
-                             f"cfg, found k={k!r}")
+            raise ValueError(
+                f"save_saelens: a topk SAE needs an int 0 < k <= d_sae={d_sae} in "
+                f"cfg, found k={k!r}"
+            )
         out["k"] = k
         out["rescale_acts_by_decoder_norm"] = False
     text = json.dumps(out, indent=2)  # fails here, before anything is written, if not JSON-able
@@ -198,8 +214,9 @@ def load_saelens(directory: str | os.PathLike) -> tuple[SAEParams, dict[str, Any
     cfg = json.loads((path / CFG_FILENAME).read_text())
     for key in ("d_in", "d_sae"):
         if key not in cfg:
-            raise ValueError(f"load_saelens: expected {key!r} in {path / CFG_FILENAME}, found "
-                             f"keys {sorted(cfg)}")
+            raise ValueError(
+                f"load_saelens: expected {key!r} in {path / CFG_FILENAME}, found keys {sorted(cfg)}"
+            )
     arch = cfg.get("architecture", "standard")
     if arch not in _ARCHITECTURES:
         raise ValueError(f"load_saelens: expected architecture in {_ARCHITECTURES}, found {arch!r}")
