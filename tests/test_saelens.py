@@ -30,6 +30,8 @@ def test_round_trip_and_layout(tmp_path, params):
         "hook_name": "layers.4",
         "hook_layer": 4,
         "context_size": 1024,
+        "scale": np.float32(0.5),
+        "mean": jnp.zeros(2),
         "dataset_path": "uniref50-sample",
         "l1_coeff": 5.0,
     }
@@ -42,6 +44,7 @@ def test_round_trip_and_layout(tmp_path, params):
     assert stored["architecture"] == "standard" and stored["apply_b_dec_to_input"] is False
     assert stored["normalize_activations"] == "none" and stored["device"] == "cpu"
     assert stored["metadata"]["hook_name"] == "layers.4"
+    assert stored["metadata"]["scale"] == 0.5 and stored["metadata"]["mean"] == [0.0, 0.0]
     assert stored["metadata"]["hook_layer"] == 4 and stored["metadata"]["l1_coeff"] == 5.0
     loaded, cfg2 = load_saelens(out)
     for name in SAEParams._fields:

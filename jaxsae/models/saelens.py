@@ -96,6 +96,15 @@ def _fold_b_dec(tensors: dict[str, np.ndarray], sign: float) -> np.ndarray:
     return tensors["b_enc"] + sign * (tensors["b_dec"] @ tensors["W_enc"])
 
 
+def _to_json(value: Any) -> Any:
+    """NumPy/JAX scalars and arrays as Python numbers and lists; anything else is an error."""
+    if isinstance(value, np.generic) or (hasattr(value, "shape") and hasattr(value, "dtype")):
+        return np.asarray(value).tolist()
+    raise TypeError(
+        f"save_saelens: cfg value {value!r} of type {type(value).__name__} is not JSON-serialisable"
+    )
+
+
 def save_saelens(
     directory: str | os.PathLike, params: SAEParams, cfg: dict[str, Any] | None = None
 ) -> Path:
@@ -166,7 +175,8 @@ def save_saelens(
             )
         out["k"] = k
         out["rescale_acts_by_decoder_norm"] = False
-    text = json.dumps(out, indent=2)  # fails here, before anything is written, if not JSON-able
+    # fails here, before anything is written, if a value is not JSON-serialisable
+    text = json.dumps(out, indent=2, default=_to_json)
 
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
