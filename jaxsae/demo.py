@@ -38,9 +38,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "n_proteins": 1000,
         "max_len": 256,
         "d_sae": 1280,
-        "steps": 1500,
+        "steps": 1000,
         "batch_size": 1024,
-        "l1_coeff": 5.0,
+        "l1_coeff": 1.0,
         "max_cards": 40,
     },
     "quick": {
@@ -50,7 +50,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "d_sae": 512,
         "steps": 300,
         "batch_size": 512,
-        "l1_coeff": 5.0,
+        "l1_coeff": 1.0,
         "max_cards": 24,
     },
 }
@@ -210,6 +210,20 @@ def _amortisation(params: Any, store: Any, l1_raw: float, scale: float, rows: in
     }
 
 
+def _previous_analysis(out: Path, key: dict) -> dict | None:
+    """The ``summary.json`` of an earlier analysis of the same run and options, if complete."""
+    path = out / "summary.json"
+    if not (path.is_file() and (out / "report.html").is_file()):
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    same = summary.get("key") == json.loads(json.dumps(key))
+    images_ok = all(Path(p).is_file() for p in summary.get("images", {}).values())
+    return summary if same and images_ok and "console" in summary else None
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``jaxsae demo``."""
     t_start = time.perf_counter()
@@ -303,26 +317,38 @@ def run(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     from jaxsae.interpret.cli import analyse
 
-    _say(f"interpreting {cfg.d_sae} features on {eval_store.num_rows} held-out residues")
-    result = analyse(
-        eval_store,
-        params,
-        out,
-        pca_source=train_store,
-        l1_coeff=l1_raw,
-        fista_proteins=args.fista_proteins,
-        metrics=history,
-        amortisation=amort,
-        max_cards=s["max_cards"],
-        title=f"Features of ESM-2 t6 8M layer {s['layer']}: an L1 SAE with {cfg.d_sae} features",
-        intro=(
-            f"jaxsae demo: {len(records)} SCOPe domains (≤ {s['max_len']} residues), SAE trained "
-            f"{cfg.total_steps} steps × {cfg.batch_size} residues, λ = {cfg.l1_coeff} on "
-            f"normalised inputs."
-        ),
-        progress=progress,
-        log=_say,
-    )
+    key = {"run": run_dir.name, "fista_proteins": args.fista_proteins,
+           "max_cards": s["max_cards"], "amortisation": amort}
+    previous = None if args.force else _previous_analysis(out, key)
+    if previous is not None:
+        _say(f"analysis: reusing {out / 'report.html'}")
+        console, images = previous["console"], previous["images"]
+    else:
+        _say(f"interpreting {cfg.d_sae} features on {eval_store.num_rows} held-out residues")
+        result = analyse(
+            eval_store,
+            params,
+            out,
+            pca_source=train_store,
+            l1_coeff=l1_raw,
+            fista_proteins=args.fista_proteins,
+            metrics=history,
+            amortisation=amort,
+            max_cards=s["max_cards"],
+            title=(
+                f"Features of ESM-2 t6 8M layer {s['layer']}: an L1 SAE with {cfg.d_sae} "
+                "features"
+            ),
+            intro=(
+                f"jaxsae demo: {len(records)} SCOPe domains (≤ {s['max_len']} residues), SAE "
+                f"trained {cfg.total_steps} steps × {cfg.batch_size} residues, λ = "
+                f"{cfg.l1_coeff} on normalised inputs."
+            ),
+            progress=progress,
+            log=_say,
+            key=key,
+        )
+        console, images = result.console, {k: str(v) for k, v in result.images.items()}
     timings["interpret"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
     tmp = out / f".timings.json.tmp-{os.getpid()}"
@@ -330,11 +356,11 @@ def run(args: argparse.Namespace) -> int:
     os.replace(tmp, out / "timings.json")
 
     print()
-    print(result.console)
+    print(console)
     print()
     print("stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
-    print(f"report:  {result.report}")
-    print(f"plots:   {', '.join(str(p) for p in result.images.values())}")
-    print(f"numbers: {result.summary_path}")
+    print(f"report:  {out / 'report.html'}")
+    print(f"plots:   {', '.join(images.values())}")
+    print(f"numbers: {out / 'summary.json'}")
     print(f"SAE:     {run_dir / 'sae'} (SAELens layout)")
     return 0

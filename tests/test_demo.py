@@ -57,19 +57,21 @@ def test_demo_quick_runs_reuses_and_interpret_reads_its_outputs(tmp_path, capsys
     assert len(run_dirs) == 1
     ckpts = sorted((run_dirs[0] / "checkpoints").iterdir())
     assert ckpts
-    before = _mtimes(stores + ckpts)
+    before = _mtimes([*stores, *ckpts, report])
 
     assert cli.main(["demo", *TINY, "--out", str(out)]) == 0
     second = capsys.readouterr().out
     assert second.count("activation store: reusing") == 2
     assert "SAE: reusing the finished run" in second
-    assert _mtimes(stores + ckpts) == before  # nothing recomputed or rewritten
+    assert "amortisation gap: reusing" in second and "analysis: reusing" in second
+    assert "residue concepts F1>0.5" in second  # the headline table is printed again
+    assert _mtimes([*stores, *ckpts, report]) == before  # nothing recomputed or rewritten
 
     heldout = stores[0].parent if "heldout" in str(stores[0]) else stores[1].parent
     sae_dir = run_dirs[0] / "sae"
     assert cli.main(
         ["interpret", str(heldout), str(sae_dir), "--out", str(tmp_path / "interp"),
-         "--max-cards", "4"]
+         "--max-cards", "2", "--k", "4"]
     ) == 0
     third = capsys.readouterr().out
     assert "residue concepts F1>0.5" in third

@@ -101,6 +101,7 @@ def analyse(
     max_cards: int = 40,
     progress: bool = True,
     log: Any = print,
+    key: Mapping[str, Any] | None = None,
 ) -> Analysis:
     """Interpret an SAE's features on a store and compare them with neurons and PCA.
 
@@ -127,6 +128,8 @@ def analyse(
       max_cards: feature cards in the report.
       progress: show progress bars.
       log: where stage messages go (``print`` or a no-op).
+      key: JSON-serialisable description of the inputs, stored in ``summary.json`` (lets a
+        caller recognise an analysis it already ran).
 
     Returns:
       ``Analysis``.
@@ -321,7 +324,11 @@ def analyse(
         f"{len(dead)} dead ({100 * len(dead) / params.d_sae:.1f}%), mean density "
         f"{float(sae_stats.density.mean()):.4f}. Analysis took {time.perf_counter() - t0:.0f} s."
     )
-    sections = [("Method", _METHOD_TEXT), ("What came out", _findings(coverage, headline_rows))]
+    duplicates = int((nb.cosines[:, 0] > 0.95).sum()) if nb is not None else 0
+    sections = [
+        ("Method", _METHOD_TEXT),
+        ("What came out", _findings(coverage, duplicates, params.d_sae)),
+    ]
     report = write_report(
         out / "report.html", title=title, intro=(intro + " " + facts).strip(),
         summary=(headline_rows, headline_headers),
@@ -334,9 +341,13 @@ def analyse(
         "coverage": coverage,
         "concepts": {"headers": concept_headers, "rows": concept_rows},
         "dead_features": int(len(dead)),
+        "near_duplicate_features": duplicates,
         "d_sae": int(params.d_sae),
         "pca_explained_variance_ratio": [float(v) for v in pca.explained_variance_ratio[:10]],
         "amortisation": dict(amortisation or {}),
+        "console": console,
+        "images": {k: str(v) for k, v in images.items()},
+        "key": dict(key or {}),
     }
     summary_path = out / "summary.json"
     tmp = summary_path.with_name(f".summary.json.tmp-{os.getpid()}")
@@ -364,41 +375,60 @@ _METHOD_TEXT = (
 )
 
 
-def _findings(coverage: Mapping[str, Mapping[str, Mapping[str, Any]]], rows: list) -> str:
-    """Plain sentences comparing the SAE with the baselines (the headline table in words)."""
-    by = {r[0]: r for r in rows}
-    lines = [
-        f"{r[0]} ({r[1]} features): residue concepts covered {r[2]} (mean best F1 {r[3]:.3f}); "
-        f"domain concepts covered {r[4]} (mean best F1 {r[5]:.3f})."
-        for r in rows
-    ]
-    if not all(m in by for m in ("SAE", "neurons", "PCA")):
-        return "\n\n".join(lines)
-    s, n, p = by["SAE"], by["neurons"], by["PCA"]
-    cats = coverage["SAE"]
-    for level, col, words in (("residue", 3, "secondary structure and residue identity"),
-                              ("domain", 5, "SCOPe classes, folds and superfamilies")):
-        if not math.isfinite(s[col]):
-            lines.append(f"No {level} concept had enough examples to be scored.")
-        elif s[col] > max(n[col], p[col]):
-            lines.append(
-                f"Per {level} ({words}), the SAE's best features agree with the annotations "
-                f"more closely than any single neuron or principal component "
-                f"(mean best F1 {s[col]:.3f} vs {n[col]:.3f} and {p[col]:.3f})."
-            )
-        else:
-            lines.append(
-                f"Per {level} ({words}), a single neuron or principal component does as well as "
-                f"or better than the SAE's best feature (mean best F1 {s[col]:.3f} vs "
-                f"{n[col]:.3f} and {p[col]:.3f}). Dense concepts that are linear in the "
-                "activations are captured by one dense direction, while a small SAE trained "
-                "briefly splits them over several sparse features, each with lower recall."
-            )
-    res_id = cats.get("residue", {})
-    if res_id.get("eligible"):
+_GROUPS = (
+    ("secondary structure (DSSP)", ("DSSP8", "DSSP3")),
+    ("residue identity", ("residue",)),
+    ("SCOPe classification", ("class", "fold", "superfamily", "family")),
+)
+
+
+def _group(cov: Mapping[str, Mapping[str, Any]], cats: Sequence[str]) -> tuple[int, int, float]:
+    """``(covered, eligible, mean best F1)`` over some concept categories of one method."""
+    cov_n = sum(cov.get(c, {}).get("covered", 0) for c in cats)
+    elig = sum(cov.get(c, {}).get("eligible", 0) for c in cats)
+    tot = sum(cov.get(c, {}).get("eligible", 0) * (cov.get(c, {}).get("mean_f1") or 0.0)
+              for c in cats if cov.get(c, {}).get("eligible", 0))
+    return cov_n, elig, (tot / elig if elig else float("nan"))
+
+
+def _findings(
+    coverage: Mapping[str, Mapping[str, Mapping[str, Any]]], duplicates: int, d_sae: int
+) -> str:
+    """Plain sentences comparing the SAE with the baselines, per group of concepts."""
+    lines = []
+    base = [m for m in ("neurons", "PCA") if m in coverage]
+    for title, cats in _GROUPS:
+        c, e, f = _group(coverage["SAE"], cats)
+        if not e:
+            lines.append(f"{title[0].upper() + title[1:]}: no concept had enough examples to be scored.")
+            continue
+        others = {m: _group(coverage[m], cats) for m in base}
+        txt = ", ".join(f"{m} {o[0]}/{o[1]} (mean F1 {o[2]:.2f})" for m, o in others.items())
+        verdict = (
+            "the SAE is ahead" if all(f > o[2] for o in others.values())
+            else "a single neuron or principal component does as well or better"
+        )
         lines.append(
-            f"Residue identity (a sanity concept): the SAE covers {res_id['covered']} of "
-            f"{res_id['eligible']} amino acids at F1 > 0.5."
+            f"{title[0].upper() + title[1:]}: SAE covers {c}/{e} concepts (mean best F1 {f:.2f}); {txt}: "
+            f"{verdict}."
+        )
+    dssp = _group(coverage["SAE"], ("DSSP8", "DSSP3"))
+    if dssp[1] and any(dssp[2] <= _group(coverage[m], ("DSSP8", "DSSP3"))[2] for m in base):
+        lines.append(
+            "Why the SAE loses on secondary structure: helix, strand and coil are dense "
+            "concepts (each covers 20–40% of residues), while the SAE's features are sparse "
+            "(most fire on a few per cent of residues). The SAE splits a helix into many "
+            "context-specific features (e.g. 'middle of a long helix'), each with high "
+            "precision but low recall, so no single feature reaches a high F1; a dense neuron "
+            "or principal component that correlates with helicity covers it with one "
+            "threshold. Feature cards show such features (precision is high where they fire)."
+        )
+    if duplicates:
+        lines.append(
+            f"{duplicates} of {d_sae} features have a near-duplicate (decoder cosine > 0.95): "
+            "a short training run leaves redundant copies of common features (e.g. one amino "
+            "acid), which wastes dictionary capacity; longer training, dead-feature resampling "
+            "or a larger λ reduce it."
         )
     return "\n\n".join(lines)
 
