@@ -64,29 +64,62 @@ def configure(parser: argparse.ArgumentParser) -> None:
         return f"(default {d[key]}; --quick: {q[key]})"
 
     parser.add_argument("--out", default="jaxsae-out", help="output folder (default jaxsae-out)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a small run (fewer proteins, a smaller SAE, fewer steps)")
-    parser.add_argument("--force", action="store_true",
-                        help="recompute every stage instead of reusing what is on disk")
-    parser.add_argument("--layer", type=int, default=None,
-                        help=f"ESM-2 layer whose activations are used, 0..6 {both('layer')}")
-    parser.add_argument("--n-proteins", type=int, default=None,
-                        help=f"proteins taken from the default dataset {both('n_proteins')}")
-    parser.add_argument("--max-len", type=int, default=None,
-                        help=f"longest protein kept, in residues {both('max_len')}")
-    parser.add_argument("--d-sae", type=int, default=None,
-                        help=f"number of SAE features {both('d_sae')}")
-    parser.add_argument("--steps", type=int, default=None,
-                        help=f"SAE training steps {both('steps')}")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help=f"residues per training step {both('batch_size')}")
-    parser.add_argument("--l1-coeff", type=float, default=None,
-                        help=f"L1 coefficient λ on inputs normalised to E‖x‖² = d {both('l1_coeff')}")
-    parser.add_argument("--fista-proteins", type=int, default=0,
-                        help="also score FISTA codes on the SAE's decoder, on this many "
-                        "validation and test proteins (slow; default 0: skip)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="hide progress bars")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a small run (fewer proteins, a smaller SAE, fewer steps)",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="recompute every stage instead of reusing what is on disk",
+    )
+    parser.add_argument(
+        "--layer",
+        type=int,
+        default=None,
+        help=f"ESM-2 layer whose activations are used, 0..6 {both('layer')}",
+    )
+    parser.add_argument(
+        "--n-proteins",
+        type=int,
+        default=None,
+        help=f"proteins taken from the default dataset {both('n_proteins')}",
+    )
+    parser.add_argument(
+        "--max-len",
+        type=int,
+        default=None,
+        help=f"longest protein kept, in residues {both('max_len')}",
+    )
+    parser.add_argument(
+        "--d-sae", type=int, default=None, help=f"number of SAE features {both('d_sae')}"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help=f"SAE training steps {both('steps')}"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"residues per training step {both('batch_size')}",
+    )
+    parser.add_argument(
+        "--l1-coeff",
+        type=float,
+        default=None,
+        help=f"L1 coefficient λ on inputs normalised to E‖x‖² = d {both('l1_coeff')}",
+    )
+    parser.add_argument(
+        "--fista-proteins",
+        type=int,
+        default=0,
+        help="also score FISTA codes on the SAE's decoder, on this many "
+        "validation and test proteins (slow; default 0: skip)",
+    )
+    parser.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="hide progress bars"
+    )
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -162,8 +195,13 @@ def _train(settings: dict, store: Any, run_dir: Path, force: bool, progress: boo
             f"training residues; run in {run_dir}"
         )
     params, history = train(
-        cfg, store, run_dir, resume=True, progress=progress and not finished,
-        checkpoint_every=max(50, cfg.total_steps // 4), log_every=10,
+        cfg,
+        store,
+        run_dir,
+        resume=True,
+        progress=progress and not finished,
+        checkpoint_every=max(50, cfg.total_steps // 4),
+        log_every=10,
     )
     if not history:
         history = read_metrics(run_dir / "metrics.jsonl")
@@ -266,10 +304,12 @@ def run(args: argparse.Namespace) -> int:
     # -- 2. activations -------------------------------------------------------------------
     t = time.perf_counter()
     tag = f"L{s['layer']}_n{s['n_proteins']}_len{s['max_len']}"
-    train_store = _extract(train_recs, model, s["layer"], out / f"store_{tag}_train",
-                           args.force, progress)
-    eval_store = _extract(eval_recs, model, s["layer"], out / f"store_{tag}_heldout",
-                          args.force, progress)
+    train_store = _extract(
+        train_recs, model, s["layer"], out / f"store_{tag}_train", args.force, progress
+    )
+    eval_store = _extract(
+        eval_recs, model, s["layer"], out / f"store_{tag}_heldout", args.force, progress
+    )
     timings["extract"] = time.perf_counter() - t
 
     # -- 3. SAE ---------------------------------------------------------------------------
@@ -306,7 +346,8 @@ def run(args: argparse.Namespace) -> int:
             _say(
                 f"objective encoder {amort['encoder_objective']:.4g} vs FISTA "
                 f"{amort['fista_objective']:.4g}; L0 {amort.get('encoder_l0', float('nan')):.1f}"
-                f" vs {amort.get('fista_l0', float('nan')):.1f} (gap {100 * amort['relative_gap']:.1f}%,"
+                f" vs {amort.get('fista_l0', float('nan')):.1f} "
+                f"(gap {100 * amort['relative_gap']:.1f}%,"
                 f" FISTA {amort['fista_steps']} steps)"
             )
     except ImportError as err:  # the kernel is optional for the report
@@ -317,8 +358,12 @@ def run(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     from jaxsae.interpret.cli import analyse
 
-    key = {"run": run_dir.name, "fista_proteins": args.fista_proteins,
-           "max_cards": s["max_cards"], "amortisation": amort}
+    key = {
+        "run": run_dir.name,
+        "fista_proteins": args.fista_proteins,
+        "max_cards": s["max_cards"],
+        "amortisation": amort,
+    }
     previous = None if args.force else _previous_analysis(out, key)
     if previous is not None:
         _say(f"analysis: reusing {out / 'report.html'}")
@@ -336,8 +381,7 @@ def run(args: argparse.Namespace) -> int:
             amortisation=amort,
             max_cards=s["max_cards"],
             title=(
-                f"Features of ESM-2 t6 8M layer {s['layer']}: an L1 SAE with {cfg.d_sae} "
-                "features"
+                f"Features of ESM-2 t6 8M layer {s['layer']}: an L1 SAE with {cfg.d_sae} features"
             ),
             intro=(
                 f"jaxsae demo: {len(records)} SCOPe domains (≤ {s['max_len']} residues), SAE "

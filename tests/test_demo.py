@@ -15,8 +15,18 @@ pytestmark = pytest.mark.skipif(
 )
 
 TINY = [
-    "--quick", "--n-proteins", "60", "--max-len", "64", "--d-sae", "64", "--steps", "20",
-    "--batch-size", "64", "--no-progress",
+    "--quick",
+    "--n-proteins",
+    "60",
+    "--max-len",
+    "64",
+    "--d-sae",
+    "64",
+    "--steps",
+    "20",
+    "--batch-size",
+    "64",
+    "--no-progress",
 ]
 
 
@@ -69,10 +79,22 @@ def test_demo_quick_runs_reuses_and_interpret_reads_its_outputs(tmp_path, capsys
 
     heldout = stores[0].parent if "heldout" in str(stores[0]) else stores[1].parent
     sae_dir = run_dirs[0] / "sae"
-    assert cli.main(
-        ["interpret", str(heldout), str(sae_dir), "--out", str(tmp_path / "interp"),
-         "--max-cards", "2", "--k", "4"]
-    ) == 0
+    assert (
+        cli.main(
+            [
+                "interpret",
+                str(heldout),
+                str(sae_dir),
+                "--out",
+                str(tmp_path / "interp"),
+                "--max-cards",
+                "2",
+                "--k",
+                "4",
+            ]
+        )
+        == 0
+    )
     third = capsys.readouterr().out
     assert "residue concepts F1>0.5" in third
     assert (tmp_path / "interp" / "report.html").is_file()

@@ -150,7 +150,9 @@ def test_pca_and_neuron_featurizers_use_both_signs():
 
 def test_sample_rows_of_one_split():
     acts, index = _data(n=120)
-    proteins = [{"split": s} for s in ["train", "test", "train", "validation", "train", "x", "test"]]
+    proteins = [
+        {"split": s} for s in ["train", "test", "train", "validation", "train", "x", "test"]
+    ]
     rows = sample_rows((acts, index), proteins, split="train", max_rows=10, seed=0)
     assert rows.shape == (10, 6)
     train_rows = acts[np.isin(index[:, 0], [0, 2, 4])]

@@ -90,9 +90,12 @@ def test_report_is_self_contained_valid_html(tmp_path):
     ex = cards[0].examples[0]
     assert ex.peak_activation == max(ex.activations)
     assert abs(ex.peak_activation - stats.top_values[alive[0], 0]) < 1e-5
-    assert ex.residues == proteins[int(stats.top_protein[alive[0], 0])]["sequence"][
-        ex.start : ex.start + len(ex.residues)
-    ]
+    assert (
+        ex.residues
+        == proteins[int(stats.top_protein[alive[0], 0])]["sequence"][
+            ex.start : ex.start + len(ex.residues)
+        ]
+    )
     imgs = {
         "density": plot_density_histogram(stats.density, tmp_path / "d.png"),
         "training": plot_training_curves(
@@ -112,13 +115,18 @@ def test_report_is_self_contained_valid_html(tmp_path):
             tmp_path / "g.png",
         ),
         "track": plot_feature_track(
-            proteins[0]["sequence"], np.arange(len(proteins[0]["sequence"])), tmp_path / "f.png",
+            proteins[0]["sequence"],
+            np.arange(len(proteins[0]["sequence"])),
+            tmp_path / "f.png",
             dssp=proteins[0]["dssp"],
         ),
     }
     for p in imgs.values():
         assert p.read_bytes().startswith(PNG)
-    summary = ([["SAE", 3, 8, 0.5], ["neurons", 1, 8, float("nan")]], ["method", "covered", "n", "F1"])
+    summary = (
+        [["SAE", 3, 8, 0.5], ["neurons", 1, 8, float("nan")]],
+        ["method", "covered", "n", "F1"],
+    )
     out = write_report(
         tmp_path / "r" / "report.html",
         title="Test <report>",

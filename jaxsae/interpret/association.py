@@ -52,7 +52,8 @@ class AssociationCounts(NamedTuple):
     """Confusion counts, NumPy int64.
 
     Attributes:
-      tp: ``(S, T, F, K)`` rows where feature ``f`` fires at threshold ``t`` and concept ``k`` holds.
+      tp: ``(S, T, F, K)`` rows where feature ``f`` fires at threshold ``t`` and concept ``k``
+        holds.
       active: ``(S, T, F)`` rows where the feature fires (``TP + FP`` for every concept).
       positives: ``(S, K)`` rows where the concept holds (``TP + FN`` for every feature).
       total: ``(S,)`` rows counted.
@@ -422,9 +423,7 @@ def associate(
         seg[:n] = local
         if n < chunk_size and len(uniq) >= chunk_size:  # pragma: no cover - needs 1-row proteins
             raise ValueError("associate: too many proteins in one chunk; raise chunk_size")
-        tp, act, seg_max = step(
-            featurizer.params, acts_p, inv_scale, conc_p, mask_p, thr, seg
-        )
+        tp, act, seg_max = step(featurizer.params, acts_p, inv_scale, conc_p, mask_p, thr, seg)
         if residue is not None:
             res_counts = _accumulate(res_counts, tp, act, conc_p, mask_p)
         if domain is not None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -48,9 +47,7 @@ def _with_splits(proteins: Sequence[Mapping[str, Any]]) -> list[dict]:
     codes = split_codes(list(proteins))
     if (codes == 1).any() and (codes == 2).any():
         return [dict(p) for p in proteins]
-    return [
-        {**p, "split": "validation" if i % 2 == 0 else "test"} for i, p in enumerate(proteins)
-    ]
+    return [{**p, "split": "validation" if i % 2 == 0 else "test"} for i, p in enumerate(proteins)]
 
 
 def _domain_split(proteins: Sequence[Mapping[str, Any]], split: Any) -> Any:
@@ -143,7 +140,6 @@ def analyse(
         select_best,
     )
     from jaxsae.interpret.baselines import (
-        fista_featurizer,
         fit_pca,
         neuron_featurizer,
         pca_featurizer,
@@ -164,9 +160,7 @@ def analyse(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if params.d_in != store.d:
-        raise ValueError(
-            f"analyse: the SAE expects d_in={params.d_in}, the store has d={store.d}"
-        )
+        raise ValueError(f"analyse: the SAE expects d_in={params.d_in}, the store has d={store.d}")
     t0 = time.perf_counter()
     proteins = _with_splits(store.proteins)
     split = split_codes(proteins)
@@ -195,23 +189,48 @@ def analyse(
     for name, feat in featurizers.items():
         log(f"[interpret] {name}: {feat.num_features} features, streaming {store.num_rows} rows")
         stats[name] = scan_features(
-            store, feat, k=k if name == "SAE" else 1, chunk_size=chunk_size,
+            store,
+            feat,
+            k=k if name == "SAE" else 1,
+            chunk_size=chunk_size,
             progress=_tqdm(f"{name} stats", n_chunks, progress),
         )
         rcounts, dcounts = associate(
-            store, feat, stats[name].max_act, proteins, residue=rc, domain=dc,
-            domain_split=dom_split, chunk_size=chunk_size, progress=_tqdm(f"{name} concepts", n_chunks, progress),
+            store,
+            feat,
+            stats[name].max_act,
+            proteins,
+            residue=rc,
+            domain=dc,
+            domain_split=dom_split,
+            chunk_size=chunk_size,
+            progress=_tqdm(f"{name} concepts", n_chunks, progress),
         )
         counts[name] = (rcounts, dcounts)
-        res_scores[name] = select_best(rcounts, rc.names, descriptions=rc.descriptions,
-                                       min_positives=min_residues)
-        dom_scores[name] = select_best(dcounts, dc.names, descriptions=dc.descriptions,
-                                       min_positives=min_domains)
+        res_scores[name] = select_best(
+            rcounts, rc.names, descriptions=rc.descriptions, min_positives=min_residues
+        )
+        dom_scores[name] = select_best(
+            dcounts, dc.names, descriptions=dc.descriptions, min_positives=min_domains
+        )
 
     if fista_proteins and l1_coeff is not None:
         _fista_comparison(
-            store, proteins, params, l1_coeff, fista_proteins, rc, dc, stats, res_scores,
-            dom_scores, chunk_size, min_residues, min_domains, progress, log,
+            store,
+            proteins,
+            params,
+            l1_coeff,
+            fista_proteins,
+            rc,
+            dc,
+            stats,
+            res_scores,
+            dom_scores,
+            chunk_size,
+            min_residues,
+            min_domains,
+            progress,
+            log,
         )
 
     # -- tables -----------------------------------------------------------------------------
@@ -222,19 +241,28 @@ def analyse(
         d = coverage_summary(dom_scores[name])
         coverage[name] = {**r["by_category"], **d["by_category"]}
         n_feat = featurizers[name].num_features if name in featurizers else params.d_sae
-        headline_rows.append([
-            name, n_feat,
-            f"{r['covered']}/{r['eligible']}", r["mean_f1"],
-            f"{d['covered']}/{d['eligible']}", d["mean_f1"],
-        ])
+        headline_rows.append(
+            [
+                name,
+                n_feat,
+                f"{r['covered']}/{r['eligible']}",
+                r["mean_f1"],
+                f"{d['covered']}/{d['eligible']}",
+                d["mean_f1"],
+            ]
+        )
     headline_headers = [
-        "features", "count", "residue concepts F1>0.5", "mean F1",
-        "domain concepts F1>0.5", "mean F1",
+        "features",
+        "count",
+        "residue concepts F1>0.5",
+        "mean F1",
+        "domain concepts F1>0.5",
+        "mean F1",
     ]
     methods = list(res_scores)
     concept_rows, concept_good = [], []
     console_rows = []
-    for level, scores in (("residue", res_scores), ("domain", dom_scores)):
+    for scores in (res_scores, dom_scores):
         base = scores["SAE"]
         for j, cname in enumerate(base.names):
             if not base.eligible[j]:
@@ -246,8 +274,11 @@ def analyse(
                 label = _label(featurizers, m, int(s.feature[j]))
                 row += [label, float(s.test_f1[j])]
                 crow += [label, float(s.test_f1[j])]
-            row += [float(base.threshold[j]), float(base.test_precision[j]),
-                    float(base.test_recall[j])]
+            row += [
+                float(base.threshold[j]),
+                float(base.test_precision[j]),
+                float(base.test_recall[j]),
+            ]
             concept_rows.append(row)
             concept_good.append(bool(base.test_f1[j] > 0.5))
             console_rows.append(crow)
@@ -282,8 +313,14 @@ def analyse(
     notes = {f: "best SAE feature for " + "; ".join(v) for f, v in chosen.items()}
     log(f"[interpret] feature cards for {len(features)} features")
     cards = build_feature_cards(
-        store, proteins, featurizers["SAE"], sae_stats, features,
-        best_concepts=best, neighbours=nb, notes=notes,
+        store,
+        proteins,
+        featurizers["SAE"],
+        sae_stats,
+        features,
+        best_concepts=best,
+        neighbours=nb,
+        notes=notes,
     )
 
     # -- plots ------------------------------------------------------------------------------
@@ -303,7 +340,10 @@ def analyse(
         f, p, seq, vals, ss, cname = track
         images[f"Feature {f} along {proteins[p]['id']} (best SAE feature for {cname})"] = (
             plot_feature_track(
-                seq, vals, out / "feature_track.png", dssp=ss,
+                seq,
+                vals,
+                out / "feature_track.png",
+                dssp=ss,
                 title=f"SAE feature {f} (best for {cname}) on {proteins[p]['id']}",
             )
         )
@@ -330,10 +370,16 @@ def analyse(
         ("What came out", _findings(coverage, duplicates, params.d_sae)),
     ]
     report = write_report(
-        out / "report.html", title=title, intro=(intro + " " + facts).strip(),
+        out / "report.html",
+        title=title,
+        intro=(intro + " " + facts).strip(),
         summary=(headline_rows, headline_headers),
-        concept_table=(concept_rows, concept_headers), concept_good=concept_good,
-        cards=cards, images=images, sections=sections, console=console,
+        concept_table=(concept_rows, concept_headers),
+        concept_good=concept_good,
+        cards=cards,
+        images=images,
+        sections=sections,
+        console=console,
     )
     summary = {
         "facts": facts,
@@ -353,8 +399,9 @@ def analyse(
     tmp = summary_path.with_name(f".summary.json.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(summary, indent=1, default=_json_default))
     os.replace(tmp, summary_path)
-    return Analysis(report, summary_path, (headline_rows, headline_headers), console, coverage,
-                    images)
+    return Analysis(
+        report, summary_path, (headline_rows, headline_headers), console, coverage, images
+    )
 
 
 _METHOD_TEXT = (
@@ -366,7 +413,8 @@ _METHOD_TEXT = (
     "with the best F1 on the validation proteins is chosen and scored on the test proteins "
     "(InterPLM's protocol). For the domain concepts the held-out proteins are pooled and "
     "halved by a hash of their id (validation half, test half), because a split by SCOPe "
-    "superfamily never puts a superfamily in both validation and test. Baselines go through the same protocol: the model's neurons "
+    "superfamily never puts a superfamily in both validation and test. Baselines go through "
+    "the same protocol: the model's neurons "
     "(mean-centred) and the PCA components of the training activations, each signed direction "
     "split into two non-negative features (ReLU of + and of −)."
     "\n\n"
@@ -386,8 +434,11 @@ def _group(cov: Mapping[str, Mapping[str, Any]], cats: Sequence[str]) -> tuple[i
     """``(covered, eligible, mean best F1)`` over some concept categories of one method."""
     cov_n = sum(cov.get(c, {}).get("covered", 0) for c in cats)
     elig = sum(cov.get(c, {}).get("eligible", 0) for c in cats)
-    tot = sum(cov.get(c, {}).get("eligible", 0) * (cov.get(c, {}).get("mean_f1") or 0.0)
-              for c in cats if cov.get(c, {}).get("eligible", 0))
+    tot = sum(
+        cov.get(c, {}).get("eligible", 0) * (cov.get(c, {}).get("mean_f1") or 0.0)
+        for c in cats
+        if cov.get(c, {}).get("eligible", 0)
+    )
     return cov_n, elig, (tot / elig if elig else float("nan"))
 
 
@@ -400,16 +451,20 @@ def _findings(
     for title, cats in _GROUPS:
         c, e, f = _group(coverage["SAE"], cats)
         if not e:
-            lines.append(f"{title[0].upper() + title[1:]}: no concept had enough examples to be scored.")
+            lines.append(
+                f"{title[0].upper() + title[1:]}: no concept had enough examples to be scored."
+            )
             continue
         others = {m: _group(coverage[m], cats) for m in base}
         txt = ", ".join(f"{m} {o[0]}/{o[1]} (mean F1 {o[2]:.2f})" for m, o in others.items())
         verdict = (
-            "the SAE is ahead" if all(f > o[2] for o in others.values())
+            "the SAE is ahead"
+            if all(f > o[2] for o in others.values())
             else "a single neuron or principal component does as well or better"
         )
         lines.append(
-            f"{title[0].upper() + title[1:]}: SAE covers {c}/{e} concepts (mean best F1 {f:.2f}); {txt}: "
+            f"{title[0].upper() + title[1:]}: SAE covers {c}/{e} concepts "
+            f"(mean best F1 {f:.2f}); {txt}: "
             f"{verdict}."
         )
     dssp = _group(coverage["SAE"], ("DSSP8", "DSSP3"))
@@ -486,8 +541,21 @@ def _json_default(o: Any) -> Any:
 
 
 def _fista_comparison(
-    store, proteins, params, l1_coeff, n_proteins, rc, dc, stats, res_scores, dom_scores,
-    chunk_size, min_residues, min_domains, progress, log,
+    store,
+    proteins,
+    params,
+    l1_coeff,
+    n_proteins,
+    rc,
+    dc,
+    stats,
+    res_scores,
+    dom_scores,
+    chunk_size,
+    min_residues,
+    min_domains,
+    progress,
+    log,
 ) -> None:
     """Score FISTA codes and the SAE on the same subset of validation/test proteins."""
     import numpy as np
@@ -503,8 +571,13 @@ def _fista_comparison(
     )
     rows = np.concatenate([store.positions_of(int(p)) for p in keep])
     acts = store.take(rows)
-    index = np.stack([np.repeat(keep, [len(store.positions_of(int(p))) for p in keep]),
-                      _rows_positions(store, rows)], 1).astype(np.int32)
+    index = np.stack(
+        [
+            np.repeat(keep, [len(store.positions_of(int(p))) for p in keep]),
+            _rows_positions(store, rows),
+        ],
+        1,
+    ).astype(np.int32)
     sub = (acts, index)
     for name, feat in (
         ("SAE (FISTA subset)", sae_featurizer(params)),
@@ -512,9 +585,16 @@ def _fista_comparison(
     ):
         log(f"[interpret] {name}: {len(keep)} proteins, {len(rows)} residues")
         st = scan_features(sub, feat, k=1, chunk_size=min(chunk_size, 1024))
-        r, d = associate(sub, feat, st.max_act, proteins, residue=rc, domain=dc,
-                         domain_split=_domain_split(proteins, split),
-                         chunk_size=min(chunk_size, 1024))
+        r, d = associate(
+            sub,
+            feat,
+            st.max_act,
+            proteins,
+            residue=rc,
+            domain=dc,
+            domain_split=_domain_split(proteins, split),
+            chunk_size=min(chunk_size, 1024),
+        )
         res_scores[name] = select_best(r, rc.names, min_positives=min_residues)
         dom_scores[name] = select_best(d, dc.names, min_positives=min_domains)
         stats[name] = st
@@ -548,18 +628,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("store", help="activation store directory (jaxsae extract)")
     parser.add_argument("sae_dir", help="trained SAE directory in SAELens layout (jaxsae train)")
     parser.add_argument("--out", default="jaxsae-out/interpret", help="output directory")
-    parser.add_argument("--metrics", default=None,
-                        help="metrics.jsonl of the training run, for the training curves "
-                        "(default: SAE_DIR/../metrics.jsonl when present)")
+    parser.add_argument(
+        "--metrics",
+        default=None,
+        help="metrics.jsonl of the training run, for the training curves "
+        "(default: SAE_DIR/../metrics.jsonl when present)",
+    )
     parser.add_argument("--k", type=int, default=16, help="top activations kept per feature")
     parser.add_argument("--chunk-size", type=int, default=2048, help="rows encoded at once")
     parser.add_argument("--max-cards", type=int, default=40, help="feature cards in the report")
-    parser.add_argument("--fista-proteins", type=int, default=0,
-                        help="also score FISTA codes on this many validation and test proteins")
-    parser.add_argument("--l1-coeff", type=float, default=None,
-                        help="the SAE's λ on raw activations, for --fista-proteins (default: "
-                        "the training λ divided by the input scale, from the SAE's config and "
-                        "the training run's config.json)")
+    parser.add_argument(
+        "--fista-proteins",
+        type=int,
+        default=0,
+        help="also score FISTA codes on this many validation and test proteins",
+    )
+    parser.add_argument(
+        "--l1-coeff",
+        type=float,
+        default=None,
+        help="the SAE's λ on raw activations, for --fista-proteins (default: "
+        "the training λ divided by the input scale, from the SAE's config and "
+        "the training run's config.json)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -571,17 +662,28 @@ def run(args: argparse.Namespace) -> int:
     store = open_store(args.store)
     loaded = load_saelens(args.sae_dir)
     params = loaded[0]
-    metrics_path = Path(args.metrics) if args.metrics else Path(args.sae_dir).parent / "metrics.jsonl"
+    metrics_path = (
+        Path(args.metrics) if args.metrics else Path(args.sae_dir).parent / "metrics.jsonl"
+    )
     metrics = read_metrics(metrics_path) if metrics_path.is_file() else None
     l1 = args.l1_coeff
     if l1 is None and args.fista_proteins:
         l1 = _raw_l1_coeff(loaded[1], Path(args.sae_dir))
         if l1 is None:
-            print("jaxsae interpret: no λ found in the SAE's config; pass --l1-coeff for "
-                  "--fista-proteins")
+            print(
+                "jaxsae interpret: no λ found in the SAE's config; pass --l1-coeff for "
+                "--fista-proteins"
+            )
     result = analyse(
-        store, params, args.out, l1_coeff=l1, fista_proteins=args.fista_proteins,
-        metrics=metrics, k=args.k, chunk_size=args.chunk_size, max_cards=args.max_cards,
+        store,
+        params,
+        args.out,
+        l1_coeff=l1,
+        fista_proteins=args.fista_proteins,
+        metrics=metrics,
+        k=args.k,
+        chunk_size=args.chunk_size,
+        max_cards=args.max_cards,
         title=f"Features of {Path(args.sae_dir).name} on {Path(args.store).name}",
     )
     print(result.console)

@@ -233,7 +233,10 @@ def split_codes(proteins: list[dict]) -> np.ndarray:
 
 @functools.cache
 def scop_descriptions() -> dict[str, str]:
-    """SCOPe sccs → name (``"b.1.1" → "Immunoglobulin"``) from sidechainnet's SCOPe file, or ``{}``."""
+    """SCOPe sccs → name (``"b.1.1" → "Immunoglobulin"``) from sidechainnet's SCOPe file.
+
+    Returns ``{}`` when the file is not installed.
+    """
     spec = importlib.util.find_spec("sidechainnet")
     if spec is None or not spec.submodule_search_locations:
         return {}

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from jaxsae.interpret.topk import Featurizer, FeatureStats
+from jaxsae.interpret.topk import FeatureStats, Featurizer
 
 __all__ = [
     "Example",
@@ -208,8 +208,9 @@ def format_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
         return str(v)
 
     body = [[cell(v) for v in r] for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h)
-              for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(headers)
+    ]
     line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
     sep = "  ".join("-" * w for w in widths)
     out = [line, sep] + [
@@ -256,8 +257,12 @@ def _img(path: str | os.PathLike, alt: str) -> str:
     return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _html_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], search: bool = False,
-                good: Sequence[bool] | None = None) -> str:
+def _html_table(
+    rows: Sequence[Sequence[Any]],
+    headers: Sequence[str],
+    search: bool = False,
+    good: Sequence[bool] | None = None,
+) -> str:
     out = ["<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in headers) + "</tr>"]
     for i, r in enumerate(rows):
         cells = []
@@ -297,7 +302,9 @@ def _card_html(card: FeatureCard, linked: set[int]) -> str:
         for j, cos in card.neighbours:
             name = f"f{j}"
             items.append(
-                f'<a href="#{name}">{name}</a> ({cos:.2f})' if j in linked else f"{name} ({cos:.2f})"
+                f'<a href="#{name}">{name}</a> ({cos:.2f})'
+                if j in linked
+                else f"{name} ({cos:.2f})"
             )
         parts.append(f"<div><b>Decoder neighbours</b> (cosine): {', '.join(items)}</div>")
     peak = max((max(ex.activations, default=0.0) for ex in card.examples), default=0.0)
@@ -366,7 +373,9 @@ def write_report(
     if images:
         body.append("<h2>Plots</h2>")
         for caption, p in images.items():
-            body.append(f"<figure>{_img(p, caption)}<figcaption>{_e(caption)}</figcaption></figure>")
+            body.append(
+                f"<figure>{_img(p, caption)}<figcaption>{_e(caption)}</figcaption></figure>"
+            )
     body.append(
         '<h2>Search</h2><input id="q" oninput="filt()" placeholder="concept, feature or protein: '
         'e.g. DSSP8 H, superfamily b.1.1, f12"> <span class="meta"><span id="nshown">'

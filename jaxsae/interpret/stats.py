@@ -98,6 +98,4 @@ def decoder_neighbours(W_dec: ArrayLike, n: int = 8, *, block_size: int = 1024) 
         stop = min(block_size, num_f - start)
         idx.append(np.asarray(i[:stop]))
         cos.append(np.asarray(c[:stop]))
-    return Neighbours(
-        indices=np.concatenate(idx).astype(np.int32), cosines=np.concatenate(cos)
-    )
+    return Neighbours(indices=np.concatenate(idx).astype(np.int32), cosines=np.concatenate(cos))
