@@ -91,6 +91,8 @@ def plot_training_curves(
         ax.set_title(titles[k])
         if k == "fvu":
             ax.set_ylim(bottom=0)
+        if k == "dead_frac":
+            ax.set_ylim(0, max(0.05, 1.1 * max((m.get(k) or 0) for m in rows)))
     return _save(fig, path, dpi)
 
 
@@ -168,6 +170,7 @@ def plot_amortisation_gap(
     fig.suptitle(
         f"Amortisation gap: {gap:.3g} ({100 * gap / max(abs(obj[1]), 1e-12):.1f}% of the optimum)",
         fontsize=10,
+        y=1.04,
     )
     return _save(fig, path, dpi)
 
