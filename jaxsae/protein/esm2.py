@@ -320,10 +320,9 @@ def transformer_layer(
     q = apply_rotary(qkv[:, :, 0] * (hd**-0.5), cos, sin)
     k = apply_rotary(qkv[:, :, 1], cos, sin)
     v = qkv[:, :, 2]
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k)
-    scores = jnp.where(allowed[:, None, :, :], scores, jnp.finfo(scores.dtype).min)
-    probs = jax.nn.softmax(scores, axis=-1)
-    attn = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(B, T, d)
+    # softmax(q kᵀ + mask) v; the query is already scaled, as in ESM
+    attn = jax.nn.dot_product_attention(q, k, v, mask=allowed[:, None, :, :], scale=1.0)
+    attn = attn.reshape(B, T, d)
     h = h + _dense(attn, lp.W_out, lp.b_out)
     x = layer_norm(h, lp.mlp_ln_scale, lp.mlp_ln_bias, config.layer_norm_eps)
     x = jax.nn.gelu(_dense(x, lp.W_fc1, lp.b_fc1), approximate=False)
