@@ -8,7 +8,7 @@ Compared in one process, alternating in rounds:
 * ``jaxsae dense``: the same loss with ``sparse=False`` (dense TopK reference, autodiff);
 * ``torch dense``: the same maths in PyTorch: dense decode by a full matmul, autograd,
   ``torch.optim.Adam``, ``torch.set_num_threads(2)``.
-* with ``--auxk``: the sparse step with AuxK (``aux_k = 512``) and a dead mask flagging 0 %
+* with ``--auxk``: the sparse step with AuxK (``--aux-k``, default 512) and a dead mask flagging 0 %
   (the auxiliary branch is skipped by ``lax.cond``) or 10 % of the features.
 
 Usage::
@@ -28,7 +28,16 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _common import fmt_time, machine_line, time_rounds  # noqa: E402
 
 
-def jax_step(d_in: int, d_sae: int, k: int, batch: int, *, sparse: bool, dead_frac: float | None):
+def jax_step(
+    d_in: int,
+    d_sae: int,
+    k: int,
+    batch: int,
+    *,
+    sparse: bool,
+    dead_frac: float | None,
+    aux_k: int = 512,
+):
     """A jitted TopK train step in JAX and a closure that runs it once on fixed data."""
     import jax
     import jax.numpy as jnp
@@ -45,7 +54,7 @@ def jax_step(d_in: int, d_sae: int, k: int, batch: int, *, sparse: bool, dead_fr
     state = {"params": params, "opt": opt.init(params)}
 
     def loss_fn(p, xb):
-        return topk_loss(p, xb, k, dead_mask=dead, sparse=sparse)
+        return topk_loss(p, xb, k, dead_mask=dead, aux_k=aux_k, sparse=sparse)
 
     def step(p, o, xb):
         (loss, _), g = jax.value_and_grad(loss_fn, has_aux=True)(p, xb)
@@ -98,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--auxk", action="store_true", help="also time the sparse step with AuxK")
+    ap.add_argument("--aux-k", type=int, default=512, help="aux_k of the AuxK steps (512)")
     ap.add_argument("--no-dense-jax", action="store_true", help="skip the dense JAX step")
     args = ap.parse_args(argv)
 
@@ -114,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
 
         fns = {"jaxsae sparse": step(sparse=True, dead_frac=None)}
         if args.auxk:
-            fns["sparse+auxk 0% dead"] = step(sparse=True, dead_frac=0.0)
-            fns["sparse+auxk 10% dead"] = step(sparse=True, dead_frac=0.1)
+            fns["sparse+auxk 0% dead"] = step(sparse=True, dead_frac=0.0, aux_k=args.aux_k)
+            fns["sparse+auxk 10% dead"] = step(sparse=True, dead_frac=0.1, aux_k=args.aux_k)
         if not args.no_dense_jax:
             fns["jaxsae dense"] = step(sparse=False, dead_frac=None)
         fns["torch dense"] = torch_step(d_in, d_sae, args.k, args.batch)
