@@ -45,8 +45,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "quick": {
         "layer": 4,
-        "n_proteins": 160,
-        "max_len": 192,
+        "n_proteins": 300,
+        "max_len": 128,
         "d_sae": 512,
         "steps": 300,
         "batch_size": 512,

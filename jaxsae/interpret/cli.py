@@ -335,7 +335,8 @@ def analyse(
         images["Amortisation gap (encoder vs FISTA on the same decoder)"] = plot_amortisation_gap(
             amortisation, out / "amortisation.png"
         )
-    track = _feature_track(store, proteins, featurizers["SAE"], res_scores["SAE"], sae_stats)
+    sae_scores = (res_scores["SAE"], dom_scores["SAE"])
+    track = _feature_track(store, proteins, featurizers["SAE"], sae_scores, sae_stats)
     if track is not None:
         f, p, seq, vals, ss, cname = track
         images[f"Feature {f} along {proteins[p]['id']} (best SAE feature for {cname})"] = (
@@ -369,6 +370,9 @@ def analyse(
         ("Method", _METHOD_TEXT),
         ("What came out", _findings(coverage, duplicates, params.d_sae)),
     ]
+    hoods = _neighbourhoods(sae_scores, counts["SAE"], (rc.names, dc.names), nb)
+    if hoods:
+        sections.append(("Decoder neighbourhoods of the best-covered features", hoods))
     report = write_report(
         out / "report.html",
         title=title,
@@ -495,26 +499,38 @@ def _label(featurizers: Mapping[str, Any], method: str, feature: int) -> str:
     return feat.labels[feature]
 
 
-def _feature_track(store, proteins, featurizer, scores, stats):
-    """The SAE feature to plot along its top protein: the best-scoring covered concept's,
-    preferring secondary structure over residue identity; ``None`` if nothing is eligible."""
+def _pick_feature(score_sets: Sequence[Any]) -> tuple[int, str] | None:
+    """A well-covered SAE feature worth showing: ``(feature, "concept, test F1")``.
+
+    Preference: a fold/superfamily/family, then a secondary-structure state, then a SCOPe
+    class, then residue identity, among concepts covered at test F1 > 0.5 (else the best
+    eligible concept).
+    """
+    tiers = (("fold", "superfamily", "family"), ("DSSP8", "DSSP3"), ("class",), ("residue",))
+    cands = []
+    for sc in score_sets:
+        for j, name in enumerate(sc.names):
+            if sc.eligible[j]:
+                tier = next((t for t, cats in enumerate(tiers) if sc.categories[j] in cats), 4)
+                cands.append((tier, -float(sc.test_f1[j]), int(sc.feature[j]), name))
+    if not cands:
+        return None
+    good = [c for c in cands if -c[1] > 0.5] or [min(cands, key=lambda c: c[1])]
+    _, neg_f1, f, name = min(good)
+    return f, f"{name}, test F1 {-neg_f1:.2f}"
+
+
+def _feature_track(store, proteins, featurizer, score_sets, stats):
+    """``(feature, protein, sequence, activations, dssp, label)`` for ``plot_feature_track``."""
     import jax
     import numpy as np
 
     from jaxsae.interpret.report import _protein_rows
 
-    names = list(scores.names)
-    ok = np.asarray(scores.eligible)
-    if not ok.any():
+    picked = _pick_feature(score_sets)
+    if picked is None:
         return None
-    structural = np.array([not n.startswith("residue ") for n in names])
-    pool = ok & structural & (scores.test_f1 > 0.5)
-    if not pool.any():
-        pool = ok & (scores.test_f1 > 0.5)
-    if not pool.any():
-        pool = ok
-    j = int(np.argmax(np.where(pool, scores.test_f1, -1.0)))
-    f = int(scores.feature[j])
+    f, label = picked
     prots = [int(p) for p in stats.top_protein[f] if p >= 0]
     if not prots:
         return None
@@ -525,7 +541,43 @@ def _feature_track(store, proteins, featurizer, scores, stats):
     ss = proteins[p].get("dssp")
     if len(seq) != len(vals):
         seq, ss = "?" * len(vals), None
-    return f, p, seq, vals, ss, f"{names[j]}, test F1 {scores.test_f1[j]:.2f}"
+    return f, p, seq, vals, ss, label
+
+
+def _neighbourhoods(score_sets, counts, names, nb, n_features: int = 3) -> str:
+    """Text: the best-covered domain/structure features and their decoder neighbours' concepts."""
+    from jaxsae.interpret.association import feature_best_concepts
+
+    if nb is None:
+        return ""
+    picks: list[tuple[float, int, str]] = []
+    for sc in score_sets:
+        for j, name in enumerate(sc.names):
+            if sc.eligible[j] and sc.test_f1[j] > 0.5 and not name.startswith("residue "):
+                picks.append((-float(sc.test_f1[j]), int(sc.feature[j]), name))
+    picks.sort()
+    seen: set[int] = set()
+    paras = []
+    for neg_f1, f, name in picks:
+        if f in seen or len(seen) >= n_features:
+            continue
+        seen.add(f)
+        nbrs = [int(i) for i in nb.indices[f][:5]]
+        best = {}
+        for cnt, cnames in zip(counts, names, strict=True):
+            if cnt is not None and len(cnames):
+                for g, lst in feature_best_concepts(cnt, cnames, nbrs, n=1).items():
+                    best.setdefault(g, []).extend(lst)
+        items = []
+        for g, cos in zip(nbrs, nb.cosines[f][:5], strict=True):
+            top = max(best.get(g, []), key=lambda c: c[1], default=None)
+            desc = f"{top[0]} F1 {top[1]:.2f}" if top else "no concept"
+            items.append(f"f{g} (cosine {cos:.2f}; {desc})")
+        paras.append(
+            f"Feature {f}, best for {name} (test F1 {-neg_f1:.2f}): its nearest decoder "
+            f"directions are " + ", ".join(items) + "."
+        )
+    return "\n\n".join(paras)
 
 
 def _json_default(o: Any) -> Any:
