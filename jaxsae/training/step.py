@@ -80,13 +80,20 @@ def _l1_loss(
     over the slices afterwards.
     """
     codes, _ = encode(params, x)  # the same HLO as inside sae_loss: XLA computes it once
-    fired = jnp.any(codes > 0, axis=0)
+    # Tokens on which each feature is active: the fired mask and, summed, the L0 metric, from
+    # one pass over the codes (sae_loss's own count of the same is then left unused). Codes are
+    # >= 0, so sign(codes) is the indicator of activity; written so, XLA on CPU fuses it into
+    # the reduction instead of materialising a (batch, d_sae) mask.
+    counts = jnp.sum(jnp.sign(codes), axis=0)
+    fired = counts > 0
+    l0 = jnp.sum(counts) / x.shape[0]
     if axis_size(feature_axis) == 1:
         loss, m = sae_loss(params, x, l1_coeff)
+        m = m._replace(l0=l0)
     else:
         mine = codes @ params.W_dec
         others = lax.stop_gradient(lax.psum(mine, feature_axis) - mine)
-        recon_err, l0, fvu = reconstruction_metrics(x, decode(params, codes) + others, codes)
+        recon_err, _, fvu = reconstruction_metrics(x, decode(params, codes) + others, codes)
         norms = decoder_norms(params)
         l1 = jnp.mean(codes @ norms)
         loss = recon_err + l1_coeff * l1
@@ -129,6 +136,27 @@ def _topk_loss(
     return loss, (m, fired)
 
 
+def _value_and_grad(loss_fn, params: SAEParams):
+    """``jax.value_and_grad(loss_fn, has_aux=True)(params)``, with ``W_enc`` differentiated in
+    the ``(d_sae, d_in)`` layout on CPU.
+
+    The gradient ``xᵀ ∂z`` of ``W_enc (d_in, d_sae)`` is a matmul over the batch; XLA's CPU
+    matmul produces it about 2× faster as ``(∂z)ᵀ x`` of shape ``(d_sae, d_in)`` than in the
+    ``(d_in, d_sae)`` layout (measured at d_in 1280, d_sae 4096, batch 4096: 22.6 vs 12.4
+    GFLOP/s). So, on CPU, the step differentiates with respect to ``W_encᵀ`` and transposes the
+    gradient afterwards (an ``optimization_barrier`` keeps XLA from folding the transpose back
+    into the matmul). The values are the same; only the layout of the work changes.
+    """
+    if jax.default_backend() != "cpu":
+        return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+    def loss_t(p_t: SAEParams):
+        return loss_fn(p_t._replace(W_enc=p_t.W_enc.T))
+
+    out, g_t = jax.value_and_grad(loss_t, has_aux=True)(params._replace(W_enc=params.W_enc.T))
+    return out, g_t._replace(W_enc=lax.optimization_barrier(g_t.W_enc).T)
+
+
 def train_step(
     state: TrainState,
     batch: jax.Array,
@@ -167,7 +195,7 @@ def train_step(
         loss_fn = lambda p: _topk_loss(p, batch, cfg, dead)  # noqa: E731
         l1_coeff = jnp.zeros((), dtype)
 
-    (_, (m, fired)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    (_, (m, fired)), grads = _value_and_grad(loss_fn, params)
     if feature_axis is not None:
         # b_dec's gradient is the same on every feature slice up to rounding; pmean keeps the
         # replicas of b_dec bit-identical.
