@@ -23,8 +23,8 @@ ceiling can exceed 1.
 
 Usage::
 
-    python benchmarks/train_throughput.py --quick        # d_in 320, d_sae 2560 only
-    python benchmarks/train_throughput.py                 # d_in ∈ {320, 1280} × d_sae ∈ {8, 32}·d_in
+    python benchmarks/train_throughput.py --quick  # d_in 320, d_sae 2560 only
+    python benchmarks/train_throughput.py          # d_in ∈ {320, 1280} × d_sae ∈ {8, 32}·d_in
     python benchmarks/train_throughput.py --sizes 1280x10240 --rounds 5
 """
 
