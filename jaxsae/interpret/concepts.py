@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import re
 from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
@@ -243,10 +244,8 @@ def scop_descriptions() -> dict[str, str]:
     path = Path(list(spec.submodule_search_locations)[0]) / "resources" / "astral_data.txt"
     if not path.is_file():
         return {}
+    pattern = re.compile(rb"^\d+\t(?:cl|cf|sf|fa)\t(\S+)\t[^\t]*\t([^\n]*)$", re.M)
     out: dict[str, str] = {}
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) >= 5 and parts[1] in ("cl", "cf", "sf", "fa"):
-                out.setdefault(parts[2], parts[4])
+    for code, name in pattern.findall(path.read_bytes()):
+        out.setdefault(code.decode("ascii", "replace"), name.decode("utf-8", "replace").strip())
     return out
