@@ -51,7 +51,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "steps": 300,
         "batch_size": 512,
         "l1_coeff": 1.0,
-        "max_cards": 24,
+        "max_cards": 16,
     },
 }
 

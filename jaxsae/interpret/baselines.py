@@ -82,10 +82,6 @@ def _both_signs(z: jax.Array) -> jax.Array:
     return jnp.concatenate([jnp.maximum(z, 0), jnp.maximum(-z, 0)], axis=-1)
 
 
-def _neuron_apply(params: dict, x: jax.Array) -> jax.Array:
-    return _both_signs(x.astype(params["mean"].dtype) - params["mean"][None, :])
-
-
 def _pca_apply(params: dict, x: jax.Array) -> jax.Array:
     z = (x.astype(params["mean"].dtype) - params["mean"][None, :]) @ params["components"].T
     return _both_signs(z)
@@ -106,7 +102,9 @@ def neuron_featurizer(mean: ArrayLike | None, d: int | None = None) -> Featurize
         mu = np.asarray(mean, np.float32)
     d = mu.shape[0]
     labels = tuple(f"n{i}+" for i in range(d)) + tuple(f"n{i}-" for i in range(d))
-    return Featurizer("neurons", _neuron_apply, {"mean": jnp.asarray(mu)}, 2 * d, labels)
+    # the projection on the identity: the same compiled code as a full-rank PCA featurizer
+    params = {"mean": jnp.asarray(mu), "components": jnp.eye(d, dtype=jnp.float32)}
+    return Featurizer("neurons", _pca_apply, params, 2 * d, labels)
 
 
 def pca_featurizer(pca: PCAResult) -> Featurizer:
