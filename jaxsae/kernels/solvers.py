@@ -597,7 +597,12 @@ def ista(
 def solve_lasso(
     X: ArrayLike, W: ArrayLike, reg: ArrayLike, *, nonneg: bool = False, **options
 ) -> Solution:
-    """The recommended solver: FISTA with gradient restart and support polish (see ``fista``)."""
+    """The recommended solver: ``fista`` with its defaults (gradient restart, support polish).
+
+    Same arguments and result as ``fista``. For a certified relative duality gap of 1e-6 with
+    float32 inputs, enable x64 (the polish and its certificate then run in float64) and pass
+    ``tol=1e-6``; the float32 default ``tol=1e-4`` needs neither.
+    """
     return fista(X, W, reg, nonneg=nonneg, **options)
 
 
