@@ -512,7 +512,9 @@ def _pick_feature(score_sets: Sequence[Any]) -> tuple[int, str] | None:
         for j, name in enumerate(sc.names):
             if sc.eligible[j]:
                 tier = next((t for t, cats in enumerate(tiers) if sc.categories[j] in cats), 4)
-                cands.append((tier, -float(sc.test_f1[j]), int(sc.feature[j]), name))
+                desc = sc.descriptions[j].partition(": ")[2]
+                label = f"{name} ({desc})" if desc and tier == 0 else name
+                cands.append((tier, -float(sc.test_f1[j]), int(sc.feature[j]), label))
     if not cands:
         return None
     good = [c for c in cands if -c[1] > 0.5] or [min(cands, key=lambda c: c[1])]
@@ -665,10 +667,11 @@ def _raw_l1_coeff(cfg: Mapping[str, Any], sae_dir: Path) -> float | None:
     objective on raw inputs is the training objective over ``s²``, so λ becomes ``λ / s``.
     """
     meta = dict(cfg.get("metadata", {}))
-    l1 = meta.get("l1_coeff", cfg.get("l1_coeff"))
+    train_cfg = dict(meta.get("jaxsae_train_config", {}))
+    l1 = train_cfg.get("l1_coeff", meta.get("l1_coeff", cfg.get("l1_coeff")))
     if l1 is None:
         return None
-    scale = meta.get("normalisation_scale")
+    scale = dict(meta.get("jaxsae_input_normalisation", {})).get("scale")
     run_cfg = sae_dir.parent / "config.json"
     if scale is None and run_cfg.is_file():
         scale = json.loads(run_cfg.read_text()).get("normalisation_scale")
