@@ -157,3 +157,29 @@ def test_sample_rows_of_one_split():
     assert rows.shape == (10, 6)
     train_rows = acts[np.isin(index[:, 0], [0, 2, 4])]
     assert all((train_rows == r).all(1).any() for r in rows)
+
+
+def test_sae_featurizer_applies_the_input_normalisation():
+    acts, _ = _data(n=20)
+    params = _sae()
+    mean = acts.mean(0)
+    feat = sae_featurizer(params, mean=mean, scale=2.0)
+    got = np.asarray(feat.apply(feat.params, jnp.asarray(acts)))
+    want = np.asarray(encode(params, jnp.asarray((acts - mean[None, :]) * 2.0))[0])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_fista_codes_do_not_lose_to_the_encoder_on_its_own_objective():
+    from jaxsae.interpret.baselines import fista_featurizer
+    from jaxsae.kernels.sae import sae_objective
+
+    acts, _ = _data(n=24)
+    params = _sae()._replace(b_enc=jnp.zeros((10,), jnp.float32))
+    x = jnp.asarray(acts)
+    feat = fista_featurizer(params, 0.5, max_steps=500)
+    codes = feat.apply(feat.params, x)
+    assert float(jnp.min(codes)) >= 0.0
+    j_fista = np.asarray(sae_objective(params, x, codes, 0.5))
+    j_enc = np.asarray(sae_objective(params, x, encode(params, x)[0], 0.5))
+    assert (j_fista <= j_enc + 1e-4 * np.abs(j_enc)).all()
+    assert j_fista.mean() < j_enc.mean()
