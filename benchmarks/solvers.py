@@ -41,9 +41,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import fmt_time, machine_line, matmul_gflops, time_once, time_rounds  # noqa: E402
-
 import jax  # noqa: E402
+from _common import fmt_time, machine_line, matmul_gflops, time_once, time_rounds  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
@@ -149,10 +148,11 @@ def run_point(D, F, B, budget, seed=0):
             methods[name], notes[name] = None, "not calibrated"
             continue
         if opts is None:
-            fn = (lambda k=k: ista(Xj, Wj, reg, tol=0.0, max_steps=k))
+            def fn(k=k):
+                return ista(Xj, Wj, reg, tol=0.0, max_steps=k)
         else:
-            fn = (lambda k=k, o=opts: fista(Xj, Wj, reg, tol=0.0, max_steps=k, polish=False,
-                                            **o))
+            def fn(k=k, o=opts):
+                return fista(Xj, Wj, reg, tol=0.0, max_steps=k, polish=False, **o)
         add(name, fn, k)
 
     # jaxopt

@@ -309,7 +309,8 @@ def _check(
         for group, k, n_rows in groups:
             state, gap, obj, ok = _polish_group(
                 state, ops, tol, hi, C=state.codes, gap=gap, obj=obj, ok=ok, group=group,
-                n_cand=jnp.sum(cand), running=running, max_support=k, n_rows=n_rows, nonneg=nonneg, gram=gram)
+                n_cand=jnp.sum(cand), running=running, max_support=k, n_rows=n_rows,
+                nonneg=nonneg, gram=gram)
     done = state.done | ok
     return state._replace(done=done, gap=gap, objective=obj, support=support)
 
