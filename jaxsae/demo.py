@@ -185,9 +185,12 @@ def _train(settings: dict, store: Any, run_dir: Path, force: bool, progress: boo
     )
     if force and run_dir.exists():
         shutil.rmtree(run_dir)
-    finished = _finished_step(run_dir) == cfg.total_steps
+    done = _finished_step(run_dir)
+    finished = done == cfg.total_steps
     if finished:
         _say(f"SAE: reusing the finished run in {run_dir}")
+    elif done:
+        _say(f"SAE: resuming the interrupted run in {run_dir} from step {done}")
     else:
         _say(
             f"training an L1 SAE {cfg.d_in} → {cfg.d_sae} (λ = {cfg.l1_coeff}) for "
