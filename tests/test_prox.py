@@ -52,3 +52,10 @@ def test_grad():
     np.testing.assert_array_equal(gt, -np.sign(V[0]) * live)
     gn = jax.grad(lambda v: jnp.sum(nonneg_soft_threshold(v, t)))(v)
     np.testing.assert_array_equal(gn, (V[0] > T_FEAT).astype(float))
+
+
+@pytest.mark.parametrize("nonneg", [False, True])
+def test_per_feature_threshold_of_shape_F_against_a_batch(nonneg):
+    # (F,) thresholds against a (B, F) point, as the docstring promises, under strict promotion
+    got = prox_l1(jnp.asarray(V), jnp.asarray(T_FEAT), nonneg=nonneg)
+    np.testing.assert_allclose(got, soft_threshold_loop(V, T_FEAT[None, :], nonneg), atol=1e-12)

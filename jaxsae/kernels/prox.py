@@ -19,6 +19,13 @@ from jax.typing import ArrayLike
 __all__ = ["soft_threshold", "nonneg_soft_threshold", "prox_l1"]
 
 
+def _broadcast_threshold(t: ArrayLike, v: jax.Array) -> jax.Array:
+    """``t`` in ``v``'s dtype, broadcast explicitly to ``v``'s shape (a per-feature ``(F,)``
+    threshold against a ``(batch, F)`` point works under strict rank promotion)."""
+    t = jnp.asarray(t, dtype=v.dtype)
+    return jnp.broadcast_to(t, v.shape) if t.ndim else t
+
+
 def soft_threshold(v: ArrayLike, t: ArrayLike) -> jax.Array:
     """Signed soft-thresholding ``S_t(v) = sign(v)·max(|v| − t, 0)``.
 
@@ -34,7 +41,7 @@ def soft_threshold(v: ArrayLike, t: ArrayLike) -> jax.Array:
       Array([-1.,  0.,  2.], dtype=float32)
     """
     v = jnp.asarray(v)
-    t = jnp.asarray(t, dtype=v.dtype)
+    t = _broadcast_threshold(t, v)
     return jnp.sign(v) * jnp.maximum(jnp.abs(v) - t, 0)
 
 
@@ -49,7 +56,7 @@ def nonneg_soft_threshold(v: ArrayLike, t: ArrayLike = 0.0) -> jax.Array:
       An array of ``v``'s shape and dtype.
     """
     v = jnp.asarray(v)
-    t = jnp.asarray(t, dtype=v.dtype)
+    t = _broadcast_threshold(t, v)
     return jnp.maximum(v - t, 0)
 
 
