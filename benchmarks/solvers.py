@@ -1,6 +1,6 @@
 """Batched lasso: jaxsae's solvers against jaxopt, scikit-learn, SPAMS and celer.
 
-    python benchmarks/solvers.py [--quick] [--points D,F,B ...] [--budget SECONDS]
+    python benchmarks/solvers.py [--quick] [--core] [--points D,F,B ...] [--budget SECONDS]
 
 Problems: ``make_lasso_problem`` (unit-norm Gaussian dictionary, 5–20 active atoms per input,
 20 dB noise, ``λ = 0.1·median‖W x‖∞``) on the grid ``D ∈ {64, 256}``, ``F ∈ {4D, 16D}``,
@@ -104,7 +104,7 @@ def jaxopt_solver(W, reg, accel, fixed_step, tol, maxiter=20000):
     return solve
 
 
-def run_point(D, F, B, budget, seed=0):
+def run_point(D, F, B, budget, seed=0, core=False):
     X64, W64, reg = make_lasso_problem(seed, B, D, F)
     X, W = X64.astype(np.float32), W64.astype(np.float32)
     Xj, Wj = jnp.asarray(X), jnp.asarray(W)
@@ -141,7 +141,7 @@ def run_point(D, F, B, budget, seed=0):
                                  dict(restart="gradient")),
         "jaxsae ISTA": (lambda *a, **k: ista_trace(*a, **k), None),
     }
-    for name, (trace_fn, opts) in cal.items():
+    for name, (trace_fn, opts) in ({} if core else cal).items():
         t0 = time.perf_counter()
         k = calibrate_steps(trace_fn, Xj, Wj, reg, X64, W64, f_star)
         if k is None or time.perf_counter() - t0 > 4 * budget:
@@ -157,7 +157,7 @@ def run_point(D, F, B, budget, seed=0):
 
     # jaxopt
     try:
-        for accel in (True, False):
+        for accel in (True,) if core else (True, False):
             for fixed in (True, False):
                 name = f"jaxopt {'FISTA' if accel else 'ISTA'} {'1/L' if fixed else 'linesearch'}"
                 chosen = None
@@ -180,7 +180,7 @@ def run_point(D, F, B, budget, seed=0):
     # scikit-learn
     from sklearn.decomposition import sparse_encode
 
-    for algo in ("lasso_cd", "lasso_lars"):
+    for algo in ("lasso_cd",) if core else ("lasso_cd", "lasso_lars"):
         add(f"sklearn {algo} f64",
             lambda a=algo: sparse_encode(X64, W64, algorithm=a, alpha=reg, n_jobs=2))
 
@@ -196,6 +196,8 @@ def run_point(D, F, B, budget, seed=0):
 
     # celer
     try:
+        if core:
+            raise ImportError
         import warnings
 
         from celer import Lasso as CelerLasso
@@ -243,6 +245,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="smallest grid point only")
     parser.add_argument("--points", nargs="*", default=None, help="grid points D,F,B")
     parser.add_argument("--budget", type=float, default=60.0, help="seconds per method run")
+    parser.add_argument("--core", action="store_true",
+                        help="only the default solver, jaxopt FISTA, lasso_cd and SPAMS")
     args = parser.parse_args()
     if args.points:
         grid = [tuple(int(v) for v in p.split(",")) for p in args.points]
@@ -252,7 +256,7 @@ def main():
     peak = matmul_gflops(1024)
     print(f"matmul float32 GFLOP/s: numpy {peak['numpy']:.1f}, jax {peak['jax']:.1f}")
     for D, F, B in grid:
-        run_point(D, F, B, args.budget)
+        run_point(D, F, B, args.budget, core=args.core)
     peak = matmul_gflops(1024)
     print(f"\nmatmul float32 GFLOP/s (again): numpy {peak['numpy']:.1f}, jax {peak['jax']:.1f}")
 

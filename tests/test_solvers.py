@@ -298,3 +298,16 @@ def test_cli_solve(tmp_path, capsys):
     np.testing.assert_allclose(codes, ref.codes, atol=1e-6)
     assert cli.main(["solve", str(tmp_path / "x.npy"), str(tmp_path / "w.npy"), "--reg", "-1",
                      "-o", str(out)]) == 2
+
+
+def test_compacted_batch_matches_reference():
+    # a batch of >= COMPACT_MIN samples is solved in blocks that shrink as samples finish
+    Xb, Wb, reg = make_lasso_problem(8, B=solvers.COMPACT_MIN + 44, D=16, F=40)
+    sol = fista(Xb, Wb, reg, tol=1e-10, max_steps=20000)
+    assert bool(sol.converged) and int(sol.num_steps) % 10 == 0
+    assert np.all(np.asarray(sol.gap) <= 1e-10 * np.asarray(sol.objective))
+    f = lasso_objective_np(Xb, Wb, sol.codes, reg)
+    np.testing.assert_allclose(sol.objective, f)
+    ref = sklearn_lasso(Xb, Wb, reg)
+    assert np.all(f <= lasso_objective_np(Xb, Wb, ref, reg) * (1 + 1e-10))
+    np.testing.assert_allclose(sol.codes, ref, atol=1e-5)

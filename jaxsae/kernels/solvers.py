@@ -27,10 +27,15 @@ Implementation notes:
     atoms) gets one Newton step on the smooth problem restricted to ``S`` with the current signs,
     ``c_S ← c_S + (W_S W_Sᵀ)⁻¹ (W_S r − λ_S sign(c_S))`` — the exact lasso solution once the
     support and signs are right. It is tried on samples whose support did not change since the
-    previous check (at most ``B/4`` of them per check, gathered into a smaller block), in
+    previous check (at most ``max(B/4, COMPACT_MIN)`` of them per check, gathered into a smaller block), in
     float64 when x64 is enabled (a support of 40 atoms in dimension 64 is ill-conditioned enough
     to miss a 1e-6 gap in float32). The polished codes are kept only for samples whose duality
     gap certifies them (``≤ tol``), so the shortcut can never return a worse answer.
+  * Compaction: a batch of at least ``COMPACT_MIN`` samples (outside ``jit``) is solved in
+    blocks of shrinking static size. When at most a quarter of a block is still running, the
+    running samples, with their momentum, are gathered into the next power-of-two block and
+    continue there (``_solve_compacted``): certification waits for the slowest samples, but
+    the work then follows the number of samples still running, not ``B``.
   * Gradients: ``lax.while_loop`` is not reverse-differentiable, so ``Solution.codes`` carries a
     ``custom_vjp`` by implicit differentiation of the optimality conditions on the support
     (``_implicit_codes``); ``fista_trace``/``ista_trace`` (a fixed-length ``lax.scan``) give
@@ -51,6 +56,7 @@ from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from jaxsae.kernels._checks import check_array, is_concrete
@@ -77,6 +83,8 @@ __all__ = [
 POLISH_FRACTION = 4
 # support size of the cheaper polish system tried first
 SMALL_SUPPORT = 24
+# batches of at least this many samples are compacted as samples finish
+COMPACT_MIN = 256
 
 Restart = Literal["gradient", "function"] | None
 Form = Literal["auto", "gram", "direct"]
@@ -128,6 +136,15 @@ class _State(NamedTuple):
     support: jax.Array  # (B, F) bool, support at the last check
     num_steps: jax.Array  # scalar int
     num_checks: jax.Array  # scalar int
+
+
+class _Carry(NamedTuple):
+    """What a block hands to the next (smaller) one besides the codes."""
+
+    aux: jax.Array  # (B, F) Y_k
+    t: jax.Array  # (B,) momentum scalar
+    support: jax.Array  # (B, F) bool, support at the last check
+    done: jax.Array  # (B,) certified
 
 
 class _Ops(NamedTuple):
@@ -289,7 +306,7 @@ def _check(
 
     The polish is tried on samples not yet done whose support fits in ``max_support`` and did
     not change since the last check: those with at most ``SMALL_SUPPORT`` atoms in a block of
-    ``polish_rows``, larger ones in a block of ``polish_rows // 8``. ``hi = (W, W Wᵀ, reg)`` in
+    ``polish_rows``, larger ones in a block of ``polish_rows // 4``. ``hi = (W, W Wᵀ, reg)`` in
     the precision the polish runs in."""
     C = state.codes
     R, WR = _residual(ops, C, state.codes_lin, gram)
@@ -305,7 +322,7 @@ def _check(
         small_k = min(SMALL_SUPPORT, max_support)
         groups = [(cand & (nnz <= small_k), small_k, polish_rows)]
         if max_support > small_k:  # the few large supports, in a smaller block
-            groups.append((cand & (nnz > small_k), max_support, max(1, polish_rows // 8)))
+            groups.append((cand & (nnz > small_k), max_support, max(1, polish_rows // 4)))
         for group, k, n_rows in groups:
             state, gap, obj, ok = _polish_group(
                 state, ops, tol, hi, C=state.codes, gap=gap, obj=obj, ok=ok, group=group,
@@ -330,14 +347,20 @@ def _make_ops(X, W, reg, gram: bool) -> _Ops:
     return _Ops(X=X, W=W, G=G, XW=XW, xx=jnp.sum(X * X, axis=-1), reg=reg)
 
 
-def _init_state(ops: _Ops, C0: jax.Array, gram: bool) -> _State:
+def _init_state(ops: _Ops, C0: jax.Array, gram: bool, carry: _Carry | None = None) -> _State:
+    """The state at ``C0``, or at a ``carry`` from a previous block (momentum and support)."""
     lin = _lin(ops, C0, gram)
     B = C0.shape[0]
     zeros = jnp.zeros((B,), C0.dtype)
+    if carry is None:
+        aux, aux_lin, t, support = C0, lin, jnp.ones((B,), C0.dtype), C0 != 0
+    else:
+        aux, t, support = carry.aux, carry.t, carry.support
+        aux_lin = _lin(ops, aux, gram)
     return _State(
-        codes=C0, codes_lin=lin, aux=C0, aux_lin=lin, t=jnp.ones((B,), C0.dtype),
+        codes=C0, codes_lin=lin, aux=aux, aux_lin=aux_lin, t=t,
         value=_value(ops, C0, lin, gram), done=jnp.zeros((B,), bool), gap=zeros,
-        objective=zeros, support=C0 != 0, num_steps=jnp.zeros((), jnp.int32),
+        objective=zeros, support=support, num_steps=jnp.zeros((), jnp.int32),
         num_checks=jnp.zeros((), jnp.int32),
     )
 
@@ -348,9 +371,12 @@ def _init_state(ops: _Ops, C0: jax.Array, gram: bool) -> _State:
                      "max_support"),
 )
 def _solve_core(
-    X, W, reg, C0, step_size, tol, max_steps, *, accel, restart, nonneg, form, check_every,
-    polish, max_support,
-) -> Solution:
+    X, W, reg, C0, carry, step_size, tol, max_steps, min_running, *, accel, restart, nonneg,
+    form, check_every, polish, max_support,
+) -> tuple[Solution, _Carry]:
+    """Iterate until every sample is certified, ``max_steps``, or (at a check) at most
+    ``min_running`` samples are still running. ``carry``: momentum and support from a previous
+    block, or None."""
     F, D = W.shape
     gram = _use_gram(form, F, D)
     ops = _make_ops(X, W, reg, gram)
@@ -364,11 +390,12 @@ def _solve_core(
     B = X.shape[0]
     check = functools.partial(_check, ops=ops, tol=tol, hi=hi, nonneg=nonneg, gram=gram,
                               polish=polish, max_support=max_support,
-                              polish_rows=min(B, max(64, B // POLISH_FRACTION)))
+                              polish_rows=min(B, max(COMPACT_MIN, B // POLISH_FRACTION)))
 
     def cond(state):
         first = state.num_checks == 0
-        return first | ((state.num_steps < max_steps) & ~jnp.all(state.done))
+        running = jnp.sum(~state.done)
+        return first | ((state.num_steps < max_steps) & (running > min_running))
 
     def body(state):
         # the first pass only checks the initial point (one copy of the check in the graph)
@@ -377,14 +404,56 @@ def _solve_core(
         state = jax.lax.fori_loop(0, n, lambda _, s: step(s), state)
         return check(state)._replace(num_checks=state.num_checks + 1)
 
-    state = jax.lax.while_loop(cond, body, _init_state(ops, C0, gram))
-    return Solution(
+    state = jax.lax.while_loop(cond, body, _init_state(ops, C0, gram, carry))
+    sol = Solution(
         codes=state.codes,
         num_steps=state.num_steps,
         converged=jnp.all(state.done),
         objective=state.objective,
         gap=state.gap,
     )
+    return sol, _Carry(aux=state.aux, t=state.t, support=state.support, done=state.done)
+
+
+def _bucket(n: int) -> int:
+    """The static block size for ``n`` running samples: a power of two ``≥ n``."""
+    return max(COMPACT_MIN // 4, 1 << max(n - 1, 0).bit_length())
+
+
+def _solve_compacted(X, W, reg, C0, step_size, tol, max_steps: int, **static) -> Solution:
+    """Solve in blocks of shrinking static size: when at most a quarter of a block's samples
+    are still running, gather them (with their momentum) into the next power-of-two block,
+    zero-padded (a zero input is certified at once), continue there, and scatter the results
+    back. Iterations are those of one solve on the whole batch; the work follows the number
+    of samples still running instead of ``B``."""
+    B = X.shape[0]
+    codes, gap, obj = C0, jnp.zeros((B,), X.dtype), jnp.zeros((B,), X.dtype)
+    rows = np.arange(B)  # the global index of each real row of the current block
+    Xb, Cb, carry, steps = X, C0, None, 0
+    while True:
+        n = Xb.shape[0]
+        min_running = n // 4 if n >= COMPACT_MIN else 0
+        sol, carry = _solve_core(Xb, W, reg, Cb, carry, step_size, tol,
+                                 jnp.asarray(max_steps - steps, jnp.int32),
+                                 jnp.asarray(min_running, jnp.int32), **static)
+        steps += int(sol.num_steps)
+        m = len(rows)
+        codes = codes.at[rows].set(sol.codes[:m])
+        gap = gap.at[rows].set(sol.gap[:m])
+        obj = obj.at[rows].set(sol.objective[:m])
+        left = np.flatnonzero(~np.asarray(carry.done[:m]))
+        if len(left) == 0 or steps >= max_steps or min_running == 0:
+            break
+        size = _bucket(len(left))
+        take = jnp.asarray(np.concatenate([left, np.full(size - len(left), left[0])]))
+        real = (jnp.arange(size) < len(left))[:, None]
+        rows = rows[left]
+        Xb = jnp.where(real, Xb[take], 0)
+        Cb = jnp.where(real, sol.codes[take], 0)
+        carry = _Carry(aux=jnp.where(real, carry.aux[take], 0), t=carry.t[take],
+                       support=carry.support[take] & real, done=carry.done[take])
+    return Solution(codes=codes, num_steps=jnp.asarray(steps, jnp.int32),
+                    converged=jnp.asarray(len(left) == 0), objective=obj, gap=gap)
 
 
 # --------------------------------------------------------------------------------------------
@@ -500,11 +569,15 @@ def _solve(
     k = _check_options(max_steps, tol, check_every, restart, form,
                        min(64, D, F) if max_support is None else max_support, F)
     sg = jax.lax.stop_gradient
-    sol = _solve_core(
-        sg(X), sg(W), sg(reg), sg(init), sg(eta), jnp.asarray(tol, X.dtype),
-        jnp.asarray(max_steps, jnp.int32), accel=accel, restart=restart if accel else None,
-        nonneg=nonneg, form=form, check_every=check_every, polish=polish, max_support=k,
-    )
+    static = dict(accel=accel, restart=restart if accel else None, nonneg=nonneg, form=form,
+                  check_every=check_every, polish=polish, max_support=k)
+    args = (sg(X), sg(W), sg(reg), sg(init), sg(eta), jnp.asarray(tol, X.dtype))
+    concrete = all(is_concrete(a) for a in (X, W, reg, init, eta, tol, max_steps))
+    if concrete and X.shape[0] >= COMPACT_MIN:
+        sol = _solve_compacted(*args, max_steps=int(max_steps), **static)
+    else:
+        sol, _ = _solve_core(*args[:4], None, *args[4:], jnp.asarray(max_steps, jnp.int32),
+                             jnp.asarray(0, jnp.int32), **static)
     codes = _implicit_codes(X, W, reg, sol.codes)
     sol = sol._replace(codes=codes)
     if squeeze:
