@@ -17,6 +17,7 @@ from jaxsae.kernels.sae import (
     geometric_median,
     init_params,
     sae_loss,
+    sae_loss_from_parts,
     sae_objective,
 )
 from jaxsae.kernels.solvers import (
@@ -68,6 +69,7 @@ __all__ = [
     "optimal_codes",
     "prox_l1",
     "sae_loss",
+    "sae_loss_from_parts",
     "sae_objective",
     "soft_threshold",
     "solve_lasso",

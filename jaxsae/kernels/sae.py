@@ -250,9 +250,29 @@ def sae_loss(params: SAEParams, x: jax.Array, l1_coeff: ArrayLike) -> tuple[jax.
     x = check_inputs(params, x)
     check_nonnegative("l1_coeff", l1_coeff)
     out = _forward(params, x)
-    norms = decoder_norms(params)
-    l1 = jnp.mean(out.codes @ norms)
-    recon_err, l0, fvu = reconstruction_metrics(x, out.recon, out.codes)
+    return sae_loss_from_parts(x, out.recon, out.codes, decoder_norms(params), l1_coeff)
+
+
+def sae_loss_from_parts(
+    x: jax.Array, recon: jax.Array, codes: jax.Array, norms: jax.Array, l1_coeff: ArrayLike
+) -> tuple[jax.Array, SAEMetrics]:
+    """The seed's loss and its metrics from the forward pass's parts (no input checks).
+
+    ``sae_loss`` calls this on its own forward pass; a feature-sharded train step calls it with
+    the reconstruction summed over the shards.
+
+    Args:
+      x: ``(batch, d_in)`` inputs.
+      recon: ``(batch, d_in)`` reconstruction ``x̂``.
+      codes: ``(batch, d_sae)`` codes ``f ≥ 0`` (a shard's features, when sharded).
+      norms: ``(d_sae,)`` decoder row norms of the same features.
+      l1_coeff: ``λ ≥ 0``.
+
+    Returns:
+      ``(loss, SAEMetrics)``.
+    """
+    l1 = jnp.mean(codes @ norms)
+    recon_err, l0, fvu = reconstruction_metrics(x, recon, codes)
     loss = recon_err + l1_coeff * l1
     metrics = SAEMetrics(
         loss=loss,

@@ -41,8 +41,8 @@ from jaxsae.kernels.sae import (
     decode,
     decoder_norms,
     encode,
-    reconstruction_metrics,
     sae_loss,
+    sae_loss_from_parts,
 )
 from jaxsae.kernels.topk import TopKMetrics, topk_loss, topk_pre_acts
 from jaxsae.training.config import TrainConfig
@@ -73,8 +73,8 @@ def _l1_loss(
     With the features split over ``feature_axis``, the reconstruction ``x̂ = Σ_s f_s W_dec,s +
     b_dec`` needs every slice ``s``: this slice's ``decode`` plus the other slices' partial
     reconstructions, which enter as a constant (``stop_gradient``), so that the backward pass
-    needs no collective. The terms of ``sae_loss`` are then assembled from the same kernels
-    (``reconstruction_metrics``, ``decoder_norms``); this slice's objective has the global
+    needs no collective. The terms of ``sae_loss`` are then assembled by the same kernel
+    (``sae_loss_from_parts``); this slice's objective has the global
     reconstruction term and this slice's penalty, so its gradient with respect to the slice's
     parameters is the gradient of the global loss. The penalty and the active count are summed
     over the slices afterwards.
@@ -93,20 +93,9 @@ def _l1_loss(
     else:
         mine = codes @ params.W_dec
         others = lax.stop_gradient(lax.psum(mine, feature_axis) - mine)
-        recon_err, _, fvu = reconstruction_metrics(x, decode(params, codes) + others, codes)
-        norms = decoder_norms(params)
-        l1 = jnp.mean(codes @ norms)
-        loss = recon_err + l1_coeff * l1
-        m = SAEMetrics(
-            loss=loss,
-            recon=recon_err,
-            mse=recon_err / x.shape[-1],
-            l1=l1,
-            l0=l0,
-            fvu=fvu,
-            explained_variance=1.0 - fvu,
-            dec_norm=jnp.mean(norms),
-        )
+        recon = decode(params, codes) + others
+        loss, m = sae_loss_from_parts(x, recon, codes, decoder_norms(params), l1_coeff)
+        m = m._replace(l0=l0)
     if feature_axis is not None:
         # Penalty and active count: sums over the slices. Reconstruction terms: equal on every
         # slice up to rounding (pmean makes them identical).
