@@ -303,8 +303,9 @@ def test_cli_solve(tmp_path, capsys):
 def test_compacted_batch_matches_reference():
     # a batch of >= COMPACT_MIN samples is solved in blocks that shrink as samples finish
     Xb, Wb, reg = make_lasso_problem(8, B=solvers.COMPACT_MIN + 44, D=16, F=40)
-    sol = fista(Xb, Wb, reg, tol=1e-10, max_steps=20000)
-    assert bool(sol.converged) and int(sol.num_steps) % 10 == 0
+    # (the static options of test_restart_never_needs_more_iterations: no polish to compile)
+    sol = fista(Xb, Wb, reg, tol=1e-10, max_steps=20000, polish=False, check_every=1)
+    assert bool(sol.converged)
     assert np.all(np.asarray(sol.gap) <= 1e-10 * np.asarray(sol.objective))
     f = lasso_objective_np(Xb, Wb, sol.codes, reg)
     np.testing.assert_allclose(sol.objective, f)
