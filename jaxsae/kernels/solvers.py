@@ -32,7 +32,7 @@ Implementation notes:
     to miss a 1e-6 gap in float32). The polished codes are kept only for samples whose duality
     gap certifies them (``≤ tol``), so the shortcut can never return a worse answer.
   * Compaction: a batch of at least ``COMPACT_MIN`` samples (outside ``jit``) is solved in
-    blocks of shrinking static size. When at most a quarter of a block is still running, the
+    blocks of shrinking static size. When at most half of a block is still running, the
     running samples, with their momentum, are gathered into the next power-of-two block and
     continue there (``_solve_compacted``): certification waits for the slowest samples, but
     the work then follows the number of samples still running, not ``B``.
@@ -421,7 +421,7 @@ def _bucket(n: int) -> int:
 
 
 def _solve_compacted(X, W, reg, C0, step_size, tol, max_steps: int, **static) -> Solution:
-    """Solve in blocks of shrinking static size: when at most a quarter of a block's samples
+    """Solve in blocks of shrinking static size: when at most half of a block's samples
     are still running, gather them (with their momentum) into the next power-of-two block,
     zero-padded (a zero input is certified at once), continue there, and scatter the results
     back. Iterations are those of one solve on the whole batch; the work follows the number
@@ -432,7 +432,7 @@ def _solve_compacted(X, W, reg, C0, step_size, tol, max_steps: int, **static) ->
     Xb, Cb, carry, steps = X, C0, None, 0
     while True:
         n = Xb.shape[0]
-        min_running = n // 4 if n >= COMPACT_MIN else 0
+        min_running = n // 2 if n >= COMPACT_MIN else 0
         sol, carry = _solve_core(Xb, W, reg, Cb, carry, step_size, tol,
                                  jnp.asarray(max_steps - steps, jnp.int32),
                                  jnp.asarray(min_running, jnp.int32), **static)
