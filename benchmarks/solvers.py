@@ -117,9 +117,9 @@ def run_point(D, F, B, budget, seed=0, core=False):
 
     methods, iters, notes = {}, {}, {}
 
-    def add(name, fn, n_iter=None):
+    def add(name, fn, n_iter=None, keep=False):
         t = time_once(fn)  # warm-up (compilation)
-        if t > budget:
+        if t > budget and not keep:
             methods[name] = None
             notes[name] = f"warm-up {t:.0f} s"
             return
@@ -130,7 +130,7 @@ def run_point(D, F, B, budget, seed=0, core=False):
     def jx_default():
         return solve_lasso(Xj, Wj, reg, tol=TARGET, max_steps=20000)
 
-    add("jaxsae default (FISTA+restart+polish)", jx_default)
+    add("jaxsae default (FISTA+restart+polish)", jx_default, keep=True)  # the baseline
     sol = jx_default()
     iters["jaxsae default (FISTA+restart+polish)"] = int(sol.num_steps)
 
