@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxsae.bench import make_lasso_problem  # noqa: F401  (the benchmarks' problems)
+
 
 def soft_threshold_loop(v, t, nonneg: bool = False) -> np.ndarray:
     """``sign(v)·max(|v| − t, 0)`` (or ``max(v − t, 0)``) by a Python loop over scalars."""
@@ -74,30 +76,10 @@ def sklearn_lasso(X, W, reg, nonneg: bool = False) -> np.ndarray:
     from sklearn.decomposition import sparse_encode
 
     return sparse_encode(
-        np.asarray(X, np.float64), np.asarray(W, np.float64), algorithm="lasso_cd",
-        alpha=float(reg), positive=nonneg, max_iter=10000,
+        np.asarray(X, np.float64),
+        np.asarray(W, np.float64),
+        algorithm="lasso_cd",
+        alpha=float(reg),
+        positive=nonneg,
+        max_iter=10000,
     )
-
-
-def make_lasso_problem(
-    seed: int, B: int, D: int, F: int, *, nnz: tuple[int, int] = (5, 20), snr_db: float = 20.0,
-    reg_frac: float = 0.1, dtype=np.float64,
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """A seeded problem ``(X (B, D), W (F, D), λ)``.
-
-    Unit-norm Gaussian atoms; each input is a combination of ``nnz`` random atoms with Gaussian
-    weights plus white noise at ``snr_db``; ``λ = reg_frac · median_b ‖W x_b‖∞``.
-    """
-    rng = np.random.default_rng(seed)
-    W = rng.standard_normal((F, D))
-    W /= np.linalg.norm(W, axis=1, keepdims=True)
-    S = np.zeros((B, F))
-    for b in range(B):
-        k = int(rng.integers(nnz[0], min(nnz[1], F) + 1))
-        S[b, rng.choice(F, k, replace=False)] = rng.standard_normal(k)
-    X = S @ W
-    noise = rng.standard_normal((B, D))
-    scale = np.linalg.norm(X, axis=1, keepdims=True) / np.linalg.norm(noise, axis=1, keepdims=True)
-    X = X + noise * scale * 10 ** (-snr_db / 20)
-    reg = reg_frac * float(np.median(np.max(np.abs(X @ W.T), axis=1)))
-    return X.astype(dtype), W.astype(dtype), reg
