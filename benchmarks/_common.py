@@ -34,7 +34,11 @@ def time_once(fn: Callable[[], Any]) -> float:
 
 
 def time_rounds(
-    fns: dict[str, Callable[[], Any]], *, rounds: int = 5, warmup: int = 1, budget_s: float | None = None
+    fns: dict[str, Callable[[], Any]],
+    *,
+    rounds: int = 5,
+    warmup: int = 1,
+    budget_s: float | None = None,
 ) -> dict[str, float]:
     """Median seconds per call of each function, alternating methods round by round.
 

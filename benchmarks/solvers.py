@@ -93,8 +93,15 @@ def jaxopt_solver(W, reg, accel, fixed_step, tol, maxiter=20000):
         return 0.5 * jnp.sum(r * r)
 
     step = 1 / float(lipschitz_constant(W)) if fixed_step else 0.0
-    pg = ProximalGradient(fun=fun, prox=prox_lasso, stepsize=step, maxiter=maxiter, tol=tol,
-                          acceleration=accel, jit=True)
+    pg = ProximalGradient(
+        fun=fun,
+        prox=prox_lasso,
+        stepsize=step,
+        maxiter=maxiter,
+        tol=tol,
+        acceleration=accel,
+        jit=True,
+    )
 
     @jax.jit
     def solve(X):
@@ -112,8 +119,10 @@ def run_point(D, F, B, budget, seed=0, core=False):
     t0 = time.perf_counter()
     ref = fista(X64, W64, reg, tol=1e-13, max_steps=200_000)
     f_star = np.asarray(ref.objective)
-    print(f"reference: float64, {int(ref.num_steps)} iterations, certified "
-          f"{float(np.max(np.asarray(ref.gap) / f_star)):.1e}, {time.perf_counter() - t0:.1f} s")
+    print(
+        f"reference: float64, {int(ref.num_steps)} iterations, certified "
+        f"{float(np.max(np.asarray(ref.gap) / f_star)):.1e}, {time.perf_counter() - t0:.1f} s"
+    )
 
     methods, iters, notes = {}, {}, {}
 
@@ -137,8 +146,10 @@ def run_point(D, F, B, budget, seed=0, core=False):
     # jaxsae FISTA / ISTA with calibrated iteration counts
     cal = {
         "jaxsae FISTA": (lambda *a, **k: fista_trace(*a, **k), dict(restart=None)),
-        "jaxsae FISTA+restart": (lambda *a, **k: fista_trace(*a, restart="gradient", **k),
-                                 dict(restart="gradient")),
+        "jaxsae FISTA+restart": (
+            lambda *a, **k: fista_trace(*a, restart="gradient", **k),
+            dict(restart="gradient"),
+        ),
         "jaxsae ISTA": (lambda *a, **k: ista_trace(*a, **k), None),
     }
     for name, (trace_fn, opts) in ({} if core else cal).items():
@@ -148,11 +159,14 @@ def run_point(D, F, B, budget, seed=0, core=False):
             methods[name], notes[name] = None, "not calibrated"
             continue
         if opts is None:
+
             def fn(k=k):
                 return ista(Xj, Wj, reg, tol=0.0, max_steps=k)
         else:
+
             def fn(k=k, o=opts):
                 return fista(Xj, Wj, reg, tol=0.0, max_steps=k, polish=False, **o)
+
         add(name, fn, k)
 
     # jaxopt
@@ -172,7 +186,7 @@ def run_point(D, F, B, budget, seed=0, core=False):
                 if chosen is None:
                     methods[name], notes[name] = None, "target not met within budget"
                 else:
-                    methods[name] = (lambda s=chosen: s(Xj))
+                    methods[name] = lambda s=chosen: s(Xj)
                     notes[name] = f"tol {tol:g}"
     except ImportError:
         pass
@@ -181,16 +195,20 @@ def run_point(D, F, B, budget, seed=0, core=False):
     from sklearn.decomposition import sparse_encode
 
     for algo in ("lasso_cd",) if core else ("lasso_cd", "lasso_lars"):
-        add(f"sklearn {algo} f64",
-            lambda a=algo: sparse_encode(X64, W64, algorithm=a, alpha=reg, n_jobs=2))
+        add(
+            f"sklearn {algo} f64",
+            lambda a=algo: sparse_encode(X64, W64, algorithm=a, alpha=reg, n_jobs=2),
+        )
 
     # SPAMS
     try:
         import spams
 
         Xf, Df = np.asfortranarray(X64.T), np.asfortranarray(W64.T)
-        add("SPAMS lasso (LARS) f64",
-            lambda: spams.lasso(Xf, D=Df, lambda1=reg, mode=2, numThreads=2).T.toarray())
+        add(
+            "SPAMS lasso (LARS) f64",
+            lambda: spams.lasso(Xf, D=Df, lambda1=reg, mode=2, numThreads=2).T.toarray(),
+        )
     except ImportError:
         notes["SPAMS"] = "not installed"
 
@@ -228,8 +246,10 @@ def run_point(D, F, B, budget, seed=0, core=False):
         t = times[name]
         gap = true_gap(X64, W64, reg, methods[name](), f_star)
         it = iters.get(name)
-        print(f"| {name} | {fmt_time(t, budget)} | {t / base:.2f}× | {it if it else '—'} | "
-              f"{gap:.1e} | {notes.get(name, '')} |")
+        print(
+            f"| {name} | {fmt_time(t, budget)} | {t / base:.2f}× | {it if it else '—'} | "
+            f"{gap:.1e} | {notes.get(name, '')} |"
+        )
         rows.append((name, t, gap))
     # matmul throughput of plain FISTA iterations
     k = iters.get("jaxsae FISTA")
@@ -245,8 +265,11 @@ def main():
     parser.add_argument("--quick", action="store_true", help="smallest grid point only")
     parser.add_argument("--points", nargs="*", default=None, help="grid points D,F,B")
     parser.add_argument("--budget", type=float, default=60.0, help="seconds per method run")
-    parser.add_argument("--core", action="store_true",
-                        help="only the default solver, jaxopt FISTA, lasso_cd and SPAMS")
+    parser.add_argument(
+        "--core",
+        action="store_true",
+        help="only the default solver, jaxopt FISTA, lasso_cd and SPAMS",
+    )
     args = parser.parse_args()
     if args.points:
         grid = [tuple(int(v) for v in p.split(",")) for p in args.points]

@@ -21,8 +21,9 @@ HELP = "benchmarks: 'convergence' plots ISTA vs FISTA vs FISTA+restart and print
 THRESHOLDS = (1e-3, 1e-6)
 
 
-def make_lasso_problem(seed: int, B: int, D: int, F: int, *, nnz=(5, 20), snr_db=20.0,
-                       reg_frac=0.1, dtype="float64"):
+def make_lasso_problem(
+    seed: int, B: int, D: int, F: int, *, nnz=(5, 20), snr_db=20.0, reg_frac=0.1, dtype="float64"
+):
     """A seeded problem ``(X (B, D), W (F, D), λ)`` (NumPy arrays and a float).
 
     Unit-norm Gaussian atoms; each input is a Gaussian combination of ``nnz`` random atoms plus
@@ -57,8 +58,16 @@ def _first_below(rel, thr):
     return k if k < len(worst) else None
 
 
-def run_convergence(out_dir: str | Path = "benchmarks/results", *, docs_path=None, seed: int = 0,
-                    B: int = 256, D: int = 64, F: int = 256, num_steps: int = 3000) -> list[dict]:
+def run_convergence(
+    out_dir: str | Path = "benchmarks/results",
+    *,
+    docs_path=None,
+    seed: int = 0,
+    B: int = 256,
+    D: int = 64,
+    F: int = 256,
+    num_steps: int = 3000,
+) -> list[dict]:
     """Run the convergence comparison; save the plot; print and return the table rows."""
     import jax
 
@@ -74,12 +83,16 @@ def run_convergence(out_dir: str | Path = "benchmarks/results", *, docs_path=Non
 
     X, W, reg = make_lasso_problem(seed, B, D, F)
     L = float(lipschitz_constant(W))
-    print(f"problem: B={B} inputs, D={D}, F={F} unit-norm Gaussian atoms, 5-20 active + 20 dB "
-          f"noise, λ = 0.1·median‖W x‖∞ = {reg:.4f}, L = {L:.3f}, float64, seed {seed}")
+    print(
+        f"problem: B={B} inputs, D={D}, F={F} unit-norm Gaussian atoms, 5-20 active + 20 dB "
+        f"noise, λ = 0.1·median‖W x‖∞ = {reg:.4f}, L = {L:.3f}, float64, seed {seed}"
+    )
     ref = fista(X, W, reg, tol=1e-14, max_steps=100_000)
     f_star = np.asarray(ref.objective)
-    print(f"reference F*: {int(ref.num_steps)} iterations, max relative duality gap "
-          f"{float(np.max(np.asarray(ref.gap) / f_star)):.1e}")
+    print(
+        f"reference F*: {int(ref.num_steps)} iterations, max relative duality gap "
+        f"{float(np.max(np.asarray(ref.gap) / f_star)):.1e}"
+    )
 
     traces = {
         "ISTA": ista_trace(X, W, reg, num_steps=num_steps),
@@ -88,12 +101,15 @@ def run_convergence(out_dir: str | Path = "benchmarks/results", *, docs_path=Non
     }
     solvers = {
         "ISTA": lambda tol: ista(X, W, reg, tol=tol, max_steps=20 * num_steps),
-        "FISTA": lambda tol: fista(X, W, reg, tol=tol, restart=None, polish=False,
-                                   max_steps=20 * num_steps),
-        "FISTA + restart": lambda tol: fista(X, W, reg, tol=tol, polish=False,
-                                             max_steps=20 * num_steps),
-        "default (restart + polish)": lambda tol: fista(X, W, reg, tol=tol,
-                                                        max_steps=20 * num_steps),
+        "FISTA": lambda tol: fista(
+            X, W, reg, tol=tol, restart=None, polish=False, max_steps=20 * num_steps
+        ),
+        "FISTA + restart": lambda tol: fista(
+            X, W, reg, tol=tol, polish=False, max_steps=20 * num_steps
+        ),
+        "default (restart + polish)": lambda tol: fista(
+            X, W, reg, tol=tol, max_steps=20 * num_steps
+        ),
     }
     rows = []
     k = np.arange(num_steps + 1)
@@ -134,19 +150,25 @@ def run_convergence(out_dir: str | Path = "benchmarks/results", *, docs_path=Non
     def fmt(v):
         return "—" if v is None else str(v)
 
-    head = ("| method | iters to 1e-3 (trace) | iters to 1e-6 (trace) | certified stop, tol 1e-3 "
-            "| certified stop, tol 1e-6 |")
+    head = (
+        "| method | iters to 1e-3 (trace) | iters to 1e-6 (trace) | certified stop, tol 1e-3 "
+        "| certified stop, tol 1e-6 |"
+    )
     print()
     print(head)
     print("| --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['method']} | {fmt(r.get('trace 0.001'))} | {fmt(r.get('trace 1e-06'))} | "
-              f"{fmt(r['solver 0.001'])} | {fmt(r['solver 1e-06'])} |")
+        print(
+            f"| {r['method']} | {fmt(r.get('trace 0.001'))} | {fmt(r.get('trace 1e-06'))} | "
+            f"{fmt(r['solver 0.001'])} | {fmt(r['solver 1e-06'])} |"
+        )
     print()
-    print("trace: first k after which every sample's true relative objective gap (F(c_k) − F*)/F* "
-          f"stays below the threshold (— : not within {num_steps}); certified stop: iterations "
-          "the while-loop solver runs until every sample's relative duality gap is ≤ tol "
-          "(checked every 10 iterations).")
+    print(
+        "trace: first k after which every sample's true relative objective gap (F(c_k) − F*)/F* "
+        f"stays below the threshold (— : not within {num_steps}); certified stop: iterations "
+        "the while-loop solver runs until every sample's relative duality gap is ≤ tol "
+        "(checked every 10 iterations)."
+    )
     print("plot saved to " + ", ".join(str(p) for p in paths))
     return rows
 

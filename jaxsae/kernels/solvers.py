@@ -27,10 +27,11 @@ Implementation notes:
     atoms) gets one Newton step on the smooth problem restricted to ``S`` with the current signs,
     ``c_S ← c_S + (W_S W_Sᵀ)⁻¹ (W_S r − λ_S sign(c_S))`` — the exact lasso solution once the
     support and signs are right. It is tried on samples whose support did not change since the
-    previous check (at most ``max(B/4, COMPACT_MIN)`` of them per check, gathered into a smaller block), in
-    float64 when x64 is enabled (a support of 40 atoms in dimension 64 is ill-conditioned enough
-    to miss a 1e-6 gap in float32). The polished codes are kept only for samples whose duality
-    gap certifies them (``≤ tol``), so the shortcut can never return a worse answer.
+    previous check (at most ``max(B/4, COMPACT_MIN)`` of them per check, gathered into a smaller
+    block), in float64 when x64 is enabled (a support of 40 atoms in dimension 64 is
+    ill-conditioned enough to miss a 1e-6 gap in float32). The polished codes are kept only for
+    samples whose duality gap certifies them (``≤ tol``), so the shortcut can never return a
+    worse answer.
   * Compaction: a batch of at least ``COMPACT_MIN`` samples (outside ``jit``) is solved in
     blocks of shrinking static size. When at most half of a block is still running, the
     running samples, with their momentum, are gathered into the next power-of-two block and
@@ -177,7 +178,13 @@ def _value(ops: _Ops, C: jax.Array, lin: jax.Array, gram: bool) -> jax.Array:
 
 
 def _step(
-    state: _State, ops: _Ops, eta: jax.Array, *, accel: bool, restart: Restart, nonneg: bool,
+    state: _State,
+    ops: _Ops,
+    eta: jax.Array,
+    *,
+    accel: bool,
+    restart: Restart,
+    nonneg: bool,
     gram: bool,
 ) -> _State:
     """One proximal-gradient iteration with the configured momentum rule."""
@@ -251,8 +258,24 @@ def _polish(
     return C.at[jnp.arange(M)[:, None], jnp.where(on, idx, F)].set(new, mode="drop")
 
 
-def _polish_group(state, ops, tol, hi, *, C, gap, obj, ok, group, n_cand, running, max_support,
-                  n_rows, nonneg, gram):
+def _polish_group(
+    state,
+    ops,
+    tol,
+    hi,
+    *,
+    C,
+    gap,
+    obj,
+    ok,
+    group,
+    n_cand,
+    running,
+    max_support,
+    n_rows,
+    nonneg,
+    gram,
+):
     """Polish up to ``n_rows`` samples of ``group``; keep those the duality gap certifies."""
     W_hi, G_hi, reg_hi = hi
     score_sel, rows = jax.lax.top_k(group.astype(jnp.int32), n_rows)
@@ -268,8 +291,9 @@ def _polish_group(state, ops, tol, hi, *, C, gap, obj, ok, group, n_cand, runnin
         Cs = C[rows]
         Xr = ops.X[rows].astype(W_hi.dtype)
         Rs = Xr - Cs.astype(W_hi.dtype) @ W_hi
-        Cp = _polish(reg_hi, Cs.astype(W_hi.dtype), Rs @ W_hi.T, G_hi, nonneg=nonneg,
-                     max_support=max_support).astype(C.dtype)
+        Cp = _polish(
+            reg_hi, Cs.astype(W_hi.dtype), Rs @ W_hi.T, G_hi, nonneg=nonneg, max_support=max_support
+        ).astype(C.dtype)
         Cp_hi = Cp.astype(W_hi.dtype)
         Rp = Xr - Cp_hi @ W_hi
         gap_p, obj_p = _gap_from_residual(Cp_hi, Rp, Rp @ W_hi.T, reg_hi, nonneg)
@@ -292,15 +316,27 @@ def _polish_group(state, ops, tol, hi, *, C, gap, obj, ok, group, n_cand, runnin
     gap = gap.at[rows].set(jnp.where(take, gap_p, gap[rows]))
     obj = obj.at[rows].set(jnp.where(take, obj_p, obj[rows]))
     t_all = taken[:, None]
-    state = state._replace(codes=C, codes_lin=lin, aux=jnp.where(t_all, C, state.aux),
-                           aux_lin=jnp.where(t_all, lin, state.aux_lin),
-                           value=jnp.where(taken, obj, state.value))
+    state = state._replace(
+        codes=C,
+        codes_lin=lin,
+        aux=jnp.where(t_all, C, state.aux),
+        aux_lin=jnp.where(t_all, lin, state.aux_lin),
+        value=jnp.where(taken, obj, state.value),
+    )
     return state, gap, obj, ok | taken
 
 
 def _check(
-    state: _State, ops: _Ops, tol: jax.Array, hi: tuple, *, nonneg: bool, gram: bool,
-    polish: bool, max_support: int, polish_rows: int,
+    state: _State,
+    ops: _Ops,
+    tol: jax.Array,
+    hi: tuple,
+    *,
+    nonneg: bool,
+    gram: bool,
+    polish: bool,
+    max_support: int,
+    polish_rows: int,
 ) -> _State:
     """Duality gap of every sample, optional polish, and the done flags.
 
@@ -325,9 +361,22 @@ def _check(
             groups.append((cand & (nnz > small_k), max_support, max(1, polish_rows // 4)))
         for group, k, n_rows in groups:
             state, gap, obj, ok = _polish_group(
-                state, ops, tol, hi, C=state.codes, gap=gap, obj=obj, ok=ok, group=group,
-                n_cand=jnp.sum(cand), running=running, max_support=k, n_rows=n_rows,
-                nonneg=nonneg, gram=gram)
+                state,
+                ops,
+                tol,
+                hi,
+                C=state.codes,
+                gap=gap,
+                obj=obj,
+                ok=ok,
+                group=group,
+                n_cand=jnp.sum(cand),
+                running=running,
+                max_support=k,
+                n_rows=n_rows,
+                nonneg=nonneg,
+                gram=gram,
+            )
     done = state.done | ok
     return state._replace(done=done, gap=gap, objective=obj, support=support)
 
@@ -358,21 +407,43 @@ def _init_state(ops: _Ops, C0: jax.Array, gram: bool, carry: _Carry | None = Non
         aux, t, support = carry.aux, carry.t, carry.support
         aux_lin = _lin(ops, aux, gram)
     return _State(
-        codes=C0, codes_lin=lin, aux=aux, aux_lin=aux_lin, t=t,
-        value=_value(ops, C0, lin, gram), done=jnp.zeros((B,), bool), gap=zeros,
-        objective=zeros, support=support, num_steps=jnp.zeros((), jnp.int32),
+        codes=C0,
+        codes_lin=lin,
+        aux=aux,
+        aux_lin=aux_lin,
+        t=t,
+        value=_value(ops, C0, lin, gram),
+        done=jnp.zeros((B,), bool),
+        gap=zeros,
+        objective=zeros,
+        support=support,
+        num_steps=jnp.zeros((), jnp.int32),
         num_checks=jnp.zeros((), jnp.int32),
     )
 
 
 @functools.partial(
     jax.jit,
-    static_argnames=("accel", "restart", "nonneg", "form", "check_every", "polish",
-                     "max_support"),
+    static_argnames=("accel", "restart", "nonneg", "form", "check_every", "polish", "max_support"),
 )
 def _solve_core(
-    X, W, reg, C0, carry, step_size, tol, max_steps, min_running, *, accel, restart, nonneg,
-    form, check_every, polish, max_support,
+    X,
+    W,
+    reg,
+    C0,
+    carry,
+    step_size,
+    tol,
+    max_steps,
+    min_running,
+    *,
+    accel,
+    restart,
+    nonneg,
+    form,
+    check_every,
+    polish,
+    max_support,
 ) -> tuple[Solution, _Carry]:
     """Iterate until every sample is certified, ``max_steps``, or (at a check) at most
     ``min_running`` samples are still running. ``carry``: momentum and support from a previous
@@ -385,12 +456,21 @@ def _solve_core(
         hi_dtype = jnp.float64 if jax.config.read("jax_enable_x64") else X.dtype
         W_hi = W.astype(hi_dtype)
         hi = (W_hi, W_hi @ W_hi.T, reg.astype(hi_dtype))
-    step = functools.partial(_step, ops=ops, eta=step_size, accel=accel, restart=restart,
-                             nonneg=nonneg, gram=gram)
+    step = functools.partial(
+        _step, ops=ops, eta=step_size, accel=accel, restart=restart, nonneg=nonneg, gram=gram
+    )
     B = X.shape[0]
-    check = functools.partial(_check, ops=ops, tol=tol, hi=hi, nonneg=nonneg, gram=gram,
-                              polish=polish, max_support=max_support,
-                              polish_rows=min(B, max(COMPACT_MIN, B // POLISH_FRACTION)))
+    check = functools.partial(
+        _check,
+        ops=ops,
+        tol=tol,
+        hi=hi,
+        nonneg=nonneg,
+        gram=gram,
+        polish=polish,
+        max_support=max_support,
+        polish_rows=min(B, max(COMPACT_MIN, B // POLISH_FRACTION)),
+    )
 
     def cond(state):
         first = state.num_checks == 0
@@ -399,8 +479,9 @@ def _solve_core(
 
     def body(state):
         # the first pass only checks the initial point (one copy of the check in the graph)
-        n = jnp.where(state.num_checks == 0, 0,
-                      jnp.minimum(check_every, max_steps - state.num_steps))
+        n = jnp.where(
+            state.num_checks == 0, 0, jnp.minimum(check_every, max_steps - state.num_steps)
+        )
         state = jax.lax.fori_loop(0, n, lambda _, s: step(s), state)
         return check(state)._replace(num_checks=state.num_checks + 1)
 
@@ -433,9 +514,18 @@ def _solve_compacted(X, W, reg, C0, step_size, tol, max_steps: int, **static) ->
     while True:
         n = Xb.shape[0]
         min_running = n // 2 if n >= COMPACT_MIN else 0
-        sol, carry = _solve_core(Xb, W, reg, Cb, carry, step_size, tol,
-                                 jnp.asarray(max_steps - steps, jnp.int32),
-                                 jnp.asarray(min_running, jnp.int32), **static)
+        sol, carry = _solve_core(
+            Xb,
+            W,
+            reg,
+            Cb,
+            carry,
+            step_size,
+            tol,
+            jnp.asarray(max_steps - steps, jnp.int32),
+            jnp.asarray(min_running, jnp.int32),
+            **static,
+        )
         steps += int(sol.num_steps)
         m = len(rows)
         codes = codes.at[rows].set(sol.codes[:m])
@@ -450,10 +540,19 @@ def _solve_compacted(X, W, reg, C0, step_size, tol, max_steps: int, **static) ->
         rows = rows[left]
         Xb = jnp.where(real, Xb[take], 0)
         Cb = jnp.where(real, sol.codes[take], 0)
-        carry = _Carry(aux=jnp.where(real, carry.aux[take], 0), t=carry.t[take],
-                       support=carry.support[take] & real, done=carry.done[take])
-    return Solution(codes=codes, num_steps=jnp.asarray(steps, jnp.int32),
-                    converged=jnp.asarray(len(left) == 0), objective=obj, gap=gap)
+        carry = _Carry(
+            aux=jnp.where(real, carry.aux[take], 0),
+            t=carry.t[take],
+            support=carry.support[take] & real,
+            done=carry.done[take],
+        )
+    return Solution(
+        codes=codes,
+        num_steps=jnp.asarray(steps, jnp.int32),
+        converged=jnp.asarray(len(left) == 0),
+        objective=obj,
+        gap=gap,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -560,24 +659,57 @@ def default_tol(dtype) -> float:
 
 
 def _solve(
-    X, W, reg, *, accel, nonneg, max_steps, tol, init, step_size, restart, check_every, form,
-    polish, max_support,
+    X,
+    W,
+    reg,
+    *,
+    accel,
+    nonneg,
+    max_steps,
+    tol,
+    init,
+    step_size,
+    restart,
+    check_every,
+    form,
+    polish,
+    max_support,
 ) -> Solution:
     X, W, reg, init, eta, squeeze = _prepare(X, W, reg, init, step_size)
     F, D = W.shape
     tol = default_tol(X.dtype) if tol is None else tol
-    k = _check_options(max_steps, tol, check_every, restart, form,
-                       min(64, D, F) if max_support is None else max_support, F)
+    k = _check_options(
+        max_steps,
+        tol,
+        check_every,
+        restart,
+        form,
+        min(64, D, F) if max_support is None else max_support,
+        F,
+    )
     sg = jax.lax.stop_gradient
-    static = dict(accel=accel, restart=restart if accel else None, nonneg=nonneg, form=form,
-                  check_every=check_every, polish=polish, max_support=k)
+    static = dict(
+        accel=accel,
+        restart=restart if accel else None,
+        nonneg=nonneg,
+        form=form,
+        check_every=check_every,
+        polish=polish,
+        max_support=k,
+    )
     args = (sg(X), sg(W), sg(reg), sg(init), sg(eta), jnp.asarray(tol, X.dtype))
     concrete = all(is_concrete(a) for a in (X, W, reg, init, eta, tol, max_steps))
     if concrete and X.shape[0] >= COMPACT_MIN:
         sol = _solve_compacted(*args, max_steps=int(max_steps), **static)
     else:
-        sol, _ = _solve_core(*args[:4], None, *args[4:], jnp.asarray(max_steps, jnp.int32),
-                             jnp.asarray(0, jnp.int32), **static)
+        sol, _ = _solve_core(
+            *args[:4],
+            None,
+            *args[4:],
+            jnp.asarray(max_steps, jnp.int32),
+            jnp.asarray(0, jnp.int32),
+            **static,
+        )
     codes = _implicit_codes(X, W, reg, sol.codes)
     sol = sol._replace(codes=codes)
     if squeeze:
@@ -638,9 +770,22 @@ def fista(
       >>> sol = fista(X, params.W_dec, 0.1, nonneg=True)
       >>> sol.codes.shape, bool(sol.converged)
     """
-    return _solve(X, W, reg, accel=True, nonneg=nonneg, max_steps=max_steps, tol=tol,
-                  init=init, step_size=step_size, restart=restart, check_every=check_every,
-                  form=form, polish=polish, max_support=max_support)
+    return _solve(
+        X,
+        W,
+        reg,
+        accel=True,
+        nonneg=nonneg,
+        max_steps=max_steps,
+        tol=tol,
+        init=init,
+        step_size=step_size,
+        restart=restart,
+        check_every=check_every,
+        form=form,
+        polish=polish,
+        max_support=max_support,
+    )
 
 
 def ista(
@@ -663,9 +808,22 @@ def ista(
     Same problem, arguments and result as ``fista`` (no ``restart``; ``polish`` off by default,
     so that it is the textbook algorithm).
     """
-    return _solve(X, W, reg, accel=False, nonneg=nonneg, max_steps=max_steps, tol=tol,
-                  init=init, step_size=step_size, restart=None, check_every=check_every,
-                  form=form, polish=polish, max_support=max_support)
+    return _solve(
+        X,
+        W,
+        reg,
+        accel=False,
+        nonneg=nonneg,
+        max_steps=max_steps,
+        tol=tol,
+        init=init,
+        step_size=step_size,
+        restart=None,
+        check_every=check_every,
+        form=form,
+        polish=polish,
+        max_support=max_support,
+    )
 
 
 def solve_lasso(
@@ -689,8 +847,9 @@ def _trace_core(X, W, reg, C0, step_size, *, num_steps, accel, restart, nonneg, 
     F, D = W.shape
     gram = _use_gram(form, F, D)
     ops = _make_ops(X, W, reg, gram)
-    step = functools.partial(_step, ops=ops, eta=step_size, accel=accel, restart=restart,
-                             nonneg=nonneg, gram=gram)
+    step = functools.partial(
+        _step, ops=ops, eta=step_size, accel=accel, restart=restart, nonneg=nonneg, gram=gram
+    )
 
     def body(state, _):
         state = step(state)
@@ -707,8 +866,18 @@ def _trace(X, W, reg, *, num_steps, accel, nonneg, init, step_size, restart, for
         raise ValueError(f"num_steps: expected an int >= 0, found {num_steps!r}")
     _check_options(0, 0.0, 1, restart, form, None, 1)
     X, W, reg, init, eta, squeeze = _prepare(X, W, reg, init, step_size)
-    out = _trace_core(X, W, reg, init, eta, num_steps=num_steps, accel=accel,
-                      restart=restart if accel else None, nonneg=nonneg, form=form)
+    out = _trace_core(
+        X,
+        W,
+        reg,
+        init,
+        eta,
+        num_steps=num_steps,
+        accel=accel,
+        restart=restart if accel else None,
+        nonneg=nonneg,
+        form=form,
+    )
     if squeeze:
         out = SolverTrace(codes=out.codes[0], objective=out.objective[:, 0])
     return out
@@ -734,8 +903,18 @@ def fista_trace(
     Returns:
       ``SolverTrace(codes (B, F), objective (num_steps + 1, B))``.
     """
-    return _trace(X, W, reg, num_steps=num_steps, accel=True, nonneg=nonneg, init=init,
-                  step_size=step_size, restart=restart, form=form)
+    return _trace(
+        X,
+        W,
+        reg,
+        num_steps=num_steps,
+        accel=True,
+        nonneg=nonneg,
+        init=init,
+        step_size=step_size,
+        restart=restart,
+        form=form,
+    )
 
 
 def ista_trace(
@@ -750,5 +929,15 @@ def ista_trace(
     form: Form = "auto",
 ) -> SolverTrace:
     """ISTA for exactly ``num_steps`` iterations; see ``fista_trace``."""
-    return _trace(X, W, reg, num_steps=num_steps, accel=False, nonneg=nonneg, init=init,
-                  step_size=step_size, restart=None, form=form)
+    return _trace(
+        X,
+        W,
+        reg,
+        num_steps=num_steps,
+        accel=False,
+        nonneg=nonneg,
+        init=init,
+        step_size=step_size,
+        restart=None,
+        form=form,
+    )
