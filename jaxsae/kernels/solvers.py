@@ -556,6 +556,327 @@ def _solve_compacted(X, W, reg, C0, step_size, tol, max_steps: int, **static) ->
 
 
 # --------------------------------------------------------------------------------------------
+# homotopy (LARS-lasso) warm start
+
+
+class _Path(NamedTuple):
+    """Homotopy state of a block of ``B`` samples; the active set lives in ``K`` slots."""
+
+    codes: jax.Array  # (B, K) codes of the atoms in the slots
+    atom: jax.Array  # (B, K) int32 atom of each slot
+    occ: jax.Array  # (B, K) bool, slot occupied
+    sign: jax.Array  # (B, K) sign of the slot's code on the current segment of the path
+    H: jax.Array  # (B, K, K) inverse Gram of the occupied slots, zero elsewhere
+    corr: jax.Array  # (B, F) correlations W r of the residual
+    active: jax.Array  # (B, F) bool, atom in the active set
+    tau: jax.Array  # (B,) path parameter: the penalty is τ λ, from max_i |g_i|/λ_i down to 1
+    done: jax.Array  # (B,) reached τ = 1
+    paused: jax.Array  # (B,) needs a slot it does not have (or a singular Gram): stopped
+    last_drop: jax.Array  # (B,) int32 atom dropped at the previous kink, or -1
+    steps: jax.Array  # scalar int32, kinks computed
+
+
+@functools.partial(jax.jit, static_argnames=("K", "nonneg"))
+def _path_init(X, W, reg, *, K: int, nonneg: bool) -> _Path:
+    """The start of the path, ``c = 0`` at ``τ = max_i g_i / λ_i`` (``g = W x``)."""
+    B, F = X.shape[0], W.shape[0]
+    g = X @ W.T
+    excess = jnp.maximum(g, 0) if nonneg else jnp.abs(g)
+    tau = jnp.max(excess / reg[None, :], axis=-1)
+    zk = jnp.zeros((B, K), X.dtype)
+    return _Path(
+        codes=zk,
+        atom=jnp.zeros((B, K), jnp.int32),
+        occ=jnp.zeros((B, K), bool),
+        sign=zk,
+        H=jnp.zeros((B, K, K), X.dtype),
+        corr=g,
+        active=jnp.zeros((B, F), bool),
+        tau=jnp.maximum(tau, 1),
+        done=tau <= 1,  # c = 0 is optimal
+        paused=jnp.zeros((B,), bool),
+        last_drop=jnp.full((B,), -1, jnp.int32),
+        steps=jnp.zeros((), jnp.int32),
+    )
+
+
+def _argmin(t: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(argmin, min)`` over the last axis by two plain reductions (a variadic argmin
+    reduction is slow on a CPU); the first index among ties."""
+    m = jnp.min(t, axis=-1)
+    iota = jnp.arange(t.shape[-1], dtype=jnp.int32)[None, :]
+    return jnp.min(jnp.where(t == m[:, None], iota, t.shape[-1]), axis=-1) % t.shape[-1], m
+
+
+def _path_step(p: _Path, W, G, reg, *, nonneg: bool) -> _Path:
+    """One kink of the lasso path of every running sample (Efron et al. 2004, lasso variant).
+
+    On the active set ``A`` with signs ``s``, ``c_A(τ − δ) = c_A(τ) + δ d``, ``d = G_AA⁻¹ (λ s)_A``,
+    and ``g(τ − δ) = g(τ) − δ a``, ``a = G_{·A} d``. ``δ`` is the first event: an inactive atom
+    reaches ``|g_j| = (τ − δ) λ_j`` (it joins), an active code reaches zero (it leaves), or
+    ``τ − δ = 1`` (the end). ``G_AA⁻¹`` is kept up to date by rank-one updates."""
+    B, K = p.occ.shape
+    F = W.shape[0]
+    dt = p.codes.dtype
+    run = ~p.done & ~p.paused
+    rows = jnp.arange(B)[:, None]
+    w = jnp.where(p.occ, reg[p.atom] * p.sign, 0)
+    d = jnp.einsum("bij,bj->bi", p.H, w)
+    idx = jnp.where(p.occ, p.atom, F)
+    d_full = jnp.zeros((B, F), dt).at[rows, idx].set(d, mode="drop")
+    a = (d_full @ W) @ W.T
+    # joins: the first δ ≥ 0 at which g_j − δ a_j = ±(τ − δ) λ_j
+    inf = jnp.asarray(jnp.inf, dt)
+    tr = p.tau[:, None] * reg[None, :]
+
+    def first(num, den):
+        pos = den > 0
+        return jnp.where(pos, jnp.maximum(num, 0) / jnp.where(pos, den, 1), inf)
+
+    t_join = first(tr - p.corr, reg[None, :] - a)
+    if not nonneg:
+        t_join = jnp.minimum(t_join, first(tr + p.corr, reg[None, :] + a))
+    fresh = jnp.arange(F, dtype=jnp.int32)[None, :] == p.last_drop[:, None]
+    t_join = jnp.where(p.active | fresh, inf, t_join)
+    j, dj = _argmin(t_join)
+    # the sign it joins with: that of g_j − δ a_j = ±(τ − δ) λ_j
+    gj = jnp.take_along_axis(p.corr, j[:, None], 1)[:, 0]
+    aj = jnp.take_along_axis(a, j[:, None], 1)[:, 0]
+    up = (gj - jnp.where(jnp.isfinite(dj), dj, 0) * aj) >= 0
+    # drops: an active code crossing zero
+    t_drop = jnp.where(p.occ & (p.codes * d < 0), -p.codes / jnp.where(d != 0, d, 1), inf)
+    i, di = _argmin(t_drop)
+    d_end = p.tau - 1
+    end = d_end <= jnp.minimum(dj, di)
+    drop = ~end & (di < dj)
+    join = ~end & ~drop
+    delta = jnp.where(run, jnp.minimum(d_end, jnp.minimum(dj, di)), 0)
+    codes = p.codes + delta[:, None] * d
+    corr = p.corr - delta[:, None] * a
+    tau = jnp.where(run & end, 1, p.tau - delta)
+    # the new slot: Schur complement of the joining atom
+    free = ~p.occ
+    slot = jnp.argmax(free, axis=-1)
+    has_slot = jnp.any(free, axis=-1)
+    b = jnp.where(p.occ, G[j[:, None], p.atom], 0)
+    u = jnp.einsum("bij,bj->bi", p.H, b)
+    gjj = G[j, j]
+    schur = gjj - jnp.sum(b * u, axis=-1)
+    ok = schur > 64 * jnp.finfo(dt).eps * gjj
+    add = run & join & has_slot & ok
+    rem = run & drop
+    e_p = jax.nn.one_hot(slot, K, dtype=dt)
+    h = jnp.take_along_axis(p.H, i[:, None, None], axis=2)[:, :, 0]
+    hii = jnp.take_along_axis(h, i[:, None], 1)[:, 0]
+    v = jnp.where(add[:, None], u - e_p, jnp.where(rem[:, None], h, 0))
+    coef = jnp.where(
+        add, 1 / jnp.where(add, schur, 1), jnp.where(rem, -1 / jnp.where(rem, hii, 1), 0)
+    )
+    gone = (jnp.arange(K)[None, :] == i[:, None]) & rem[:, None]  # (B, K)
+    keep = ~gone
+    H = jnp.where(
+        keep[:, :, None] & keep[:, None, :],
+        p.H + coef[:, None, None] * v[:, :, None] * v[:, None, :],
+        0,
+    )
+    new = (jnp.arange(K)[None, :] == slot[:, None]) & add[:, None]
+    codes = jnp.where(gone | new, 0, codes)
+    atom_i = jnp.take_along_axis(p.atom, i[:, None], 1)[:, 0]
+    active = p.active.at[rows[:, 0], jnp.where(rem, atom_i, F)].set(False, mode="drop")
+    active = active.at[rows[:, 0], jnp.where(add, j, F)].set(True, mode="drop")
+    return p._replace(
+        codes=codes,
+        atom=jnp.where(new, j[:, None], p.atom),
+        occ=(p.occ & keep) | new,
+        sign=jnp.where(new, jnp.where(up, 1, -1)[:, None].astype(dt), p.sign),
+        H=H,
+        corr=corr,
+        active=active,
+        tau=tau,
+        done=p.done | (run & end),
+        paused=p.paused | (run & join & ~(has_slot & ok)),
+        last_drop=jnp.where(rem, atom_i, jnp.where(add, -1, p.last_drop)),
+        steps=p.steps + 1,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("nonneg", "refine"))
+def _path_block(X, W, G, reg, p: _Path, min_running, max_steps, *, nonneg: bool, refine: int):
+    """Follow the path until at most ``min_running`` samples are running (or ``max_steps``
+    kinks), then refine the codes of the samples at ``τ = 1`` by Newton steps on their active
+    set in the highest available precision, and certify them by the duality gap there.
+
+    Returns ``(path, codes (B, F), gap (B,), objective (B,))`` (codes in ``X.dtype``)."""
+
+    def cond(q):
+        running = jnp.sum(~q.done & ~q.paused)
+        return (q.steps < max_steps) & (running > min_running)
+
+    p = jax.lax.while_loop(cond, functools.partial(_path_step, W=W, G=G, reg=reg, nonneg=nonneg), p)
+    hi = jnp.float64 if jax.config.read("jax_enable_x64") else X.dtype
+    B, K = p.occ.shape
+    F = W.shape[0]
+    Xh, Wh, regh = X.astype(hi), W.astype(hi), reg.astype(hi)
+    rows = jnp.arange(B)[:, None]
+    idx = jnp.where(p.occ, p.atom, F)
+
+    def full(cs):
+        return jnp.zeros((B, F), hi).at[rows, idx].set(cs, mode="drop")
+
+    cs = p.codes.astype(hi)
+    C = full(cs)
+    for _ in range(refine):  # W_A r = λ_A s_A on the active set
+        R = Xh - C @ Wh
+        g = jnp.take_along_axis(R @ Wh.T, idx % F, axis=1)
+        e = jnp.where(p.occ, g - regh[p.atom] * p.sign.astype(hi), 0)
+        cs = cs + jnp.einsum("bij,bj->bi", p.H.astype(hi), e)
+        cs = jnp.where(p.done[:, None], cs, p.codes.astype(hi))
+        C = full(cs)
+    C = C.astype(X.dtype)
+    Ch = C.astype(hi)
+    R = Xh - Ch @ Wh
+    gap, obj = _gap_from_residual(Ch, R, R @ Wh.T, regh, nonneg)
+    return p, C, gap.astype(X.dtype), obj.astype(X.dtype)
+
+
+def _homotopy(X, W, reg, tol, *, nonneg: bool, max_slots: int, max_kinks: int):
+    """The lasso path of every sample from ``c = 0`` down to ``λ`` (outside ``jit``), in blocks
+    that shrink as samples finish (as ``_solve_compacted``) and whose slot count ``K`` doubles,
+    from ``min(32, max_slots)``, for the samples whose active set outgrows it.
+
+    Returns ``(codes (B, F), gap (B,), objective (B,), certified (B,) bool, kinks)`` as NumPy
+    arrays and an int: the codes of a sample not certified (relative gap > ``tol``) are a warm
+    start for the iterations."""
+    B, F = X.shape[0], W.shape[0]
+    K = min(32, max_slots)
+    G = _gram(W)
+    p = _path_init(X, W, reg, K=K, nonneg=nonneg)
+    codes = np.zeros((B, F), X.dtype)
+    gap = np.zeros((B,), X.dtype)
+    obj = np.zeros((B,), X.dtype)
+    certified = np.zeros((B,), bool)
+    rows = np.arange(B)
+    Xb, kinks = X, 0
+    while True:
+        n = Xb.shape[0]
+        min_running = n // 2 if n >= COMPACT_MIN else 0
+        p, Cb, gb, ob = _path_block(
+            Xb,
+            W,
+            G,
+            reg,
+            p,
+            jnp.asarray(min_running, jnp.int32),
+            jnp.asarray(max_kinks, jnp.int32),
+            nonneg=nonneg,
+            refine=1,
+        )
+        m = len(rows)
+        kinks, done, paused = int(p.steps), np.asarray(p.done)[:m], np.asarray(p.paused)[:m]
+        codes[rows], gap[rows], obj[rows] = (
+            np.asarray(Cb)[:m],
+            np.asarray(gb)[:m],
+            np.asarray(ob)[:m],
+        )
+        rel = np.where(
+            obj[rows] > 0, gap[rows] / np.where(obj[rows] > 0, obj[rows], 1), gap[rows] > 0
+        )
+        certified[rows] = done & (rel <= tol)
+        grow = paused & ~done if max_slots > K else np.zeros_like(done)
+        left = np.flatnonzero(~done & (~paused | grow))
+        if len(left) == 0 or kinks >= max_kinks:
+            break
+        if grow.any():
+            K = min(2 * K, max_slots)
+        size = _bucket(len(left))
+        take = np.concatenate([left, np.full(size - len(left), left[0])])
+        rows = rows[left]
+        Xb, p = _path_take(Xb, p, jnp.asarray(take), len(left), K=K)
+    return codes, gap, obj, certified, kinks
+
+
+@functools.partial(jax.jit, static_argnames=("n", "K"))
+def _path_take(X, p: _Path, take, n: int, *, K: int) -> tuple[jax.Array, _Path]:
+    """The rows ``take`` of a block (the first ``n`` real, the rest frozen padding), with ``K``
+    slots (zero padding); paused samples resume."""
+    p = jax.tree_util.tree_map(lambda x: x[take] if x.ndim else x, p)
+    k = p.occ.shape[1]
+    pad2 = ((0, 0), (0, K - k))
+    pad = jnp.arange(take.shape[0]) >= n
+    p = p._replace(
+        codes=jnp.pad(p.codes, pad2),
+        atom=jnp.pad(p.atom, pad2),
+        occ=jnp.pad(p.occ, pad2),
+        sign=jnp.pad(p.sign, pad2),
+        H=jnp.pad(p.H, ((0, 0), (0, K - k), (0, K - k))),
+        done=p.done | pad,
+        paused=jnp.zeros_like(p.paused),
+    )
+    return X[take], p
+
+
+@jax.jit
+def _gram(W):
+    return W @ W.T
+
+
+def _solve_from_path(X, W, reg, step_size, tol, max_steps: int, **static) -> Solution:
+    """The homotopy for every sample, then the iterations (``_solve_compacted`` or one block,
+    zero-padded to a power of two) for the samples it did not certify, from its codes.
+    ``step_size``: ``None`` for ``1 / L``, computed only if iterations are needed."""
+    F, D = W.shape
+    max_slots = min(128, F, D)
+    codes, gap, obj, certified, kinks = _homotopy(
+        X,
+        W,
+        reg,
+        float(tol),
+        nonneg=static["nonneg"],
+        max_slots=max_slots,
+        max_kinks=4 * max_slots + 64,
+    )
+    left = np.flatnonzero(~certified)
+    steps = kinks
+    if len(left):
+        n = len(left)
+        size = n if n >= COMPACT_MIN else _bucket(n)
+        take = np.concatenate([left, np.full(size - n, left[0])])
+        real = (np.arange(size) < n)[:, None]
+        eta = _default_step(W, X.dtype) if step_size is None else step_size
+        sub = (
+            jnp.asarray(np.where(real, np.asarray(X)[take], 0)),
+            W,
+            reg,
+            jnp.asarray(np.where(real, codes[take], 0)),
+            eta,
+            tol,
+        )
+        if size >= COMPACT_MIN:
+            rest = _solve_compacted(*sub, max_steps=max_steps, **static)
+        else:
+            rest, _ = _solve_core(
+                *sub[:4],
+                None,
+                *sub[4:],
+                jnp.asarray(max_steps, jnp.int32),
+                jnp.asarray(0, jnp.int32),
+                **static,
+            )
+        codes[left] = np.asarray(rest.codes)[:n]
+        gap[left] = np.asarray(rest.gap)[:n]
+        obj[left] = np.asarray(rest.objective)[:n]
+        steps += int(rest.num_steps)
+    gap, obj = jnp.asarray(gap), jnp.asarray(obj)
+    return Solution(
+        codes=jnp.asarray(codes),
+        num_steps=jnp.asarray(steps, jnp.int32),
+        converged=jnp.all(relative_gap(gap, obj) <= tol),
+        objective=obj,
+        gap=gap,
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # implicit differentiation of the codes
 
 
@@ -619,8 +940,14 @@ _implicit_codes.defvjp(_implicit_fwd, _implicit_bwd)
 # public API
 
 
-def _prepare(X, W, reg, init, step_size):
-    """Validate; return 2-D arrays, the squeeze flag and the step size."""
+def _default_step(W: jax.Array, dtype) -> jax.Array:
+    """``1 / L``, the default step size."""
+    return jnp.asarray(1 / lipschitz_constant(jax.lax.stop_gradient(W)), dtype)
+
+
+def _prepare(X, W, reg, init, step_size, lazy: bool = False):
+    """Validate; return 2-D arrays, the squeeze flag and the step size (``None`` for the
+    default with ``lazy``: ``_default_step`` computes it when needed)."""
     X, W, reg, init = check_problem(X, W, reg, init)
     squeeze = X.ndim == 1
     if squeeze:
@@ -629,6 +956,8 @@ def _prepare(X, W, reg, init, step_size):
     if init is None:
         init = jnp.zeros((X.shape[0], W.shape[0]), X.dtype)
     if step_size is None:
+        if lazy:
+            return X, W, reg, init, None, squeeze
         step_size = 1 / lipschitz_constant(jax.lax.stop_gradient(W))
     else:
         step_size = check_array("step_size", step_size, ndim=0)
@@ -674,8 +1003,10 @@ def _solve(
     form,
     polish,
     max_support,
+    homotopy=False,
 ) -> Solution:
-    X, W, reg, init, eta, squeeze = _prepare(X, W, reg, init, step_size)
+    init_given = init is not None
+    X, W, reg, init, eta, squeeze = _prepare(X, W, reg, init, step_size, lazy=True)
     F, D = W.shape
     tol = default_tol(X.dtype) if tol is None else tol
     k = _check_options(
@@ -697,19 +1028,30 @@ def _solve(
         polish=polish,
         max_support=k,
     )
-    args = (sg(X), sg(W), sg(reg), sg(init), sg(eta), jnp.asarray(tol, X.dtype))
-    concrete = all(is_concrete(a) for a in (X, W, reg, init, eta, tol, max_steps))
-    if concrete and X.shape[0] >= COMPACT_MIN:
-        sol = _solve_compacted(*args, max_steps=int(max_steps), **static)
-    else:
-        sol, _ = _solve_core(
-            *args[:4],
-            None,
-            *args[4:],
-            jnp.asarray(max_steps, jnp.int32),
-            jnp.asarray(0, jnp.int32),
-            **static,
+    concrete = all(is_concrete(a) for a in (X, W, reg, init, tol, max_steps))
+    concrete = concrete and (eta is None or is_concrete(eta))
+    if homotopy is None:  # auto: the default solver, outside jit, from zero
+        homotopy = polish and init_given is False
+    homotopy = homotopy and concrete and int(max_steps) > 0 and bool(jnp.all(reg > 0))
+    tol_a = jnp.asarray(tol, X.dtype)
+    if homotopy:
+        sol = _solve_from_path(
+            sg(X), sg(W), sg(reg), eta, tol_a, max_steps=int(max_steps), **static
         )
+    else:
+        eta = _default_step(W, X.dtype) if eta is None else eta
+        args = (sg(X), sg(W), sg(reg), sg(init), sg(eta), tol_a)
+        if concrete and X.shape[0] >= COMPACT_MIN:
+            sol = _solve_compacted(*args, max_steps=int(max_steps), **static)
+        else:
+            sol, _ = _solve_core(
+                *args[:4],
+                None,
+                *args[4:],
+                jnp.asarray(max_steps, jnp.int32),
+                jnp.asarray(0, jnp.int32),
+                **static,
+            )
     codes = _implicit_codes(X, W, reg, sol.codes)
     sol = sol._replace(codes=codes)
     if squeeze:
@@ -732,6 +1074,7 @@ def fista(
     max_support: int | None = None,
     check_every: int = 10,
     form: Form = "auto",
+    homotopy: bool | None = None,
 ) -> Solution:
     """Solve the batched lasso ``min_C ½‖X − C W‖² + Σ_i λ_i |C_{·i}|`` by FISTA.
 
@@ -785,6 +1128,7 @@ def fista(
         form=form,
         polish=polish,
         max_support=max_support,
+        homotopy=homotopy,
     )
 
 
