@@ -335,3 +335,87 @@ def test_compacted_batch_matches_reference():
     ref = sklearn_lasso(Xb, Wb, reg)
     assert np.all(f <= lasso_objective_np(Xb, Wb, ref, reg) * (1 + 1e-10))
     np.testing.assert_allclose(sol.codes, ref, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- homotopy warm start
+
+
+def _check_optimal(sol, Xp, Wp, reg, tol, nonneg=False, ref=None):
+    """Certified, KKT on the float64 residual, and as good as ``ref`` codes (default:
+    scikit-learn's)."""
+    C = np.asarray(sol.codes, np.float64)
+    assert bool(sol.converged)
+    assert np.all(np.asarray(sol.gap) <= tol * np.asarray(sol.objective))
+    g = (Xp - C @ Wp) @ Wp.T
+    on = C != 0
+    slack = 1e-3 if sol.codes.dtype == np.float32 else 1e-6
+    if nonneg:
+        assert np.all(C >= 0) and np.all(g <= reg * (1 + slack))
+    else:
+        assert np.all(np.abs(g) <= reg * (1 + slack))
+    np.testing.assert_allclose(g[on], reg * (1.0 if nonneg else np.sign(C[on])), rtol=slack)
+    f = lasso_objective_np(Xp, Wp, C, reg)
+    ref = sklearn_lasso(Xp, Wp, reg, nonneg=nonneg) if ref is None else np.asarray(ref)
+    f_ref = lasso_objective_np(Xp, Wp, ref, reg)
+    assert np.all(f <= f_ref * (1 + 1e-6))
+
+
+@pytest.mark.parametrize("nonneg", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_homotopy_matches_iterations_and_sklearn(dtype, nonneg):
+    # the default path (homotopy, then iterations for what it does not certify) against the
+    # iterations alone, on a batch large enough to be compacted
+    Xb, Wb, reg = make_lasso_problem(3, B=solvers.COMPACT_MIN + 20, D=24, F=64)
+    tol = 1e-6 if dtype == np.float32 else 1e-10
+    args = (Xb.astype(dtype), Wb.astype(dtype), reg)
+    sol = solve_lasso(*args, nonneg=nonneg, tol=tol)
+    assert sol.codes.dtype == dtype
+    _check_optimal(sol, Xb, Wb, reg, tol, nonneg)
+    its = fista(*args, nonneg=nonneg, tol=tol, max_steps=20000, homotopy=False)
+    atol = 1e-4 if dtype == np.float32 else 1e-7
+    np.testing.assert_allclose(sol.codes, its.codes, atol=atol)
+
+
+def test_homotopy_grows_its_active_set_slots():
+    # supports larger than the first block's 32 slots: the samples move to 64 slots
+    Xb, Wb, reg = make_lasso_problem(4, B=40, D=64, F=128, nnz=(40, 60), reg_frac=0.01)
+    *_, certified, kinks = solvers._homotopy(
+        jnp.asarray(Xb),
+        jnp.asarray(Wb),
+        jnp.full((128,), reg),
+        1e-10,
+        nonneg=False,
+        max_slots=64,
+        max_kinks=1000,
+    )
+    assert np.all(certified) and kinks > 32
+    sol = solve_lasso(Xb, Wb, reg, tol=1e-10)
+    assert np.max(np.sum(np.asarray(sol.codes) != 0, axis=1)) > 32
+    # (scikit-learn's coordinate descent does not converge on these supports)
+    ref = fista(Xb, Wb, reg, tol=1e-12, max_steps=50000, homotopy=False)
+    _check_optimal(sol, Xb, Wb, reg, 1e-10, ref=ref.codes)
+
+
+def test_homotopy_hands_over_to_the_iterations():
+    # a repeated atom makes the active set's Gram singular: the homotopy stops for the samples
+    # that need both copies and the iterations finish them; a zero λ turns the homotopy off
+    Xb, Wb, reg = make_lasso_problem(5, B=30, D=16, F=40)
+    Wd = np.concatenate([Wb, Wb[:1]])
+    lam = np.full((41,), reg)
+    *_, certified, _ = solvers._homotopy(
+        jnp.asarray(Xb),
+        jnp.asarray(Wd),
+        jnp.asarray(lam),
+        1e-10,
+        nonneg=False,
+        max_slots=16,
+        max_kinks=1000,
+    )
+    assert not np.all(certified)
+    sol = solve_lasso(Xb, Wd, lam, tol=1e-10)
+    assert int(sol.num_steps) > 0
+    _check_optimal(sol, Xb, Wd, reg, 1e-10)
+    lam[3] = 0
+    sol = solve_lasso(Xb, Wd, lam, tol=1e-10)
+    ref = fista(Xb, Wd, lam, tol=1e-10, homotopy=False)
+    np.testing.assert_allclose(sol.codes, ref.codes)

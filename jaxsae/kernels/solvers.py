@@ -567,6 +567,7 @@ class _Path(NamedTuple):
     occ: jax.Array  # (B, K) bool, slot occupied
     sign: jax.Array  # (B, K) sign of the slot's code on the current segment of the path
     H: jax.Array  # (B, K, K) inverse Gram of the occupied slots, zero elsewhere
+    d: jax.Array  # (B, K) direction H (λ s) of the codes in the slots
     corr: jax.Array  # (B, F) correlations W r of the residual
     active: jax.Array  # (B, F) bool, atom in the active set
     tau: jax.Array  # (B,) path parameter: the penalty is τ λ, from max_i |g_i|/λ_i down to 1
@@ -590,6 +591,7 @@ def _path_init(X, W, reg, *, K: int, nonneg: bool) -> _Path:
         occ=jnp.zeros((B, K), bool),
         sign=zk,
         H=jnp.zeros((B, K, K), X.dtype),
+        d=zk,
         corr=g,
         active=jnp.zeros((B, F), bool),
         tau=jnp.maximum(tau, 1),
@@ -601,11 +603,9 @@ def _path_init(X, W, reg, *, K: int, nonneg: bool) -> _Path:
 
 
 def _argmin(t: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(argmin, min)`` over the last axis by two plain reductions (a variadic argmin
-    reduction is slow on a CPU); the first index among ties."""
-    m = jnp.min(t, axis=-1)
-    iota = jnp.arange(t.shape[-1], dtype=jnp.int32)[None, :]
-    return jnp.min(jnp.where(t == m[:, None], iota, t.shape[-1]), axis=-1) % t.shape[-1], m
+    """``(argmin, min)`` of ``t (B, n)`` over the last axis."""
+    i = jnp.argmin(t, axis=-1).astype(jnp.int32)
+    return i, jnp.take_along_axis(t, i[:, None], 1)[:, 0]
 
 
 def _path_step(p: _Path, W, G, reg, *, nonneg: bool) -> _Path:
@@ -614,14 +614,14 @@ def _path_step(p: _Path, W, G, reg, *, nonneg: bool) -> _Path:
     On the active set ``A`` with signs ``s``, ``c_A(τ − δ) = c_A(τ) + δ d``, ``d = G_AA⁻¹ (λ s)_A``,
     and ``g(τ − δ) = g(τ) − δ a``, ``a = G_{·A} d``. ``δ`` is the first event: an inactive atom
     reaches ``|g_j| = (τ − δ) λ_j`` (it joins), an active code reaches zero (it leaves), or
-    ``τ − δ = 1`` (the end). ``G_AA⁻¹`` is kept up to date by rank-one updates."""
+    ``τ − δ = 1`` (the end). ``G_AA⁻¹`` and ``d`` are kept up to date by rank-one updates
+    (one pass over ``G_AA⁻¹`` to update it, one to find the Schur complement of a new atom)."""
     B, K = p.occ.shape
     F = W.shape[0]
     dt = p.codes.dtype
     run = ~p.done & ~p.paused
     rows = jnp.arange(B)[:, None]
-    w = jnp.where(p.occ, reg[p.atom] * p.sign, 0)
-    d = jnp.einsum("bij,bj->bi", p.H, w)
+    d = p.d
     idx = jnp.where(p.occ, p.atom, F)
     d_full = jnp.zeros((B, F), dt).at[rows, idx].set(d, mode="drop")
     a = (d_full @ W) @ W.T
@@ -666,7 +666,7 @@ def _path_step(p: _Path, W, G, reg, *, nonneg: bool) -> _Path:
     add = run & join & has_slot & ok
     rem = run & drop
     e_p = jax.nn.one_hot(slot, K, dtype=dt)
-    h = jnp.take_along_axis(p.H, i[:, None, None], axis=2)[:, :, 0]
+    h = jnp.take_along_axis(p.H, i[:, None, None], axis=1)[:, 0, :]  # (symmetric) column i
     hii = jnp.take_along_axis(h, i[:, None], 1)[:, 0]
     v = jnp.where(add[:, None], u - e_p, jnp.where(rem[:, None], h, 0))
     coef = jnp.where(
@@ -682,14 +682,24 @@ def _path_step(p: _Path, W, G, reg, *, nonneg: bool) -> _Path:
     new = (jnp.arange(K)[None, :] == slot[:, None]) & add[:, None]
     codes = jnp.where(gone | new, 0, codes)
     atom_i = jnp.take_along_axis(p.atom, i[:, None], 1)[:, 0]
+    occ = (p.occ & keep) | new
+    atom = jnp.where(new, j[:, None], p.atom)
+    sign = jnp.where(new, jnp.where(up, 1, -1)[:, None].astype(dt), p.sign)
+    # the new direction H' w' without a pass over H: H w' = d (+ nothing for a free slot,
+    # − w_i h for a dropped slot i), then the rank-one term
+    w_new = jnp.where(occ, reg[atom] * sign, 0)
+    w_i = jnp.take_along_axis(reg[p.atom] * p.sign, i[:, None], 1)[:, 0]
+    base = d - jnp.where(rem, w_i, 0)[:, None] * h
+    d_new = jnp.where(keep, base + (coef * jnp.sum(v * w_new, axis=-1))[:, None] * v, 0)
     active = p.active.at[rows[:, 0], jnp.where(rem, atom_i, F)].set(False, mode="drop")
     active = active.at[rows[:, 0], jnp.where(add, j, F)].set(True, mode="drop")
     return p._replace(
         codes=codes,
-        atom=jnp.where(new, j[:, None], p.atom),
-        occ=(p.occ & keep) | new,
-        sign=jnp.where(new, jnp.where(up, 1, -1)[:, None].astype(dt), p.sign),
+        atom=atom,
+        occ=occ,
+        sign=sign,
         H=H,
+        d=d_new,
         corr=corr,
         active=active,
         tau=tau,
@@ -700,43 +710,44 @@ def _path_step(p: _Path, W, G, reg, *, nonneg: bool) -> _Path:
     )
 
 
-@functools.partial(jax.jit, static_argnames=("nonneg", "refine"))
-def _path_block(X, W, G, reg, p: _Path, min_running, max_steps, *, nonneg: bool, refine: int):
+@functools.partial(jax.jit, static_argnames="nonneg")
+def _path_block(X, W, G, reg, p: _Path, min_running, max_steps, *, nonneg: bool) -> _Path:
     """Follow the path until at most ``min_running`` samples are running (or ``max_steps``
-    kinks), then refine the codes of the samples at ``τ = 1`` by Newton steps on their active
-    set in the highest available precision, and certify them by the duality gap there.
-
-    Returns ``(path, codes (B, F), gap (B,), objective (B,))`` (codes in ``X.dtype``)."""
+    kinks in all)."""
 
     def cond(q):
         running = jnp.sum(~q.done & ~q.paused)
         return (q.steps < max_steps) & (running > min_running)
 
-    p = jax.lax.while_loop(cond, functools.partial(_path_step, W=W, G=G, reg=reg, nonneg=nonneg), p)
-    hi = jnp.float64 if jax.config.read("jax_enable_x64") else X.dtype
-    B, K = p.occ.shape
-    F = W.shape[0]
-    Xh, Wh, regh = X.astype(hi), W.astype(hi), reg.astype(hi)
+    step = functools.partial(_path_step, W=W, G=G, reg=reg, nonneg=nonneg)
+    return jax.lax.while_loop(cond, step, p)
+
+
+@functools.partial(jax.jit, static_argnames=("nonneg", "refine"))
+def _path_finish(X, W, reg, p: _Path, take, *, nonneg: bool, refine: int):
+    """The codes of the rows ``take`` of a block; those of the samples at ``τ = 1`` refined by
+    Newton steps on their active set (``c_A += G_AA⁻¹ (W_A r − λ_A s_A)``, undoing the drift of
+    the incremental updates), and the duality gaps in the highest available precision (float64
+    when x64 is enabled).
+
+    Returns ``(codes (n, F), gap (n,), objective (n,))`` in ``X.dtype``, ``n = len(take)``."""
+    X = X[take]
+    cs0, atom, occ, sign, H, done = (x[take] for x in (p.codes, p.atom, p.occ, p.sign, p.H, p.done))
+    B, F = X.shape[0], W.shape[0]
     rows = jnp.arange(B)[:, None]
-    idx = jnp.where(p.occ, p.atom, F)
-
-    def full(cs):
-        return jnp.zeros((B, F), hi).at[rows, idx].set(cs, mode="drop")
-
-    cs = p.codes.astype(hi)
-    C = full(cs)
+    idx = jnp.where(occ, atom, F)
+    cs = cs0
+    C = jnp.zeros((B, F), X.dtype).at[rows, idx].set(cs, mode="drop")
     for _ in range(refine):  # W_A r = λ_A s_A on the active set
-        R = Xh - C @ Wh
-        g = jnp.take_along_axis(R @ Wh.T, idx % F, axis=1)
-        e = jnp.where(p.occ, g - regh[p.atom] * p.sign.astype(hi), 0)
-        cs = cs + jnp.einsum("bij,bj->bi", p.H.astype(hi), e)
-        cs = jnp.where(p.done[:, None], cs, p.codes.astype(hi))
-        C = full(cs)
-    C = C.astype(X.dtype)
-    Ch = C.astype(hi)
-    R = Xh - Ch @ Wh
-    gap, obj = _gap_from_residual(Ch, R, R @ Wh.T, regh, nonneg)
-    return p, C, gap.astype(X.dtype), obj.astype(X.dtype)
+        g = jnp.take_along_axis((X - C @ W) @ W.T, idx % F, axis=1)
+        e = jnp.where(occ, g - reg[atom] * sign, 0)
+        cs = jnp.where(done[:, None], cs + jnp.einsum("bij,bj->bi", H, e), cs0)
+        C = jnp.zeros((B, F), X.dtype).at[rows, idx].set(cs, mode="drop")
+    hi = jnp.float64 if jax.config.read("jax_enable_x64") else X.dtype
+    Ch, Wh = C.astype(hi), W.astype(hi)
+    R = X.astype(hi) - Ch @ Wh
+    gap, obj = _gap_from_residual(Ch, R, R @ Wh.T, reg.astype(hi), nonneg)
+    return C, gap.astype(X.dtype), obj.astype(X.dtype)
 
 
 def _homotopy(X, W, reg, tol, *, nonneg: bool, max_slots: int, max_kinks: int):
@@ -760,7 +771,7 @@ def _homotopy(X, W, reg, tol, *, nonneg: bool, max_slots: int, max_kinks: int):
     while True:
         n = Xb.shape[0]
         min_running = n // 2 if n >= COMPACT_MIN else 0
-        p, Cb, gb, ob = _path_block(
+        p = _path_block(
             Xb,
             W,
             G,
@@ -769,22 +780,28 @@ def _homotopy(X, W, reg, tol, *, nonneg: bool, max_slots: int, max_kinks: int):
             jnp.asarray(min_running, jnp.int32),
             jnp.asarray(max_kinks, jnp.int32),
             nonneg=nonneg,
-            refine=1,
         )
         m = len(rows)
         kinks, done, paused = int(p.steps), np.asarray(p.done)[:m], np.asarray(p.paused)[:m]
-        codes[rows], gap[rows], obj[rows] = (
-            np.asarray(Cb)[:m],
-            np.asarray(gb)[:m],
-            np.asarray(ob)[:m],
-        )
-        rel = np.where(
-            obj[rows] > 0, gap[rows] / np.where(obj[rows] > 0, obj[rows], 1), gap[rows] > 0
-        )
-        certified[rows] = done & (rel <= tol)
         grow = paused & ~done if max_slots > K else np.zeros_like(done)
         left = np.flatnonzero(~done & (~paused | grow))
-        if len(left) == 0 or kinks >= max_kinks:
+        last = len(left) == 0 or kinks >= max_kinks
+        # the codes of the samples that leave: done, out of slots, or after the last block
+        stay = np.zeros((m,), bool)
+        stay[left] = not last
+        out = np.flatnonzero(~stay)
+        if len(out):
+            take = np.concatenate([out, np.full(_bucket(len(out)) - len(out), out[0])])
+            Cb, gb, ob = _path_finish(Xb, W, reg, p, jnp.asarray(take), nonneg=nonneg, refine=1)
+            n_out, r = len(out), rows[out]
+            codes[r], gap[r], obj[r] = (
+                np.asarray(Cb)[:n_out],
+                np.asarray(gb)[:n_out],
+                np.asarray(ob)[:n_out],
+            )
+            rel = np.where(obj[r] > 0, gap[r] / np.where(obj[r] > 0, obj[r], 1), gap[r] > 0)
+            certified[r] = done[out] & (rel <= tol)
+        if last:
             break
         if grow.any():
             K = min(2 * K, max_slots)
@@ -805,6 +822,7 @@ def _path_take(X, p: _Path, take, n: int, *, K: int) -> tuple[jax.Array, _Path]:
     pad = jnp.arange(take.shape[0]) >= n
     p = p._replace(
         codes=jnp.pad(p.codes, pad2),
+        d=jnp.pad(p.d, pad2),
         atom=jnp.pad(p.atom, pad2),
         occ=jnp.pad(p.occ, pad2),
         sign=jnp.pad(p.sign, pad2),
