@@ -10,8 +10,12 @@ gradient, gradient-norm clipping at 1 and an Adam update.
 * ``torch L1``: the same L1 SAE in plain PyTorch (autograd, ``clip_grad_norm_``,
   ``torch.optim.Adam``), ``torch.set_num_threads(2)``; ``torch.compile`` of it with
   ``--torch-compile``.
-* ``SAELens L1``: SAELens' ``StandardTrainingSAE.training_forward_pass`` (the same loss, with
-  ``apply_b_dec_to_input=False``), backward, clip, Adam — when ``sae_lens`` is installed.
+* ``SAELens L1``: one step of SAELens' own trainer, ``SAETrainer.step`` (what ``SAETrainer.fit``
+  runs per batch: ``StandardTrainingSAE.training_forward_pass`` with ``apply_b_dec_to_input=False``,
+  its dead-feature and firing-frequency bookkeeping, backward, clip, Adam, the LR and coefficient
+  schedulers) — when ``sae_lens`` is installed. ``SAELens fwd/bwd`` times the bare
+  ``training_forward_pass`` + backward + clip + Adam without the trainer's bookkeeping, which is
+  less than the jaxsae step does (that one also updates dead-feature counters and metrics).
 * ``jaxsae TopK`` (k = 64, AuxK over the dead mask of the state) and ``torch TopK`` (dense
   decode through the full ``(batch, d_sae)`` codes, autograd, Adam).
 
@@ -155,9 +159,8 @@ def torch_step(d_in: int, d_sae: int, x: np.ndarray, arch: str, compile_: bool =
     return run
 
 
-def saelens_step(d_in: int, d_sae: int, x: np.ndarray):
+def _saelens_sae(d_in: int, d_sae: int):
     import torch
-    from sae_lens.saes.sae import TrainStepInput
     from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
 
     torch.set_num_threads(2)
@@ -169,7 +172,40 @@ def saelens_step(d_in: int, d_sae: int, x: np.ndarray):
         l1_coefficient=L1_COEFF,
         apply_b_dec_to_input=False,
     )
-    sae = StandardTrainingSAE(cfg)
+    return StandardTrainingSAE(cfg)
+
+
+def saelens_trainer_step(d_in: int, d_sae: int, x: np.ndarray):
+    """One ``SAETrainer.step`` of SAELens (its own train step, as ``fit`` calls it)."""
+    import torch
+    from sae_lens.config import SAETrainerConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    sae = _saelens_sae(d_in, d_sae)
+    cfg = SAETrainerConfig(
+        total_training_samples=10_000 * BATCH,
+        train_batch_size_samples=BATCH,
+        lr=LR,
+        lr_end=LR,
+        device="cpu",
+    )
+    trainer = SAETrainer(cfg, sae, data_provider=iter(()))
+    xt = torch.from_numpy(x)
+
+    def run():
+        out = trainer.step(xt)
+        trainer.n_training_steps += 1
+        return out.loss.item()
+
+    return run
+
+
+def saelens_step(d_in: int, d_sae: int, x: np.ndarray):
+    """SAELens' ``training_forward_pass`` + backward + clip + Adam, without its trainer."""
+    import torch
+    from sae_lens.saes.sae import TrainStepInput
+
+    sae = _saelens_sae(d_in, d_sae)
     opt = torch.optim.Adam(sae.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8)
     xt = torch.from_numpy(x)
     box = {"t": 0}
@@ -241,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.torch_compile:
             fns["torch.compile L1"] = torch_step(d_in, d_sae, x, "l1", compile_=True)
         if have_saelens:
-            fns["SAELens L1"] = saelens_step(d_in, d_sae, x)
+            fns["SAELens L1"] = saelens_trainer_step(d_in, d_sae, x)
+            fns["SAELens fwd/bwd"] = saelens_step(d_in, d_sae, x)
         if not args.no_topk:
             fns["jaxsae TopK"] = jaxsae_step(d_in, d_sae, x, "topk")
             fns["torch TopK"] = torch_step(d_in, d_sae, x, "topk")
@@ -259,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             rows.append((d_in, d_sae, name, t, tps, tps / ceiling, vs))
         if have_saelens and "SAELens L1" in times:
-            print(f"jaxsae L1 / SAELens L1: {times['SAELens L1'] / times['jaxsae L1']:.2f}x")
+            for name in ("SAELens L1", "SAELens fwd/bwd"):
+                if name in times:
+                    print(f"jaxsae L1 vs {name}: {times[name] / times['jaxsae L1']:.2f}x")
 
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
