@@ -80,7 +80,7 @@ def test_matches_numpy_reference_in_a_padded_batch(tiny_params):
         assert rel_err(hs[:, b, :n], ref) < 1e-5
 
 
-@pytest.mark.parametrize("T", [7, 300])  # 300: blocks of fewer heads than H (g·T² ≤ 2²⁰)
+@pytest.mark.parametrize("T", [7, 300])  # 300: blocks of fewer heads than H (g·T² ≤ 2¹⁹)
 def test_blocked_attention_equals_xla_attention(T):
     rng = np.random.default_rng(0)
     B, H, D = 2, 20, 16
