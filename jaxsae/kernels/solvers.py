@@ -1,4 +1,4 @@
-"""Batched lasso solvers: ISTA and FISTA (adaptive restart, support polish), trace mode, gradients.
+"""Batched lasso solvers: homotopy, ISTA and FISTA (restart, support polish), trace mode, gradients.
 
 Every sample ``b`` of ``X (B, D)`` gets its own lasso problem on the shared dictionary
 ``W (F, D)`` (row ``i`` = atom ``i``, the layout of an SAE's ``W_dec``):
@@ -13,7 +13,24 @@ ISTA has ``β = 0``; FISTA has Beck–Teboulle momentum ``β_k = (t_k − 1)/t_{
 (1 + √(1 + 4t_k²))/2``, with ``t`` per sample, and optionally O'Donoghue–Candès adaptive restart
 (``t ← 1`` for a sample whose step goes uphill). One driver serves both (``_solve_core``).
 
+The default (``solve_lasso``: ``fista`` with ``polish``, from zero, outside ``jit``) first
+follows each sample's lasso path (homotopy / LARS-lasso, Efron et al. 2004; the method of SPAMS
+and ``lasso_lars``) from ``c = 0`` down to ``λ``: the solution is piecewise linear in the
+penalty, so a sample whose support ends with ``k`` atoms needs about ``k`` kinks, each one
+matmul pair over ``F`` (the correlations) where FISTA needs tens to hundreds of iterations.
+Samples the path certifies (duality gap ``≤ tol``) are final; the others (active set out of
+slots, singular Gram, too many kinks) continue by FISTA from the path's codes
+(``_solve_from_path``).
+
 Implementation notes:
+  * Homotopy (``_path_step``): per sample, the active set lives in ``K`` slots with the inverse
+    of its Gram matrix ``G_AA⁻¹ (B, K, K)`` and the direction ``d = G_AA⁻¹ (λ s)_A``, both
+    updated by rank-one formulas when an atom joins (Schur complement) or leaves; each kink
+    costs ``(d W) Wᵀ`` for the correlations' direction and ``O(F + K²)`` per sample besides.
+    Blocks shrink as samples finish and ``K`` doubles (from 32, up to ``min(128, D, F)``) for
+    the samples whose support outgrows it (``_homotopy``). The codes of a finished sample get
+    one Newton step on their support (undoing the drift of the incremental updates) and are
+    certified by the duality gap in float64 when x64 is enabled (``_path_finish``).
   * The iteration is written on the products ``C W`` (*direct* form, ``4·B·D·F`` flops per
     iteration) or ``C G`` with ``G = W Wᵀ`` (*Gram* form, ``2·B·F²``); ``form="auto"`` takes the
     cheaper (Gram iff ``F < 2D``). The product of ``Y`` is a linear combination of those of
@@ -44,6 +61,9 @@ Implementation notes:
     (envelope theorem): ``∇_W min_C P = ∇_W P(C*)``.
 
 References:
+  B. Efron, T. Hastie, I. Johnstone, R. Tibshirani. Least angle regression. Annals of
+  Statistics, 2004. M. Osborne, B. Presnell, B. Turlach. A new approach to variable selection
+  in least squares problems. IMA J. Numerical Analysis, 2000.
   A. Beck, M. Teboulle. A fast iterative shrinkage-thresholding algorithm for linear inverse
   problems. SIAM J. Imaging Sciences, 2009.
   B. O'Donoghue, E. Candès. Adaptive restart for accelerated gradient schemes. Found. Comput.
@@ -97,7 +117,8 @@ class Solution(NamedTuple):
     Attributes:
       codes: ``(B, F)`` codes (``(F,)`` for a single input). Differentiable w.r.t. ``X``, ``W``
         and ``reg`` by implicit differentiation (reverse mode).
-      num_steps: scalar int, iterations run (the same for the whole batch).
+      num_steps: scalar int, iterations run (the same for the whole batch); with the homotopy,
+        the kinks of the longest path plus the FISTA iterations that followed, if any.
       converged: scalar bool, every sample's relative duality gap ``gap / objective ≤ tol``.
       objective: ``(B,)`` per-sample ``½‖x − c W‖² + Σ_i λ_i |c_i|``.
       gap: ``(B,)`` per-sample *absolute* duality gap, a certified bound on
@@ -1119,6 +1140,11 @@ def fista(
         or ``max_steps``).
       form: ``"direct"`` (``C W``, ``Wᵀ`` products), ``"gram"`` (``G = W Wᵀ``) or ``"auto"``
         (Gram iff ``F < 2D``).
+      homotopy: follow each sample's lasso path from zero first and iterate only for the
+        samples it does not certify (see the module docstring). ``None`` (default): on when
+        ``polish`` is, ``init`` is not given and the call is not traced (``jit``/``vmap``), and
+        every ``λ_i > 0``. ``True`` forces it with ``init`` too (the path starts from zero);
+        traced calls, ``max_steps=0`` and a zero ``λ_i`` always use the iterations alone.
 
     Returns:
       ``Solution(codes (B, F), num_steps, converged, objective (B,), gap (B,))``; see
