@@ -309,8 +309,8 @@ def attention(
 
     Args:
       q, k, v: ``(B, T, H, head_dim)``.
-      allowed: ``(B, T, T)`` bool, true where query ``t`` may attend to key ``s``; every query
-        must have at least one allowed key.
+      allowed: ``(B, T, T)`` bool, true where query ``t`` may attend to key ``s``; a query with
+        no allowed key (padding) gets a meaningless output.
       impl: ``"blocked"`` (cache-sized blocks of heads under ``lax.map``, the fast path on CPUs),
         ``"xla"`` (``jax.nn.dot_product_attention``, for GPUs and TPUs), or ``None``: blocked
         when JAX's default backend is the CPU, else xla.
