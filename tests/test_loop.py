@@ -256,6 +256,7 @@ def test_keyboard_interrupt_saves_a_checkpoint(uninterrupted, tmp_path, monkeypa
         return real(step)
 
     monkeypatch.setattr(loader, "batch_at", interrupt_at_5)
+    before = signal.getsignal(signal.SIGINT)  # SIG_IGN when the tests run as a background job
     with pytest.raises(KeyboardInterrupt):
         train(
             CFG, loader, tmp_path, devices=jax.devices()[:1], checkpoint_every=100, progress=False
@@ -263,7 +264,7 @@ def test_keyboard_interrupt_saves_a_checkpoint(uninterrupted, tmp_path, monkeypa
     want = 5 if how == "exception" else 6
     ck = load_checkpoint(tmp_path / "checkpoints", jax.eval_shape(lambda: init_state(CFG)))
     assert ck.step == want and ck.data_state["position"] == want and int(ck.state.step) == want
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is before  # the caller's handler restored
     if how == "sigint":  # resuming finishes the run like an uninterrupted one (1 device here)
         loader = Loader(_data(), 32, seed=0)
         params, _ = train(CFG, loader, tmp_path, devices=jax.devices()[:1], progress=False)
