@@ -185,10 +185,32 @@ def load_torch_file(path: str | os.PathLike) -> Any:
     """
     path = Path(path)
     if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head.startswith(b"PK"):  # a zip's local header without its central directory
+            found = "a damaged or truncated zip archive"
+            fix = "download or copy it again"
+        elif head[:1] == b"\x80":  # a pickle stream: torch's legacy (pre-1.6) format
+            found = "torch's legacy (pre-1.6) format"
+            fix = "re-save it with a recent torch, or convert it to safetensors"
+        else:
+            found = f"a file starting with {head!r}" if head else "an empty file"
+            fix = "give the checkpoint file itself"
         raise ValueError(
-            f"{path}: expected a torch zip archive (torch.save since torch 1.6), found another "
-            "format; re-save it with a recent torch, or convert it to safetensors"
+            f"{path}: expected a torch zip archive (torch.save since torch 1.6), found {found}; "
+            f"{fix}"
         )
+    try:
+        return _load_torch_zip(path)
+    except (zipfile.BadZipFile, EOFError, pickle.UnpicklingError) as err:
+        if isinstance(err, UnsafeCheckpointError):
+            raise UnsafeCheckpointError(f"{path}: {err}") from err
+        raise ValueError(
+            f"{path}: damaged torch checkpoint ({err}); download or copy it again"
+        ) from err
+
+
+def _load_torch_zip(path: Path) -> Any:
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
         pkl = [n for n in names if n.endswith("data.pkl")]
@@ -214,7 +236,15 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if path.suffix == ".safetensors":
         from safetensors.numpy import load_file
 
-        return dict(load_file(str(path)))
+        try:
+            return dict(load_file(str(path)))
+        except Exception as err:  # safetensors raises its own SafetensorError
+            if type(err).__name__ != "SafetensorError" and not isinstance(err, ValueError):
+                raise
+            raise ValueError(
+                f"{path}: expected a safetensors file, found an unreadable one ({err}); it may "
+                "be truncated or damaged: download or copy it again"
+            ) from err
     obj = load_torch_file(path)
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]
@@ -470,7 +500,10 @@ def load_esm2(path: str | os.PathLike) -> tuple[ESM2Config, ESM2Params]:
     elif path.is_file():
         hf_dir, weights = path.parent, path
     else:
-        raise FileNotFoundError(f"{path}: no such checkpoint file or directory")
+        raise FileNotFoundError(
+            f"{path}: expected an ESM-2 checkpoint (a Hugging Face directory or a fair-esm .pt "
+            "file), found no such checkpoint file or directory"
+        )
     if (hf_dir / "config.json").is_file() and weights.suffix in (".safetensors", ".bin"):
         cfg = json.loads((hf_dir / "config.json").read_text())
         config = config_from_hf(cfg, name=cfg.get("_name_or_path") or hf_dir.name)
