@@ -54,6 +54,7 @@ def env(tmp_path_factory):
     for name, data in {
         "trunc_st": blob[: len(blob) // 2],
         "garbled_st": blob[:8] + bytes(range(256)) * 4 + blob[8 + 1024 :],
+        "garbled_st_data": blob[:-4096] + b"\xff" * 4096,
     }.items():
         d = root / name
         d.mkdir()
@@ -133,6 +134,9 @@ CASES = [
      r"model.safetensors: expected a safetensors file.*truncated or damaged"),
     ("safetensors-garbled", ["extract", "--fasta", "{u}/good.fasta", "--model", "{u}/garbled_st"],
      r"model.safetensors: expected a safetensors file"),
+    ("safetensors-garbled-data",
+     ["extract", "--fasta", "{u}/good.fasta", "--model", "{u}/garbled_st_data"],
+     r"model.safetensors: expected finite weights, found NaN/inf in .*damaged"),
     ("bin-truncated", ["extract", "--fasta", "{u}/good.fasta", "--model", "{u}/trunc_bin"],
      r"pytorch_model.bin: expected a torch zip .*found a damaged or truncated zip archive"),
     ("bin-garbled", ["extract", "--fasta", "{u}/good.fasta", "--model", "{u}/garbled_bin"],

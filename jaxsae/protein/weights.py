@@ -466,6 +466,19 @@ def _fair_esm_config(ckpt: dict, sd: dict[str, np.ndarray], name: str) -> ESM2Co
     )
 
 
+def _finite(params: ESM2Params, path: Path) -> ESM2Params:
+    """``params``, or a ``ValueError`` naming the tensors with NaN/inf (a damaged file)."""
+    arrays = {k: v for k, v in params._asdict().items() if k != "layers"}
+    arrays.update({f"layers.{k}": v for k, v in params.layers._asdict().items()})
+    bad = [k for k, v in arrays.items() if not np.isfinite(v).all()]
+    if bad:
+        raise ValueError(
+            f"{path}: expected finite weights, found NaN/inf in {', '.join(bad)}; the file is "
+            "probably damaged: download or copy it again"
+        )
+    return params
+
+
 def load_esm2(path: str | os.PathLike) -> tuple[ESM2Config, ESM2Params]:
     """Load an ESM-2 checkpoint (see the module docstring for the formats), without torch.
 
@@ -507,14 +520,14 @@ def load_esm2(path: str | os.PathLike) -> tuple[ESM2Config, ESM2Params]:
     if (hf_dir / "config.json").is_file() and weights.suffix in (".safetensors", ".bin"):
         cfg = json.loads((hf_dir / "config.json").read_text())
         config = config_from_hf(cfg, name=cfg.get("_name_or_path") or hf_dir.name)
-        return config, params_from_hf_state_dict(load_state_dict(weights), config)
+        return config, _finite(params_from_hf_state_dict(load_state_dict(weights), config), weights)
     ckpt = load_torch_file(weights)
     if not isinstance(ckpt, dict):
         raise ValueError(f"{weights}: expected a checkpoint dict, found {type(ckpt).__name__}")
     sd = ckpt["model"] if isinstance(ckpt.get("model"), dict) else ckpt
     sd = {k: v for k, v in sd.items() if isinstance(v, np.ndarray)}
     config = _fair_esm_config(ckpt, sd, name=weights.stem)
-    return config, params_from_fair_esm_state_dict(sd, config)
+    return config, _finite(params_from_fair_esm_state_dict(sd, config), weights)
 
 
 def save_esm2_hf(params: ESM2Params, config: ESM2Config, out_dir: str | os.PathLike) -> Path:
