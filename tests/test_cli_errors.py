@@ -60,6 +60,9 @@ def env(tmp_path_factory):
         d.mkdir()
         (d / "config.json").write_bytes((hf / "config.json").read_bytes())
         (d / "model.safetensors").write_bytes(data)
+    (root / "bad_config").mkdir()
+    (root / "bad_config" / "config.json").write_text('{"model_type": "esm", ')
+    (root / "bad_config" / "model.safetensors").write_bytes(blob)
     # a torch zip checkpoint, then truncated / with a garbled entry
     _write_torch_zip(root / "full.bin", {"x": 1, "pad": "A" * 4000})
     zbytes = (root / "full.bin").read_bytes()
@@ -95,6 +98,8 @@ def env(tmp_path_factory):
     for f in ("shard_00000.npy", "index_00000.npy"):
         (root / "partial" / f).write_bytes((root / "acts" / "layer_1" / f).read_bytes())
     save_saelens(root / "sae8", init_params(jax.random.key(1), 8, 32))
+    save_saelens(root / "sae_bad_cfg", init_params(jax.random.key(1), 16, 32))
+    (root / "sae_bad_cfg" / "cfg.json").write_bytes(b"\x00garbage")
 
     rng = np.random.default_rng(0)
     np.save(root / "X.npy", rng.normal(size=(32, 20)).astype(np.float32))
@@ -137,6 +142,8 @@ CASES = [
     ("safetensors-garbled-data",
      ["extract", "--fasta", "{u}/good.fasta", "--model", "{u}/garbled_st_data"],
      r"model.safetensors: expected finite weights, found NaN/inf in .*damaged"),
+    ("config-garbled", ["extract", "--fasta", "{u}/good.fasta", "--model", "{u}/bad_config"],
+     r"config.json: expected a JSON model configuration, found unreadable content"),
     ("bin-truncated", ["extract", "--fasta", "{u}/good.fasta", "--model", "{u}/trunc_bin"],
      r"pytorch_model.bin: expected a torch zip .*found a damaged or truncated zip archive"),
     ("bin-garbled", ["extract", "--fasta", "{u}/good.fasta", "--model", "{u}/garbled_bin"],
@@ -156,6 +163,10 @@ CASES = [
      r"incomplete.*re-run `jaxsae extract` with the same arguments"),
     ("sae-missing", ["interpret", "{u}/acts/layer_1", "{u}/nope"],
      r"expected sae_weights.safetensors"),
+    ("sae-cfg-garbled", ["interpret", "{u}/acts/layer_1", "{u}/sae_bad_cfg"],
+     r"sae_bad_cfg: cfg.json is not readable JSON"),
+    ("store-is-a-file", ["interpret", "{u}/X.npy", "{u}/sae8"],
+     r"X.npy: expected a directory written by `jaxsae extract` .*found a file"),
     ("d_in-mismatch", ["interpret", "{u}/acts/layer_1", "{u}/sae8"],
      r"the SAE expects inputs of d_in=8, the store .* has d=16"),
     ("solve-missing", ["solve", "{u}/nope.npy", "{u}/W.npy", "--reg", "0.1"],

@@ -485,7 +485,7 @@ def open_store(store_dir: str | os.PathLike) -> ActivationStore:
     if not root.is_dir():
         raise ValueError(
             f"activation store {root}: expected a directory written by `jaxsae extract` "
-            "(e.g. OUT/layer_4), found that it does not exist"
+            f"(e.g. OUT/layer_4), found {'a file' if root.exists() else 'that it does not exist'}"
         )
     meta_path = root / "meta.json"
     if not meta_path.is_file():

@@ -238,7 +238,12 @@ def load_saelens(directory: str | os.PathLike) -> tuple[SAEParams, dict[str, Any
                 f"SAE directory {path}: expected {name} (an SAE in SAELens layout, e.g. the sae/ "
                 "folder `jaxsae train` writes), found no such file"
             )
-    cfg = json.loads((path / CFG_FILENAME).read_text())
+    try:
+        cfg = json.loads((path / CFG_FILENAME).read_text())
+    except ValueError as err:  # not JSON, or not UTF-8
+        raise ValueError(
+            f"SAE directory {path}: {CFG_FILENAME} is not readable JSON ({err}); write it again"
+        ) from err
     for key in ("d_in", "d_sae"):
         if key not in cfg:
             raise ValueError(

@@ -518,7 +518,13 @@ def load_esm2(path: str | os.PathLike) -> tuple[ESM2Config, ESM2Params]:
             "file), found no such checkpoint file or directory"
         )
     if (hf_dir / "config.json").is_file() and weights.suffix in (".safetensors", ".bin"):
-        cfg = json.loads((hf_dir / "config.json").read_text())
+        try:
+            cfg = json.loads((hf_dir / "config.json").read_text())
+        except ValueError as err:  # not JSON, or not UTF-8
+            raise ValueError(
+                f"{hf_dir / 'config.json'}: expected a JSON model configuration, found "
+                f"unreadable content ({err}); download or copy it again"
+            ) from err
         config = config_from_hf(cfg, name=cfg.get("_name_or_path") or hf_dir.name)
         return config, _finite(params_from_hf_state_dict(load_state_dict(weights), config), weights)
     ckpt = load_torch_file(weights)
