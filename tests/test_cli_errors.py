@@ -236,15 +236,26 @@ def test_bad_input_is_one_line(case, env, tmp_path, capsys):
     assert _snapshot(env) == before, f"{name} changed the user's files"
 
 
-def test_unwritable_output_is_found_before_solving(env, tmp_path, capsys):
-    if os.geteuid() == 0:
-        pytest.skip("root writes everywhere")
+def test_unwritable_output_is_found_before_solving(env, tmp_path, monkeypatch, capsys):
+    import jaxsae.errors
+    import jaxsae.kernels.solvers
+
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o500)
+    if os.geteuid() == 0:  # root writes everywhere: the permission check is told so
+        real = os.access
+        monkeypatch.setattr(jaxsae.errors.os, "access", lambda p, m: real(p, m) and Path(p) != ro)
+
+    def no_solving(*a, **k):
+        raise AssertionError("solved before checking the output")
+
+    monkeypatch.setattr(jaxsae.kernels.solvers, "fista", no_solving)
     argv = ["solve", f"{env}/X.npy", f"{env}/W.npy", "--reg", "0.1", "-o", f"{ro}/c.npy"]
     assert cli.main(argv) == 2
-    assert "not writable" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("jaxsae solve: error: -o/--out") and "c.npy: not writable by you" in err
+    assert list(ro.iterdir()) == []
 
 
 def test_train_warns_resumes_and_exports_with_the_usual_modes(env, tmp_path, capsys):
