@@ -51,12 +51,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-# library keywords named by error messages -> the flags of this command
+# library keywords named by error messages -> the flags of this command (the sizes are checked
+# by argparse: positive_int)
 _FLAGS = {
     "invalid='unk'": "--invalid unk",
     "too_long='crop'": "--too-long crop",
-    "max_tokens_per_batch": "--max-tokens-per-batch",
-    "rows_per_shard": "--rows-per-shard",
     "layers: expected": "--layers: expected",
 }
 
@@ -87,7 +86,6 @@ def _run(args: argparse.Namespace) -> int:
 
         if not os.path.isfile(args.fasta):
             raise InputError(f"--fasta {args.fasta}: expected a FASTA file, found no such file")
-
         proteins = list(read_fasta(args.fasta, invalid=args.invalid))
         if not proteins:
             raise InputError(
