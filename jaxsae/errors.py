@@ -25,8 +25,10 @@ import pickle
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "JaxsaeError",
@@ -185,6 +187,8 @@ def load_npy(path: str | os.PathLike, what: str = "input", *, mmap: bool = False
       InputError: missing file, a directory, not a ``.npy`` file, a non-numeric dtype, or a
         truncated file.
     """
+    import numpy as np  # here, so that `jaxsae --help` does not import it
+
     path = Path(path)
     if not path.exists():
         raise InputError(f"{what} {path}: expected a .npy file, found no such file")
