@@ -273,9 +273,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"jaxsae demo: error: {err}", file=sys.stderr)
         return 2
+    from jaxsae.errors import check_output_dir
     from jaxsae.protein.default import DEFAULT_MODEL_NAME, load_default_dataset, load_default_model
 
-    out = Path(args.out)
+    out = check_output_dir(args.out, "--out")
     out.mkdir(parents=True, exist_ok=True)
     progress = getattr(args, "progress", True)
     timings: dict[str, float] = {}

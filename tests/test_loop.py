@@ -303,5 +303,5 @@ def test_cli_train_with_resampling(tmp_path, capsys):
     events = [r for r in read_metrics(out) if "resampled" in r]
     assert len(events) == 1 and events[0]["step"] == 6 and events[0]["resampled"] > 0
     assert (out / "sae").is_dir()
-    assert cli.main([*argv[:-1], "--d-sae", "32"]) == 1  # resuming with another size
+    assert cli.main([*argv[:-1], "--d-sae", "32"]) == 2  # resuming with another size
     assert "config d_sae: checkpoint 16, now 32" in capsys.readouterr().err

@@ -82,7 +82,11 @@ def test_interrupted_shard_write_leaves_no_partial_shard(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert not st.shard_exists(tmp_path, 1)
     assert st.shard_exists(tmp_path, 0)
-    assert sorted(os.listdir(tmp_path)) == ["index_00000.npy", "shard_00000.npy"]
+    assert sorted(os.listdir(tmp_path)) == [
+        "index_00000.npy",
+        "shard_00000.npy",
+        "shard_00000.sha256",
+    ]
     # overwriting a complete shard is all-or-nothing too
     monkeypatch.setattr(np, "save", dying_save)
     with pytest.raises(KeyboardInterrupt):

@@ -92,11 +92,9 @@ def as_source(data: Any) -> _ArraySource | _StoreSource:
         if path.is_dir():
             data = open_store(path)
         elif path.suffix == ".npy" and path.is_file():
-            try:
-                arr = np.load(path, mmap_mode="r", allow_pickle=False)
-            except (ValueError, OSError) as err:
-                raise ValueError(f"data {path}: unreadable .npy file ({err})") from err
-            return _check_source(arr, str(path))
+            from jaxsae.errors import load_npy
+
+            return _check_source(load_npy(path, "data", mmap=True), str(path))
         else:
             raise ValueError(
                 f"data {path}: expected an activation store directory or a .npy file, found neither"

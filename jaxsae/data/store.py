@@ -12,9 +12,12 @@ A store is a directory::
     proteins.jsonl     one JSON object per protein, in order: {"id": str, "length": int, ...}
     shard_00000.npy    (rows, d) activations
     index_00000.npy    (rows, 2) int32: (protein index, residue position) of each row
+    shard_00000.sha256 SHA-256 of both files (``sha256sum -c`` format), written last
 
 Writers call ``write_shard`` once per shard (each write is atomic: a temporary file, ``fsync``,
-then ``os.replace``), skip the shards ``shard_exists`` reports on a resumed run, and finish with
+then ``os.replace``), skip the shards ``shard_exists`` reports on a resumed run (it checks each
+file's header and size and, where the checksum file exists, the checksums; ``shard_problem`` says
+what is wrong with a damaged shard, so that a re-run writes it again), and finish with
 ``finalize_store``, which streams over the shards for the statistics and writes ``meta.json``
 last: a directory without ``meta.json`` is an incomplete store and ``open_store`` says so.
 
@@ -23,6 +26,7 @@ Rows are addressed globally: row ``r`` of the store is row ``r - offset[i]`` of 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -38,6 +42,7 @@ __all__ = [
     "ActivationStore",
     "write_shard",
     "shard_exists",
+    "shard_problem",
     "finalize_store",
     "open_store",
     "atomic_write",
@@ -73,8 +78,20 @@ def atomic_write(path: str | os.PathLike, write: Any) -> None:
             tmp.unlink()
 
 
-def atomic_save_npy(path: str | os.PathLike, arr: np.ndarray) -> None:
-    atomic_write(path, lambda f: np.save(f, arr, allow_pickle=False))
+def atomic_save_npy(path: str | os.PathLike, arr: np.ndarray) -> str:
+    """Save ``arr`` to ``path`` atomically; return the SHA-256 (hex) of the bytes written."""
+    digest = hashlib.sha256()
+
+    class _Hashing:  # np.save writes through it: the file is hashed as it is written
+        def __init__(self, f: Any):
+            self.f = f
+
+        def write(self, b: Any) -> int:
+            digest.update(b)
+            return self.f.write(b)
+
+    atomic_write(path, lambda f: np.save(_Hashing(f), arr, allow_pickle=False))
+    return digest.hexdigest()
 
 
 def atomic_save_text(path: str | os.PathLike, text: str) -> None:
@@ -131,15 +148,61 @@ def write_shard(
     root = Path(store_dir)
     root.mkdir(parents=True, exist_ok=True)
     name = _shard_name(shard_id)
-    atomic_save_npy(root / f"index_{name}.npy", np.ascontiguousarray(index, dtype=np.int32))
-    atomic_save_npy(root / f"shard_{name}.npy", np.ascontiguousarray(acts))
+    sums = {}
+    sums[f"index_{name}.npy"] = atomic_save_npy(
+        root / f"index_{name}.npy", np.ascontiguousarray(index, dtype=np.int32)
+    )
+    sums[f"shard_{name}.npy"] = atomic_save_npy(
+        root / f"shard_{name}.npy", np.ascontiguousarray(acts)
+    )
+    atomic_save_text(root / f"shard_{name}.sha256", "".join(f"{h}  {f}\n" for f, h in sums.items()))
+
+
+def shard_problem(store_dir: str | os.PathLike, shard_id: int) -> str | None:
+    """What is wrong with shard ``shard_id``: ``None`` when it is complete and intact.
+
+    Checks that both files exist, that their headers read and their sizes match them, that the
+    index has one ``(protein, position)`` pair per row, and, where ``shard_NNNNN.sha256`` exists
+    (every shard ``write_shard`` finished), that both files have the checksums written with them.
+
+    Returns:
+      ``None``, ``"missing"`` (not written, or written in part: nothing to report), or a message
+      naming the damaged file.
+    """
+    root = Path(store_dir)
+    name = _shard_name(shard_id)
+    files = [root / f"index_{name}.npy", root / f"shard_{name}.npy"]
+    if not all(f.is_file() for f in files):
+        return "missing"
+    try:
+        index, acts = (_load_npy(f, "file") for f in files)
+    except ValueError as err:
+        return str(err)
+    if acts.ndim != 2 or index.shape != (acts.shape[0], 2):
+        return (
+            f"activation store {root}: shard {name} has activations {acts.shape} and index "
+            f"{index.shape}, expected (rows, d) and (rows, 2)"
+        )
+    sums = root / f"shard_{name}.sha256"
+    if sums.is_file():
+        for line in sums.read_text(errors="replace").splitlines():
+            want, _, fname = line.partition("  ")
+            try:
+                with open(root / fname, "rb") as f:
+                    found = hashlib.file_digest(f, "sha256").hexdigest()
+            except OSError:
+                found = None
+            if found != want:
+                return (
+                    f"activation store {root}: {fname} is damaged (its SHA-256 differs from the "
+                    f"one written with it in {sums.name})"
+                )
+    return None
 
 
 def shard_exists(store_dir: str | os.PathLike, shard_id: int) -> bool:
-    """True when shard ``shard_id`` was written completely (activations and index)."""
-    root = Path(store_dir)
-    name = _shard_name(shard_id)
-    return (root / f"shard_{name}.npy").is_file() and (root / f"index_{name}.npy").is_file()
+    """True when shard ``shard_id`` was written completely and is intact (``shard_problem``)."""
+    return shard_problem(store_dir, shard_id) is None
 
 
 def _load_npy(path: Path, what: str) -> np.ndarray:
@@ -150,7 +213,8 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
         raise ValueError(
-            f"activation store {path.parent}: {what} {path.name} is unreadable ({err}); rewrite it"
+            f"activation store {path.parent}: {what} {path.name} is unreadable, damaged or "
+            f"truncated ({err}); re-run `jaxsae extract` with the same arguments to write it again"
         ) from err
 
 
@@ -419,13 +483,16 @@ def open_store(store_dir: str | os.PathLike) -> ActivationStore:
     """
     root = Path(store_dir)
     if not root.is_dir():
-        raise ValueError(f"activation store {root}: directory does not exist")
+        raise ValueError(
+            f"activation store {root}: expected a directory written by `jaxsae extract` "
+            f"(e.g. OUT/layer_4), found {'a file' if root.exists() else 'that it does not exist'}"
+        )
     meta_path = root / "meta.json"
     if not meta_path.is_file():
         n = sum(1 for p in root.iterdir() if _SHARD_RE.match(p.name))
         raise ValueError(
             f"activation store {root} is incomplete: no meta.json ({n} shard files found); "
-            "finish writing it (finalize_store) before reading"
+            "re-run `jaxsae extract` with the same arguments to finish it"
         )
     try:
         info = json.loads(meta_path.read_text())
@@ -453,7 +520,8 @@ def open_store(store_dir: str | os.PathLike) -> ActivationStore:
         for kind in ("shard", "index"):
             if not (root / f"{kind}_{s['name']}.npy").is_file():
                 raise ValueError(
-                    f"activation store {root} is incomplete: {kind}_{s['name']}.npy is missing"
+                    f"activation store {root} is incomplete: {kind}_{s['name']}.npy is missing; "
+                    "re-run `jaxsae extract` with the same arguments to write it again"
                 )
     mean = np.asarray(_load_npy(root / "mean.npy", "mean"), dtype=np.float64)
     if mean.shape != (info["d"],):

@@ -157,10 +157,13 @@ def analyse(
     from jaxsae.interpret.stats import dead_features, decoder_neighbours
     from jaxsae.interpret.topk import sae_featurizer, scan_features
 
+    if params.d_in != store.d:  # before anything is written
+        raise ValueError(
+            f"the SAE expects inputs of d_in={params.d_in}, the store {store.path} has "
+            f"d={store.d}; give the store of the layer and model the SAE was trained on"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if params.d_in != store.d:
-        raise ValueError(f"analyse: the SAE expects d_in={params.d_in}, the store has d={store.d}")
     t0 = time.perf_counter()
     proteins = _with_splits(store.proteins)
     split = split_codes(proteins)
@@ -711,9 +714,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``jaxsae interpret``."""
     from jaxsae.data.store import open_store
+    from jaxsae.errors import check_output_dir
     from jaxsae.models.saelens import load_saelens
     from jaxsae.training.metrics_log import read_metrics
 
+    check_output_dir(args.out, "--out")
     store = open_store(args.store)
     loaded = load_saelens(args.sae_dir)
     params = loaded[0]

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from jaxsae.errors import positive_int
+
 HELP = "solve lasso sparse-coding problems: codes for a .npy of inputs on a .npy dictionary"
 
 
@@ -27,15 +29,43 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default="fista",
         help="solver (default fista: with gradient restart and support polish)",
     )
-    parser.add_argument("--max-steps", type=int, default=1000, help="most iterations per block")
+    parser.add_argument(
+        "--max-steps", type=positive_int, default=1000, help="most iterations per block"
+    )
     parser.add_argument(
         "--tol",
         type=float,
         default=None,
         help="relative duality gap to reach (default 1e-6 in float64, 1e-4 in float32)",
     )
-    parser.add_argument("--batch-size", type=int, default=4096, help="rows solved at once")
+    parser.add_argument("--batch-size", type=positive_int, default=4096, help="rows solved at once")
     parser.add_argument("--float64", action="store_true", help="solve in float64")
+
+
+def load_solve_inputs(inputs: str, dictionary: str, out: str, dtype: type) -> tuple:
+    """Check ``solve``'s files before any solving: ``(X memmap (B, D), W (F, D) of dtype)``.
+
+    Raises:
+      InputError: a missing, non-``.npy``, non-numeric or truncated file, wrong ranks, a ``D``
+        mismatch (with both real shapes), non-finite atoms, or an output that cannot be written.
+    """
+    import numpy as np
+
+    from jaxsae.errors import InputError, check_output_file, load_npy
+    from jaxsae.kernels.lasso import check_problem
+
+    check_output_file(out, "-o/--out")
+    X = load_npy(inputs, "inputs", mmap=True)
+    W = np.asarray(load_npy(dictionary, "dictionary"), dtype)
+    if X.ndim != 2 or X.shape[0] == 0:
+        raise InputError(f"inputs {inputs}: expected a (B, D) array with B > 0, found {X.shape}")
+    if W.ndim != 2 or X.shape[1] != W.shape[1]:
+        raise InputError(
+            f"inputs {inputs} have shape {X.shape} = (B, D) and dictionary {dictionary} has "
+            f"shape {W.shape}: expected a (F, D) dictionary with the inputs' D={X.shape[1]}"
+        )
+    check_problem(X[:1], W, 0.0)  # the dictionary's values (finite, non-empty)
+    return X, W
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,27 +75,20 @@ def run(args: argparse.Namespace) -> int:
 
     if args.float64:
         jax.config.update("jax_enable_x64", True)
-    from jaxsae.kernels.lasso import check_problem
+    from jaxsae.errors import InputError
     from jaxsae.kernels.solvers import fista, ista
 
-    if args.batch_size < 1:
-        raise SystemExit(f"--batch-size: expected >= 1, found {args.batch_size}")
     dtype = np.float64 if args.float64 else np.float32
-    X = np.load(args.inputs, mmap_mode="r")
-    W = np.asarray(np.load(args.dictionary), dtype)
-    try:
-        check_problem(X[:1] if X.ndim == 2 else X, W, args.reg)
-        if X.ndim != 2:
-            raise ValueError(f"inputs: expected a (B, D) array, found shape {X.shape}")
-    except ValueError as err:
-        print(f"jaxsae solve: {err}")
-        return 2
+    if not np.isfinite(args.reg) or args.reg < 0:
+        raise InputError(f"--reg: expected a finite number >= 0, found {args.reg:g}")
+    X, W = load_solve_inputs(args.inputs, args.dictionary, args.out, dtype)
     solve = fista if args.method == "fista" else ista
     B, F = X.shape[0], W.shape[0]
     bs = min(args.batch_size, B)
     codes = np.zeros((B, F), dtype)
     steps, all_conv, worst, obj_sum = 0, True, 0.0, 0.0
-    for start in tqdm(range(0, B, bs), desc="solve", unit="block"):
+    bar = tqdm(range(0, B, bs), desc="solve", unit="block")
+    for start in bar:
         block = np.asarray(X[start : start + bs], dtype)
         n = block.shape[0]
         if n < bs:  # pad: zero rows are solved (zero codes) at the first check
@@ -75,8 +98,8 @@ def run(args: argparse.Namespace) -> int:
                 block, W, args.reg, nonneg=args.nonneg, max_steps=args.max_steps, tol=args.tol
             )
         except ValueError as err:
-            print(f"jaxsae solve: rows {start}..{start + n - 1}: {err}")
-            return 2
+            bar.close()  # the error goes on its own line, not on the bar's
+            raise InputError(f"inputs {args.inputs}, rows {start}..{start + n - 1}: {err}") from err
         codes[start : start + n] = np.asarray(sol.codes)[:n]
         obj = np.asarray(sol.objective)[:n]
         gap = np.asarray(sol.gap)[:n]

@@ -184,6 +184,7 @@ def save_saelens(
     try:
         save_file(tensors, str(tmp / WEIGHTS_FILENAME))
         (tmp / CFG_FILENAME).write_text(text)
+        _usual_permissions(tmp, (WEIGHTS_FILENAME, CFG_FILENAME))
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
             os.replace(target, old / "d")
@@ -195,6 +196,19 @@ def save_saelens(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _usual_permissions(directory: Path, files: tuple[str, ...]) -> None:
+    """Give a ``mkdtemp`` directory (0700) and its files the modes the umask gives new files."""
+    try:  # Linux: read it without changing it (os.umask sets it, racing other threads)
+        status = Path("/proc/self/status").read_text()
+        umask = int(next(x for x in status.splitlines() if x.startswith("Umask:")).split()[1], 8)
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0o022)
+        os.umask(umask)
+    directory.chmod(0o777 & ~umask)
+    for name in files:
+        (directory / name).chmod(0o666 & ~umask)
 
 
 def load_saelens(directory: str | os.PathLike) -> tuple[SAEParams, dict[str, Any]]:
@@ -220,8 +234,16 @@ def load_saelens(directory: str | os.PathLike) -> tuple[SAEParams, dict[str, Any
     path = Path(directory)
     for name in (WEIGHTS_FILENAME, CFG_FILENAME):
         if not (path / name).is_file():
-            raise FileNotFoundError(f"load_saelens: expected {path / name}, found no such file")
-    cfg = json.loads((path / CFG_FILENAME).read_text())
+            raise FileNotFoundError(
+                f"SAE directory {path}: expected {name} (an SAE in SAELens layout, e.g. the sae/ "
+                "folder `jaxsae train` writes), found no such file"
+            )
+    try:
+        cfg = json.loads((path / CFG_FILENAME).read_text())
+    except ValueError as err:  # not JSON, or not UTF-8
+        raise ValueError(
+            f"SAE directory {path}: {CFG_FILENAME} is not readable JSON ({err}); write it again"
+        ) from err
     for key in ("d_in", "d_sae"):
         if key not in cfg:
             raise ValueError(

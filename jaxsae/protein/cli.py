@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+
+from jaxsae.errors import positive_int
 
 HELP = (
     "Run ESM-2 (embedded 8M default or a local checkpoint) over proteins (a FASTA file or the "
@@ -17,8 +20,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--invalid", choices=("error", "unk"), default="error",
         help="FASTA characters outside A-Z: fail (default) or read as X with a warning",
     )  # fmt: skip
-    src.add_argument("-n", "--num-proteins", type=int, help="embedded dataset: how many proteins")
-    src.add_argument("--max-len", type=int, help="embedded dataset: longest sequence kept")
+    src.add_argument(
+        "-n", "--num-proteins", type=positive_int, help="embedded dataset: how many proteins"
+    )
+    src.add_argument("--max-len", type=positive_int, help="embedded dataset: longest sequence kept")
     src.add_argument(
         "--split", choices=("train", "valid", "test"),
         help="embedded dataset: one split (SCOPe superfamily split); default all",
@@ -37,8 +42,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("output")
     out.add_argument("--out", required=True, help="output directory (stores in OUT/layer_<l>/)")
     out.add_argument("--dtype", choices=("float32", "float16"), default="float32")
-    out.add_argument("--max-tokens-per-batch", type=int, default=4096)
-    out.add_argument("--rows-per-shard", type=int, default=65536)
+    out.add_argument("--max-tokens-per-batch", type=positive_int, default=4096)
+    out.add_argument("--rows-per-shard", type=positive_int, default=65536)
     out.add_argument(
         "--too-long", choices=("crop", "error"), default="crop",
         help="proteins longer than the model's 1022 residues: crop with a warning, or fail",
@@ -46,7 +51,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+# library keywords named by error messages -> the flags of this command (the sizes are checked
+# by argparse: positive_int)
+_FLAGS = {
+    "invalid='unk'": "--invalid unk",
+    "too_long='crop'": "--too-long crop",
+    "layers: expected": "--layers: expected",
+}
+
+
 def run(args: argparse.Namespace) -> int:
+    from jaxsae.errors import check_output_dir, renamed_options
+
+    check_output_dir(args.out, "--out")
+    with renamed_options(_FLAGS):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from jaxsae.errors import InputError
     from jaxsae.protein.extract import extract_activations
 
     if args.model:
@@ -61,7 +84,14 @@ def run(args: argparse.Namespace) -> int:
     if args.fasta:
         from jaxsae.protein.fasta import read_fasta
 
+        if not os.path.isfile(args.fasta):
+            raise InputError(f"--fasta {args.fasta}: expected a FASTA file, found no such file")
         proteins = list(read_fasta(args.fasta, invalid=args.invalid))
+        if not proteins:
+            raise InputError(
+                f"--fasta {args.fasta}: expected FASTA records (a '>name' line, then sequence "
+                "lines), found none; check the file"
+            )
         source = args.fasta
     else:
         from jaxsae.protein.default import load_default_dataset

@@ -174,6 +174,16 @@ def _collect(
     return sum(lengths[p] for p, _, _ in placed)
 
 
+def _shard_done(store_dir: Path, shard_id: int) -> bool:
+    """Whether a shard was written and is intact; a damaged one is named in a warning."""
+    from jaxsae.data.store import shard_problem
+
+    problem = shard_problem(store_dir, shard_id)
+    if problem not in (None, "missing"):
+        warnings.warn(f"{problem}; extracting that shard again", stacklevel=3)
+    return problem is None
+
+
 def _fingerprint(proteins: list[dict]) -> str:
     h = hashlib.sha256()
     for p in proteins:
@@ -222,7 +232,7 @@ def extract_activations(
     import jax
     from tqdm.auto import tqdm
 
-    from jaxsae.data.store import finalize_store, shard_exists, write_shard
+    from jaxsae.data.store import finalize_store, write_shard
     from jaxsae.protein.alphabet import check_sequence
     from jaxsae.protein.esm2 import check_params, esm2_hidden_states, resolve_layers
 
@@ -302,7 +312,7 @@ def extract_activations(
     lengths = [r["length"] for r in recs]
     shards = plan_shards(lengths, rows_per_shard)
     dirs = {layer: out / f"layer_{layer}" for layer in layers}
-    todo = [s for s in range(len(shards)) if not all(shard_exists(dirs[k], s) for k in layers)]
+    todo = [s for s in range(len(shards)) if not all(_shard_done(dirs[k], s) for k in layers)]
     params = jax.device_put(params)
     np_dtype = np.dtype(dtype)
     d = config.d_model

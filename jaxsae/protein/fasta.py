@@ -51,6 +51,21 @@ def _open_text(source: str | os.PathLike | IO) -> tuple[IO[str], bool]:
     return open(path, encoding="utf-8"), True
 
 
+def _text_lines(fh: IO[str], source: object) -> Iterator[tuple[int, str]]:
+    """Numbered lines of ``fh``; bytes that are not UTF-8 text raise a ``ValueError``."""
+    lineno = 0
+    try:
+        for lineno, line in enumerate(fh, start=1):  # noqa: B007
+            yield lineno, line
+    except UnicodeDecodeError as err:
+        name = os.fspath(source) if isinstance(source, str | os.PathLike) else "input"
+        raise ValueError(
+            f"FASTA {name}: expected a text file (UTF-8), found binary data near line "
+            f"{lineno + 1} ({err.reason}: byte {err.object[err.start : err.start + 1]!r}); "
+            "give a FASTA file (plain or .gz)"
+        ) from err
+
+
 def _clean(rec_id: str, chunks: list[tuple[int, str]], invalid: str) -> str:
     """Join a record's sequence lines, upper-case them and check every character."""
     seq = "".join("".join(line.split()) for _, line in chunks).upper()
@@ -113,7 +128,7 @@ def read_fasta(source: str | os.PathLike | IO, *, invalid: str = "error") -> Ite
                 raise ValueError(f"FASTA record {rec_id!r}: expected a sequence, found none")
             return FastaRecord(rec_id, desc.strip(), seq)
 
-        for lineno, line in enumerate(fh, start=1):
+        for lineno, line in _text_lines(fh, source):
             if line.startswith(">"):
                 if header is not None:
                     yield finish()

@@ -185,10 +185,32 @@ def load_torch_file(path: str | os.PathLike) -> Any:
     """
     path = Path(path)
     if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head.startswith(b"PK"):  # a zip's local header without its central directory
+            found = "a damaged or truncated zip archive"
+            fix = "download or copy it again"
+        elif head[:1] == b"\x80":  # a pickle stream: torch's legacy (pre-1.6) format
+            found = "torch's legacy (pre-1.6) format"
+            fix = "re-save it with a recent torch, or convert it to safetensors"
+        else:
+            found = f"a file starting with {head!r}" if head else "an empty file"
+            fix = "give the checkpoint file itself"
         raise ValueError(
-            f"{path}: expected a torch zip archive (torch.save since torch 1.6), found another "
-            "format; re-save it with a recent torch, or convert it to safetensors"
+            f"{path}: expected a torch zip archive (torch.save since torch 1.6), found {found}; "
+            f"{fix}"
         )
+    try:
+        return _load_torch_zip(path)
+    except (zipfile.BadZipFile, EOFError, pickle.UnpicklingError) as err:
+        if isinstance(err, UnsafeCheckpointError):
+            raise UnsafeCheckpointError(f"{path}: {err}") from err
+        raise ValueError(
+            f"{path}: damaged torch checkpoint ({err}); download or copy it again"
+        ) from err
+
+
+def _load_torch_zip(path: Path) -> Any:
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
         pkl = [n for n in names if n.endswith("data.pkl")]
@@ -214,7 +236,15 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if path.suffix == ".safetensors":
         from safetensors.numpy import load_file
 
-        return dict(load_file(str(path)))
+        try:
+            return dict(load_file(str(path)))
+        except Exception as err:  # safetensors raises its own SafetensorError
+            if type(err).__name__ != "SafetensorError" and not isinstance(err, ValueError):
+                raise
+            raise ValueError(
+                f"{path}: expected a safetensors file, found an unreadable one ({err}); it may "
+                "be truncated or damaged: download or copy it again"
+            ) from err
     obj = load_torch_file(path)
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]
@@ -436,6 +466,19 @@ def _fair_esm_config(ckpt: dict, sd: dict[str, np.ndarray], name: str) -> ESM2Co
     )
 
 
+def _finite(params: ESM2Params, path: Path) -> ESM2Params:
+    """``params``, or a ``ValueError`` naming the tensors with NaN/inf (a damaged file)."""
+    arrays = {k: v for k, v in params._asdict().items() if k != "layers"}
+    arrays.update({f"layers.{k}": v for k, v in params.layers._asdict().items()})
+    bad = [k for k, v in arrays.items() if not np.isfinite(v).all()]
+    if bad:
+        raise ValueError(
+            f"{path}: expected finite weights, found NaN/inf in {', '.join(bad)}; the file is "
+            "probably damaged: download or copy it again"
+        )
+    return params
+
+
 def load_esm2(path: str | os.PathLike) -> tuple[ESM2Config, ESM2Params]:
     """Load an ESM-2 checkpoint (see the module docstring for the formats), without torch.
 
@@ -470,18 +513,27 @@ def load_esm2(path: str | os.PathLike) -> tuple[ESM2Config, ESM2Params]:
     elif path.is_file():
         hf_dir, weights = path.parent, path
     else:
-        raise FileNotFoundError(f"{path}: no such checkpoint file or directory")
+        raise FileNotFoundError(
+            f"{path}: expected an ESM-2 checkpoint (a Hugging Face directory or a fair-esm .pt "
+            "file), found no such checkpoint file or directory"
+        )
     if (hf_dir / "config.json").is_file() and weights.suffix in (".safetensors", ".bin"):
-        cfg = json.loads((hf_dir / "config.json").read_text())
+        try:
+            cfg = json.loads((hf_dir / "config.json").read_text())
+        except ValueError as err:  # not JSON, or not UTF-8
+            raise ValueError(
+                f"{hf_dir / 'config.json'}: expected a JSON model configuration, found "
+                f"unreadable content ({err}); download or copy it again"
+            ) from err
         config = config_from_hf(cfg, name=cfg.get("_name_or_path") or hf_dir.name)
-        return config, params_from_hf_state_dict(load_state_dict(weights), config)
+        return config, _finite(params_from_hf_state_dict(load_state_dict(weights), config), weights)
     ckpt = load_torch_file(weights)
     if not isinstance(ckpt, dict):
         raise ValueError(f"{weights}: expected a checkpoint dict, found {type(ckpt).__name__}")
     sd = ckpt["model"] if isinstance(ckpt.get("model"), dict) else ckpt
     sd = {k: v for k, v in sd.items() if isinstance(v, np.ndarray)}
     config = _fair_esm_config(ckpt, sd, name=weights.stem)
-    return config, params_from_fair_esm_state_dict(sd, config)
+    return config, _finite(params_from_fair_esm_state_dict(sd, config), weights)
 
 
 def save_esm2_hf(params: ESM2Params, config: ESM2Config, out_dir: str | os.PathLike) -> Path:

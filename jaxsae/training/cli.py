@@ -103,12 +103,22 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from jaxsae.data.loader import as_source
+    from jaxsae.errors import JaxsaeError, check_output_dir
     from jaxsae.training.config import TrainConfig
     from jaxsae.training.loop import TrainingDivergedError, train
     from jaxsae.training.parallel import make_mesh
 
     try:
+        check_output_dir(args.out, "--out")
         src = as_source(args.data)
+        if args.batch_size > src.num_rows:
+            print(
+                f"jaxsae train: warning: --batch-size {args.batch_size} is larger than the data "
+                f"({src.num_rows} rows): each step sees every row about "
+                f"{args.batch_size / src.num_rows:.1f} times; a smaller --batch-size trains on "
+                "distinct rows",
+                file=sys.stderr,
+            )
         extra = {} if args.dead_tokens is None else {"dead_tokens": args.dead_tokens}
         cfg = TrainConfig(
             d_in=src.d,
@@ -141,9 +151,8 @@ def run(args: argparse.Namespace) -> int:
             normalise=args.normalise,
             resample_steps=resample,
         )
-    except (ValueError, TrainingDivergedError) as err:
-        print(f"jaxsae train: error: {err}", file=sys.stderr)
-        return 1
+    except TrainingDivergedError as err:  # expected: reported in one line by jaxsae.cli
+        raise JaxsaeError(str(err)) from err
     out = Path(args.out)
     print(f"outputs in {out}: sae/ (SAELens layout), metrics.jsonl, checkpoints/, config.json")
     last = next((r for r in reversed(history) if "loss" in r), None)

@@ -207,6 +207,7 @@ def train(
         norm = loaded.normalisation or Normalisation.identity(cfg.d_in)
         state = jax.tree.map(jnp.asarray, loaded.state)
         start = loaded.step
+        print(f"resuming from step {start} ({ckpt})")
     else:
         if normalise:
             stats = compute_normalisation(src, center=True)
