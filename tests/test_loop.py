@@ -142,8 +142,8 @@ def test_run_writes_log_checkpoints_and_export(uninterrupted):
         assert all(np.isfinite(r[key]) for r in history), key
     assert history[-1]["loss"] < history[0]["loss"]
     assert [p.name for p in list_checkpoints(out / "checkpoints")] == [
-        "ckpt_000000006.npz",
-        "ckpt_000000012.npz",
+        "ckpt_000000006",
+        "ckpt_000000012",
     ]
     assert (out / "config.json").is_file()
     exported, sae_cfg = load_saelens(out / "sae")
@@ -168,7 +168,7 @@ def test_resume_equals_uninterrupted(uninterrupted, tmp_path):
     mesh = make_mesh(devices=jax.devices()[:2])
     kw = dict(mesh=mesh, checkpoint_every=6, log_every=3, progress=False)
     train(CFG, _data(), tmp_path, until_step=6, **kw)
-    assert latest_checkpoint(tmp_path / "checkpoints").name == "ckpt_000000006.npz"
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "ckpt_000000006"
     assert not (tmp_path / "sae").exists()  # not finished: nothing exported
     params, history = train(CFG, _data(), tmp_path, **kw)
     _leaves_close(params, full, 1e-6)
@@ -237,7 +237,7 @@ def test_nan_stops_with_last_good_checkpoint(tmp_path):
             log_every=1,
             progress=False,
         )
-    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["ckpt_000000004.npz"]
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["ckpt_000000004"]
     ck = load_checkpoint(tmp_path / "checkpoints", jax.eval_shape(lambda: init_state(CFG)))
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(ck.state.params))
     assert [r["step"] for r in read_metrics(tmp_path)] == list(range(1, 8))
