@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from jaxsae.training.cli import add_process_arguments, join_processes
+
 HELP = (
     "Run ESM-2 (embedded 8M default or a local checkpoint) over proteins (a FASTA file or the "
     "embedded SCOPe/DSSP set) and store per-residue activations of chosen layers (resumable)."
@@ -44,10 +46,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="proteins longer than the model's 1022 residues: crop with a warning, or fail",
     )  # fmt: skip
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_process_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from jaxsae.protein.extract import extract_activations
+
+    join_processes(args)
 
     if args.model:
         from jaxsae.protein.weights import load_esm2

@@ -115,8 +115,8 @@ def initialize(
         )
     except (ValueError, RuntimeError) as err:
         jax.config.update("jax_cpu_collectives_implementation", previous)
-        if not all(given) and "should be defined" in str(err):
-            return False  # no cluster detected: one process
+        if not all(given) and ("should be defined" in str(err) or "before" in str(err)):
+            return False  # no cluster detected, or JAX already running here: one process
         raise DistributedSetupError(f"could not join the other processes: {err}") from err
     return jax.process_count() > 1
 
