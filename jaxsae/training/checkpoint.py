@@ -215,7 +215,7 @@ def save_checkpoint(
 
 def _read(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         info = json.loads(arrays.pop("__info__").tobytes().decode("utf-8"))
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
