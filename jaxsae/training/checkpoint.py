@@ -29,6 +29,7 @@ dtypes) and the stored configuration against the run's, naming every mismatch.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -416,6 +417,12 @@ def write_checksums(step_dir: str | os.PathLike) -> None:
     atomic_write(step_dir / CHECKSUMS, lambda f: f.write(text.encode("utf-8")))
 
 
+def _checksum_if_kept(step_dir: Path) -> None:
+    """``write_checksums``, unless the checkpoint was deleted meanwhile (``keep`` reached)."""
+    with contextlib.suppress(FileNotFoundError):
+        write_checksums(step_dir)
+
+
 def verify_checksums(step_dir: str | os.PathLike) -> None:
     """Check a checkpoint's files against ``jaxsae.sha256.json`` (when it has been written).
 
@@ -572,7 +579,7 @@ class Checkpointer:
         step_dir = self.dir / f"ckpt_{self._pending:09d}"
         self._pending = None
         if self.primary and step_dir.is_dir():
-            self._hasher = threading.Thread(target=write_checksums, args=(step_dir,))
+            self._hasher = threading.Thread(target=_checksum_if_kept, args=(step_dir,))
             self._hasher.start()
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ Every process runs the same program; ``jax.devices()`` lists the devices of all 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -206,10 +207,14 @@ class Placement:
         self.multi = jax.process_count() > 1
 
     def step_fn(self) -> StepFn:
-        """The jitted step for this placement (batches validated by the loader already)."""
+        """The jitted step for this placement (batches validated by the loader already).
+
+        The mesh's step is built once per configuration and mesh: a second run on them (a
+        resumed run in the same program) does not compile it again.
+        """
         if self.pmap:
             return make_pmap_step(self.cfg, devices=self.devices, check_inputs=False)
-        return make_sharded_step(self.cfg, self.mesh, check_inputs=False)
+        return _sharded_step(self.cfg, self.mesh)
 
     def shardings(self) -> TrainState:
         """The sharding of every state leaf (pmap: the first local device, before replication)."""
@@ -232,10 +237,7 @@ class Placement:
     def init_state(self, b_dec: np.ndarray | None, dtype: Any) -> TrainState:
         """A fresh state, created where it lives (each device computes only its shard)."""
         b = None if b_dec is None else jnp.asarray(b_dec)
-        state = jax.jit(
-            lambda: init_state(self.cfg, b_dec=b, dtype=dtype), out_shardings=self.shardings()
-        )()
-        return self.distribute(state)
+        return self.distribute(_initialiser(self.cfg, jnp.dtype(dtype), self.shardings())(b))
 
     def distribute(self, state: TrainState) -> TrainState:
         """A state laid out by ``shardings()`` made ready for the step (pmap: replicated)."""
@@ -268,6 +270,17 @@ class Placement:
             return local
         shape = (self.cfg.batch_size, local.shape[1])
         return jax.make_array_from_process_local_data(self.batch_sharding, local, shape)
+
+
+@functools.lru_cache(maxsize=8)
+def _sharded_step(cfg: TrainConfig, mesh: Mesh) -> StepFn:
+    return make_sharded_step(cfg, mesh, check_inputs=False)
+
+
+@functools.lru_cache(maxsize=8)
+def _initialiser(cfg: TrainConfig, dtype: Any, shardings: TrainState) -> Any:
+    """``b_dec -> init_state(cfg, b_dec=b_dec)``, jitted to create each shard where it lives."""
+    return jax.jit(lambda b_dec: init_state(cfg, b_dec=b_dec, dtype=dtype), out_shardings=shardings)
 
 
 def _is_spec(x: Any) -> bool:

@@ -346,6 +346,11 @@ class _Metrics:
         self.log.close()
 
 
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
+
+
 class _Checkpoints:
     """Saves the state every ``every`` steps and at the end (after the metrics are checked)."""
 
@@ -354,9 +359,6 @@ class _Checkpoints:
         self.dir = run.checkpointer.dir
         self.last_saved = run.start if run.resumed else None
         metrics.kept = self.kept
-        self._finite = jax.jit(
-            lambda p: jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(p)]))
-        )
 
     def __call__(self, done: int, state: TrainState, end: int) -> TrainState:
         if done % self.every == 0 or done == end:
@@ -365,7 +367,7 @@ class _Checkpoints:
         return state
 
     def save(self, state: TrainState, done: int) -> None:
-        if not bool(self._finite(state.params)):
+        if not bool(_all_finite(state.params)):
             raise TrainingDivergedError(
                 f"parameters became non-finite by step {done}; " + self.kept()
             )
