@@ -172,3 +172,11 @@ def test_a_dead_process_stops_the_other(tmp_path):
                 p.wait(timeout=30)
     assert procs[0].returncode != 0
     assert "another task died" in logs[0].read_text()
+
+
+def test_pmap_is_one_process_only(monkeypatch):
+    from jaxsae.training.distributed import Placement
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(ValueError, match="pmap: runs on one process's devices; with 2 processes"):
+        Placement(CFG, pmap=True)

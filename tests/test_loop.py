@@ -224,6 +224,16 @@ def test_damaged_newest_checkpoint_resumes_from_the_previous(uninterrupted, tmp_
     assert latest_checkpoint(damaged.parent).name == "ckpt_000000012"  # written again
 
 
+def test_resume_on_more_devices(uninterrupted, tmp_path):
+    """Saved on 2 devices, resumed on 4: the uninterrupted parameters."""
+    out, full, _ = uninterrupted
+    shutil.copytree(out, tmp_path / "run")
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "ckpt_000000012")
+    shutil.rmtree(tmp_path / "run" / "sae")
+    params, _ = train(CFG, _data(), tmp_path / "run", devices=jax.devices()[:4], progress=False)
+    _leaves_close(params, full, 1e-5)
+
+
 def test_one_device_and_pmap_match_the_mesh(uninterrupted, tmp_path):
     _, full, _ = uninterrupted
     one, _ = train(CFG, _data(), tmp_path / "one", devices=jax.devices()[:1], progress=False)
