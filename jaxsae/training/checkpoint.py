@@ -512,15 +512,15 @@ class Checkpointer:
         Raises:
           CheckpointMismatchError: the newest intact checkpoint does not fit the run.
         """
-        for path in reversed(list_checkpoints(self.dir)):
+        found = list_checkpoints(self.dir)
+        for i in reversed(range(len(found))):
+            path = found[i]
             try:
                 return load_checkpoint(path, like, config=config)
             except CheckpointDamagedError as err:
                 aside = path.with_name(DAMAGED + path.name)
-                warnings.warn(
-                    f"{err}; kept as {aside} and resuming from the previous checkpoint",
-                    stacklevel=2,
-                )
+                then = "trying the previous checkpoint" if i else "no older one: starting afresh"
+                warnings.warn(f"{err}; kept as {aside}, {then}", stacklevel=2)
                 self._barrier(f"jaxsae-damaged-{path.name}")
                 if self.primary:
                     os.replace(path, aside)
