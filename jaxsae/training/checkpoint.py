@@ -54,6 +54,8 @@ __all__ = [
     "checkpoint_step",
     "latest_step",
     "CheckpointDamagedError",
+    "write_checksums",
+    "verify_checksums",
     "save_checkpoint",
     "load_checkpoint",
     "latest_checkpoint",
