@@ -5,7 +5,7 @@ through ``jaxsae.training.distributed.initialize``, then, in ``DIR``:
 
 * extracts the activations of ``extract_proteins()`` with the tiny ESM-2 into ``DIR/extract``;
 * trains ``CFG`` on ``DIR/x.npy`` uninterrupted on a 4 × 1 data-parallel mesh (``DIR/dp``) and
-  on a 2 × 2 data × feature mesh (``DIR/fs``);
+  on a 2 × 2 data × feature mesh (``DIR/fs``), resampling dead features after step 6;
 * resumes the run in ``DIR/from1`` (a checkpoint written by one process) to the end;
 
 and saves each run's parameters to ``DIR/{run}_p{PROCESS_ID}.npz``.
@@ -25,10 +25,13 @@ from jaxsae.protein.alphabet import STANDARD_AMINO_ACIDS  # noqa: E402
 from jaxsae.protein.esm2 import ESM2Config, init_esm2_params  # noqa: E402
 from jaxsae.training.config import TrainConfig  # noqa: E402
 
-CFG = TrainConfig(d_in=8, d_sae=16, batch_size=32, total_steps=12, l1_coeff=1.0, lr=1e-2)
+# features die by step 6 (dead after 32 tokens without firing) and are resampled then
+CFG = TrainConfig(
+    d_in=8, d_sae=16, batch_size=32, total_steps=12, l1_coeff=5.0, lr=0.05, dead_tokens=32
+)
 TINY = ESM2Config(num_layers=2, d_model=16, num_heads=2, d_ff=32, name="tiny")
 EXTRACT_KW = dict(buckets=(32, 64), max_tokens_per_batch=64, rows_per_shard=60, progress=False)
-TRAIN_KW = dict(checkpoint_every=6, log_every=3, progress=False)
+TRAIN_KW = dict(checkpoint_every=6, log_every=3, resample_steps=(6,), progress=False)
 
 
 def data(n=256, d=8, seed=0):

@@ -110,8 +110,10 @@ def test_two_processes_train_like_one(runs, run):
     _close(p0, ours[run]._asdict())
     assert (base / run / "sae").is_dir()  # written once, by process 0, from gathered parameters
     two, one = read_metrics(base / run), read_metrics(base / f"one_{run}")
-    assert [r["step"] for r in two] == [r["step"] for r in one] == [3, 6, 9, 12]
-    np.testing.assert_allclose([r["loss"] for r in two], [r["loss"] for r in one], rtol=1e-6)
+    assert [r["step"] for r in two] == [r["step"] for r in one] == [3, 6, 6, 9, 12]
+    assert two[2]["resampled"] == one[2]["resampled"] > 0  # gathered, resampled, placed again
+    loss = [[r["loss"] for r in h if "loss" in r] for h in (two, one)]
+    np.testing.assert_allclose(*loss, rtol=1e-6)
 
 
 def test_checkpoints_move_between_process_counts(runs, tmp_path):
