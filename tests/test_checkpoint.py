@@ -5,11 +5,15 @@ import pytest
 
 from jaxsae.data.loader import Normalisation
 from jaxsae.training.checkpoint import (
+    CHECKSUMS,
+    CheckpointDamagedError,
+    Checkpointer,
     CheckpointMismatchError,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
+    verify_checksums,
 )
 from jaxsae.training.config import TrainConfig
 from jaxsae.training.metrics_log import MetricsLog, read_metrics
@@ -64,6 +68,33 @@ def test_round_trip(tmp_path):
         assert a.dtype == b.dtype
         np.testing.assert_array_equal(a, np.asarray(b))
     assert jax.tree.structure(ck.state) == jax.tree.structure(state)
+
+
+def test_orbax_round_trip_keep_and_checksums(tmp_path):
+    cfg = _cfg()
+    state = _perturbed(cfg)
+    norm = Normalisation(np.arange(6.0), 0.25)
+    ckpts = Checkpointer(tmp_path, keep=2)
+    for step in (5, 10, 15):  # asynchronous: each save returns before the files are written
+        ckpts.save(step, state, config=cfg.to_dict(), data_state={"position": step},
+                   normalisation=norm, extra={"note": "x"})  # fmt: skip
+    ckpts.close()  # waits for the last one and its checksums
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt_000000010", "ckpt_000000015"]
+    ck = load_checkpoint(tmp_path, _shape(cfg), config=cfg.to_dict())
+    assert ck.step == 15 and ck.data_state == {"position": 15} and ck.extra == {"note": "x"}
+    np.testing.assert_array_equal(ck.normalisation.mean, norm.mean)
+    for a, b in zip(jax.tree.leaves(ck.state), jax.tree.leaves(state), strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, np.asarray(b))
+    with pytest.raises(CheckpointMismatchError, match="config d_sae: checkpoint 10, now 12"):
+        other = cfg.replace(d_sae=12)
+        load_checkpoint(tmp_path, _shape(other), config=other.to_dict())
+    newest = tmp_path / "ckpt_000000015"
+    assert (newest / CHECKSUMS).is_file()
+    verify_checksums(newest)
+    (newest / "info" / "metadata").write_text("{}")
+    with pytest.raises(CheckpointDamagedError, match="file info/metadata is changed"):
+        verify_checksums(newest)
 
 
 def test_keeps_the_last_ones_and_latest(tmp_path):

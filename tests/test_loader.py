@@ -27,6 +27,29 @@ def test_every_row_once_per_epoch(buffer_rows):
     np.testing.assert_array_equal(np.concatenate(batches), X[rows])
 
 
+@pytest.mark.parametrize("source", ["array", "store"])
+def test_process_shares_read_only_their_rows(tmp_path, source):
+    """Parts [lo, hi) of a batch (one process's rows) cover it, in order, reading nothing else."""
+    X = _data()
+    if source == "store":
+        st.write_shard(tmp_path, 0, X[:60], np.zeros((60, 2), np.int32))
+        st.write_shard(tmp_path, 1, X[60:], np.zeros((43, 2), np.int32))
+        data = st.finalize_store(tmp_path, [{"id": "p", "length": 103}], {})
+    else:
+        data = X
+    loader = Loader(data, 12, seed=5, block_rows=8, buffer_rows=24)
+    read = []
+    take = loader.source.take
+    loader.source.take = lambda rows: read.append(np.asarray(rows)) or take(rows)
+    for step in range(20):  # two epochs: batches straddle windows and epochs
+        parts = [loader.batch_at(step, lo, hi) for lo, hi in ((0, 3), (3, 6), (6, 12))]
+        rows = loader.rows_at(step)
+        np.testing.assert_array_equal(np.concatenate(parts), X[rows])
+        np.testing.assert_array_equal(np.concatenate(read[-3:]), rows)  # only those rows read
+    with pytest.raises(ValueError, match="expected 0 <= lo < hi <= batch_size=12, found 6, 13"):
+        loader.batch_at(0, 6, 13)
+
+
 def test_bounded_buffer_keeps_blocks_together():
     loader = Loader(_data(), 10, seed=1, block_rows=8, buffer_rows=16)
     rows = _epoch_rows(loader, 11)[:103]

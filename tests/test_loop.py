@@ -1,5 +1,6 @@
 import functools
 import os
+import shutil
 import signal
 
 import jax
@@ -12,7 +13,12 @@ from jaxsae.data.loader import Loader
 from jaxsae.kernels.sae import encode, forward
 from jaxsae.kernels.topk import topk_forward
 from jaxsae.models.saelens import load_saelens
-from jaxsae.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from jaxsae.training.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 from jaxsae.training.config import TrainConfig
 from jaxsae.training.loop import TrainingDivergedError, train
 from jaxsae.training.metrics_log import read_metrics
@@ -142,8 +148,8 @@ def test_run_writes_log_checkpoints_and_export(uninterrupted):
         assert all(np.isfinite(r[key]) for r in history), key
     assert history[-1]["loss"] < history[0]["loss"]
     assert [p.name for p in list_checkpoints(out / "checkpoints")] == [
-        "ckpt_000000006.npz",
-        "ckpt_000000012.npz",
+        "ckpt_000000006",
+        "ckpt_000000012",
     ]
     assert (out / "config.json").is_file()
     exported, sae_cfg = load_saelens(out / "sae")
@@ -168,13 +174,64 @@ def test_resume_equals_uninterrupted(uninterrupted, tmp_path):
     mesh = make_mesh(devices=jax.devices()[:2])
     kw = dict(mesh=mesh, checkpoint_every=6, log_every=3, progress=False)
     train(CFG, _data(), tmp_path, until_step=6, **kw)
-    assert latest_checkpoint(tmp_path / "checkpoints").name == "ckpt_000000006.npz"
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "ckpt_000000006"
     assert not (tmp_path / "sae").exists()  # not finished: nothing exported
     params, history = train(CFG, _data(), tmp_path, **kw)
     _leaves_close(params, full, 1e-6)
     drop = ("tokens_per_s",)
     strip = lambda h: [{k: v for k, v in r.items() if k not in drop} for r in h]  # noqa: E731
     assert strip(history) == strip(full_history)
+
+
+def _damage(ckpts, how):
+    """Damage the newest of the uninterrupted run's checkpoints (copied to ``ckpts``)."""
+    if how.startswith("npz"):  # the same checkpoints in the single-file format of old versions
+        like = jax.eval_shape(lambda: init_state(CFG))
+        for path in list_checkpoints(ckpts):
+            ck = load_checkpoint(path, like)
+            shutil.rmtree(path)
+            kw = dict(data_state=ck.data_state, normalisation=ck.normalisation, extra=ck.extra)
+            save_checkpoint(ckpts, ck.state, step=ck.step, config=ck.config, keep=5, **kw)
+    newest = list_checkpoints(ckpts)[-1]
+    if how == "npz truncated":
+        newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    elif how == "npz empty":
+        newest.write_bytes(b"")
+    else:  # one array file of the Orbax checkpoint garbled, or emptied
+        victim = max((f for f in (newest / "state").rglob("*") if f.is_file()), key=os.path.getsize)
+        size = victim.stat().st_size
+        victim.write_bytes(b"" if how == "orbax empty file" else bytes(size))
+    return newest
+
+
+@pytest.mark.parametrize(
+    "how", ["orbax garbled file", "orbax empty file", "npz truncated", "npz empty"]
+)
+def test_damaged_newest_checkpoint_resumes_from_the_previous(uninterrupted, tmp_path, how):
+    """A damaged newest checkpoint: a warning naming it, kept aside, the older one resumed."""
+    out, full, _ = uninterrupted
+    shutil.copytree(out, tmp_path / "run")
+    shutil.rmtree(tmp_path / "run" / "sae")
+    damaged = _damage(tmp_path / "run" / "checkpoints", how)
+    mesh = make_mesh(devices=jax.devices()[:2])
+    with pytest.warns(UserWarning, match=f"{damaged}.*kept as .*damaged_{damaged.name}"):
+        params, _ = train(
+            CFG, _data(), tmp_path / "run", mesh=mesh, checkpoint_every=6, log_every=3,
+            progress=False,
+        )  # fmt: skip
+    _leaves_close(params, full, 1e-6)
+    assert (damaged.parent / f"damaged_{damaged.name}").exists()  # never deleted
+    assert latest_checkpoint(damaged.parent).name == "ckpt_000000012"  # written again
+
+
+def test_resume_on_more_devices(uninterrupted, tmp_path):
+    """Saved on 2 devices, resumed on 4: the uninterrupted parameters."""
+    out, full, _ = uninterrupted
+    shutil.copytree(out, tmp_path / "run")
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "ckpt_000000012")
+    shutil.rmtree(tmp_path / "run" / "sae")
+    params, _ = train(CFG, _data(), tmp_path / "run", devices=jax.devices()[:4], progress=False)
+    _leaves_close(params, full, 1e-5)
 
 
 def test_one_device_and_pmap_match_the_mesh(uninterrupted, tmp_path):
@@ -237,7 +294,7 @@ def test_nan_stops_with_last_good_checkpoint(tmp_path):
             log_every=1,
             progress=False,
         )
-    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["ckpt_000000004.npz"]
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["ckpt_000000004"]
     ck = load_checkpoint(tmp_path / "checkpoints", jax.eval_shape(lambda: init_state(CFG)))
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(ck.state.params))
     assert [r["step"] for r in read_metrics(tmp_path)] == list(range(1, 8))

@@ -66,6 +66,12 @@ class _ArraySource:
     def read(self, start: int, stop: int) -> np.ndarray:
         return np.asarray(self.arr[start:stop], dtype=np.float32)
 
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        order = np.argsort(rows, kind="stable")  # sorted reads: sequential on a memmap
+        out = np.empty((len(rows), self.d), np.float32)
+        out[order] = self.arr[rows[order]]
+        return out
+
 
 class _StoreSource:
     """Rows of an ``ActivationStore``."""
@@ -76,6 +82,9 @@ class _StoreSource:
 
     def read(self, start: int, stop: int) -> np.ndarray:
         return self.store.rows(start, stop)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        return self.store.take(rows)
 
 
 def as_source(data: Any) -> _ArraySource | _StoreSource:
@@ -257,6 +266,7 @@ class Loader:
         self.position = 0
         self._epochs: OrderedDict[int, _Epoch] = OrderedDict()
         self._windows: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._orders: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     # -- the order of rows ------------------------------------------------------------------
 
@@ -277,24 +287,45 @@ class Loader:
                 self._epochs.popitem(last=False)
         return self._epochs[e]
 
-    def _window(self, e: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(row ids (m,), rows (m, d) float32)`` of window ``w`` of epoch ``e``, in order."""
+    def _window_blocks(self, e: int, w: int) -> np.ndarray:
+        ep = self._epoch(e)
+        return ep.blocks[w * ep.blocks_per_window : (w + 1) * ep.blocks_per_window]
+
+    def _window_order(self, e: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(row ids in block order (m,), permutation (m,))`` of window ``w`` of epoch ``e``."""
         key = (e, w)
-        if key not in self._windows:
-            ep = self._epoch(e)
+        if key not in self._orders:
             br = self.block_rows
-            blocks = ep.blocks[w * ep.blocks_per_window : (w + 1) * ep.blocks_per_window]
             ids = np.concatenate(
-                [np.arange(b * br, min((b + 1) * br, self.num_rows)) for b in blocks]
+                [
+                    np.arange(b * br, min((b + 1) * br, self.num_rows))
+                    for b in self._window_blocks(e, w)
+                ]
             )
             if self.shuffle:
                 perm = np.random.default_rng([self.seed, e, w]).permutation(len(ids))
             else:
                 perm = np.arange(len(ids))
+            self._orders[key] = (ids, perm)
+            while len(self._orders) > 2:
+                self._orders.popitem(last=False)
+        return self._orders[key]
+
+    def _window_ids(self, e: int, w: int) -> np.ndarray:
+        """Row ids ``(m,)`` of window ``w`` of epoch ``e``, in stream order (no data read)."""
+        ids, perm = self._window_order(e, w)
+        return ids[perm]
+
+    def _window(self, e: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(row ids (m,), rows (m, d) float32)`` of window ``w`` of epoch ``e``, in order."""
+        key = (e, w)
+        if key not in self._windows:
+            br = self.block_rows
+            ids, perm = self._window_order(e, w)
             acts = np.concatenate(
                 [
                     self.source.read(int(b) * br, min((int(b) + 1) * br, self.num_rows))
-                    for b in blocks
+                    for b in self._window_blocks(e, w)
                 ]
             )
             self._windows[key] = (ids[perm], acts[perm])
@@ -316,26 +347,42 @@ class Loader:
             pos += take
             need -= take
 
-    def rows_at(self, step: int) -> np.ndarray:
-        """Global row numbers ``(batch_size,)`` of batch ``step`` (what ``batch_at`` returns)."""
-        return np.concatenate(
-            [self._window(e, w)[0][lo:hi] for e, w, lo, hi in self._segments(step)]
-        )
+    def rows_at(self, step: int, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """Global row numbers of rows ``[lo, hi)`` of batch ``step`` (what ``batch_at`` returns).
 
-    def batch_at(self, step: int) -> np.ndarray:
-        """Batch ``step`` as ``(batch_size, d)`` float32, normalised if a normalisation is set.
+        A pure function of ``(data size, seed, step)``: no data is read.
+        """
+        ids = np.concatenate([self._window_ids(e, w)[a:b] for e, w, a, b in self._segments(step)])
+        return ids[lo : self.batch_size if hi is None else hi]
+
+    def batch_at(self, step: int, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """Rows ``[lo, hi)`` of batch ``step`` as float32, normalised if a normalisation is set.
+
+        The whole batch by default. A part (one process's share of the global batch) reads only
+        its own rows from the data; the parts of all processes, in order, are the whole batch.
 
         Raises:
           ValueError: a non-finite value in the batch (with ``check_finite``), naming the row.
         """
         if step < 0:
             raise ValueError(f"Loader: expected step >= 0, found {step}")
-        parts = [(self._window(e, w), lo, hi) for e, w, lo, hi in self._segments(step)]
-        batch = np.concatenate([win[1][lo:hi] for win, lo, hi in parts])
+        hi = self.batch_size if hi is None else hi
+        if not 0 <= lo < hi <= self.batch_size:
+            raise ValueError(
+                f"Loader: expected 0 <= lo < hi <= batch_size={self.batch_size}, found {lo}, {hi}"
+            )
+        if (lo, hi) == (0, self.batch_size):
+            parts = [(self._window(e, w), a, b) for e, w, a, b in self._segments(step)]
+            ids = None
+            batch = np.concatenate([win[1][a:b] for win, a, b in parts])
+        else:
+            ids = self.rows_at(step, lo, hi)
+            batch = self.source.take(ids)
         if self.check_finite:
             bad = ~np.isfinite(batch)
             if bad.any():
-                ids = np.concatenate([win[0][lo:hi] for win, lo, hi in parts])
+                if ids is None:
+                    ids = np.concatenate([win[0][a:b] for win, a, b in parts])
                 i, j = (int(v) for v in np.argwhere(bad)[0])
                 raise ValueError(
                     f"data {self.source.name}: non-finite value ({batch[i, j]}) in row "

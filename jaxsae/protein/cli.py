@@ -6,6 +6,7 @@ import argparse
 import os
 
 from jaxsae.errors import positive_int
+from jaxsae.training.cli import add_process_arguments, join_processes
 
 HELP = (
     "Run ESM-2 (embedded 8M default or a local checkpoint) over proteins (a FASTA file or the "
@@ -49,6 +50,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="proteins longer than the model's 1022 residues: crop with a warning, or fail",
     )  # fmt: skip
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_process_arguments(parser)
 
 
 # library keywords named by error messages -> the flags of this command (the sizes are checked
@@ -71,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from jaxsae.errors import InputError
     from jaxsae.protein.extract import extract_activations
+
+    join_processes(args)
 
     if args.model:
         from jaxsae.protein.weights import load_esm2

@@ -19,6 +19,11 @@ How the work is laid out:
   padded with empty rows up to a power of two, so the jitted forward compiles a few shapes,
   not one per protein.
 * **Memory.** One shard of activations per layer is held at a time.
+* **Several processes.** Run with ``jax.distributed`` initialised (``jaxsae extract
+  --coordinator … --num-processes N --process-id I``), every process reads the same proteins
+  and computes the shards ``s`` with ``s % N`` equal to its number, on its own devices; process
+  0 writes ``extract.json`` first and finalises each store once every process has written its
+  shards. The store is the same, row for row, as one process would write.
 * **Resume.** A shard is written atomically for every layer; on a re-run, shards that exist for
   every layer are skipped. ``out_dir/extract.json`` records what was asked (model, layers,
   dtype, shard size, a fingerprint of the proteins); a re-run that asks for something else
@@ -232,9 +237,10 @@ def extract_activations(
     import jax
     from tqdm.auto import tqdm
 
-    from jaxsae.data.store import finalize_store, write_shard
+    from jaxsae.data.store import finalize_store, open_store, write_shard
     from jaxsae.protein.alphabet import check_sequence
     from jaxsae.protein.esm2 import check_params, esm2_hidden_states, resolve_layers
+    from jaxsae.training.distributed import barrier, is_main
 
     config, params = model
     if dtype not in ("float32", "float16"):
@@ -284,7 +290,6 @@ def extract_activations(
         )
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     plan = {
         "model": config.name,
         "num_layers": config.num_layers,
@@ -304,15 +309,18 @@ def extract_activations(
                 f"{out} holds an extraction with other settings ({diff}: (found, asked)); "
                 "use another directory or delete it"
             )
-    else:
+    elif is_main():
+        out.mkdir(parents=True, exist_ok=True)
         tmp = plan_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(plan, indent=1))
         os.replace(tmp, plan_path)
+    barrier("jaxsae-extract-plan")
 
     lengths = [r["length"] for r in recs]
     shards = plan_shards(lengths, rows_per_shard)
     dirs = {layer: out / f"layer_{layer}" for layer in layers}
-    todo = [s for s in range(len(shards)) if not all(_shard_done(dirs[k], s) for k in layers)]
+    mine = range(jax.process_index(), len(shards), jax.process_count())
+    todo = [s for s in mine if not all(_shard_done(dirs[k], s) for k in layers)]
     params = jax.device_put(params)
     np_dtype = np.dtype(dtype)
     d = config.d_model
@@ -322,7 +330,7 @@ def extract_activations(
         unit="res",
         unit_scale=True,
         desc=f"extract layers {','.join(map(str, layers))}",
-        disable=not progress,
+        disable=not (progress and is_main()),
     )
     with bar:
         for s in todo:
@@ -353,7 +361,7 @@ def extract_activations(
             for k, layer in enumerate(layers):
                 write_shard(dirs[layer], s, acts[k], index)
 
-    stores = {}
+    barrier("jaxsae-extract-shards")  # every process's shards are written
     for layer in layers:
         meta = {
             "model": config.name,
@@ -366,5 +374,7 @@ def extract_activations(
             "num_cropped": len(cropped),
             "positions": "residues only (<cls>, <eos>, padding excluded), from 0",
         }
-        stores[layer] = finalize_store(dirs[layer], recs, meta)
-    return stores
+        if is_main():
+            finalize_store(dirs[layer], recs, meta)
+    barrier("jaxsae-extract-finalised")
+    return {layer: open_store(dirs[layer]) for layer in layers}

@@ -3,12 +3,16 @@ data- and feature-parallel drivers."""
 
 from jaxsae.training.checkpoint import (
     Checkpoint,
+    CheckpointDamagedError,
+    Checkpointer,
     CheckpointMismatchError,
     latest_checkpoint,
+    latest_step,
     load_checkpoint,
     save_checkpoint,
 )
 from jaxsae.training.config import TrainConfig
+from jaxsae.training.distributed import DistributedSetupError, Placement, initialize
 from jaxsae.training.loop import TrainingDivergedError, train
 from jaxsae.training.metrics_log import MetricsLog, read_metrics
 from jaxsae.training.optim import (
@@ -61,10 +65,16 @@ __all__ = [
     "train",
     "TrainingDivergedError",
     "Checkpoint",
+    "Checkpointer",
     "CheckpointMismatchError",
+    "CheckpointDamagedError",
     "save_checkpoint",
     "load_checkpoint",
     "latest_checkpoint",
+    "latest_step",
+    "initialize",
+    "Placement",
+    "DistributedSetupError",
     "MetricsLog",
     "read_metrics",
     "resample_dead_features",

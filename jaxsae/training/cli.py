@@ -96,6 +96,40 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-progress", dest="progress", action="store_false", help="hide the progress bar"
     )
+    add_process_arguments(parser)
+
+
+def add_process_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--coordinator``, ``--num-processes``, ``--process-id``, ``--heartbeat-timeout``."""
+    group = parser.add_argument_group(
+        "several processes (hosts)",
+        "Run the same command in every process, with the same arguments but --process-id. "
+        "Without these flags JAX's cluster detection is used (TPU pod slices, SLURM, Open MPI); "
+        "outside a cluster the command runs as one process.",
+    )
+    group.add_argument("--coordinator", metavar="HOST:PORT", help="where process 0 listens")
+    group.add_argument("--num-processes", type=int, metavar="N", help="processes taking part")
+    group.add_argument("--process-id", type=int, metavar="I", help="this process, 0 .. N-1")
+    group.add_argument(
+        "--heartbeat-timeout",
+        type=int,
+        default=100,
+        metavar="S",
+        help="a process silent for S seconds counts as dead; the others then stop with an "
+        "error (default 100)",
+    )
+
+
+def join_processes(args: argparse.Namespace) -> None:
+    """Join the other processes of the run, as the flags of ``add_process_arguments`` say."""
+    from jaxsae.training.distributed import initialize
+
+    initialize(
+        args.coordinator,
+        args.num_processes,
+        args.process_id,
+        heartbeat_timeout_s=args.heartbeat_timeout,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
     from jaxsae.training.loop import TrainingDivergedError, train
     from jaxsae.training.parallel import make_mesh
 
+    join_processes(args)
     try:
         check_output_dir(args.out, "--out")
         src = as_source(args.data)

@@ -4,7 +4,7 @@
 
     config.json        the run's TrainConfig and loop options
     metrics.jsonl      one record every ``log_every`` steps (see ``metrics_log``)
-    checkpoints/       ckpt_*.npz, the last ``keep_checkpoints`` (see ``checkpoint``)
+    checkpoints/       ckpt_*/, the last ``keep_checkpoints`` (Orbax; see ``checkpoint``)
     sae/               the final SAE on raw inputs, in SAELens' layout (``save_saelens``)
 
 What it guarantees:
@@ -13,8 +13,15 @@ What it guarantees:
   (``jaxsae.data.loader``); a checkpoint holds the whole train state (parameters, Adam moments,
   step, dead-feature counters, PRNG key), the data position and the normalisation. A run
   stopped at step ``N`` and resumed reaches the same parameters as an uninterrupted run.
-* **Devices.** By default the step is ``make_sharded_step`` on a mesh of all devices (batch
-  split over ``"data"``); ``pmap=True`` uses ``make_pmap_step``. Both give the same numbers.
+* **Devices and processes.** By default the step is ``make_sharded_step`` on a mesh of all
+  devices of all processes (batch split over ``"data"``); ``pmap=True`` uses ``make_pmap_step``
+  on one process. Both give the same numbers. With several processes (``distributed``) every
+  process calls ``train`` with the same arguments: each reads only its rows of each batch,
+  writes its shards of each checkpoint, and process 0 writes the files that exist once
+  (``config.json``, ``metrics.jsonl``, ``sae/``).
+* **Shape of the code.** ``_set_up`` builds the run (data, placement, state fresh or
+  restored), ``_step_loop`` runs the steps, and the periodic work is done by small hooks called
+  after each step: ``_Metrics`` (log and progress), ``_Resampler`` and ``_Checkpoints``.
 * **Failures.** Ctrl-C lets the current step finish, saves a checkpoint, then raises
   ``KeyboardInterrupt`` (a second Ctrl-C interrupts at once). A
   non-finite loss or parameter stops the run with ``TrainingDivergedError`` before anything
@@ -32,6 +39,7 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,21 +50,12 @@ import numpy as np
 from jaxsae.data.loader import Loader, Normalisation, as_source, compute_normalisation
 from jaxsae.data.store import atomic_save_text
 from jaxsae.kernels.sae import SAEParams, fold_normalisation
-from jaxsae.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
-from jaxsae.training.checkpoint import save_checkpoint as _save
+from jaxsae.training.checkpoint import Checkpointer
 from jaxsae.training.config import TrainConfig
+from jaxsae.training.distributed import Placement, barrier, is_main
 from jaxsae.training.metrics_log import MetricsLog, read_metrics
-from jaxsae.training.parallel import (
-    DATA,
-    make_mesh,
-    make_pmap_step,
-    make_sharded_step,
-    replicate_for_pmap,
-    shard_state,
-    unreplicate,
-)
 from jaxsae.training.resample import resample_dead_features
-from jaxsae.training.state import StepMetrics, TrainState, dead_mask, init_state
+from jaxsae.training.state import StepMetrics, TrainState, dead_mask
 
 __all__ = ["train", "TrainingDivergedError", "LOGGED"]
 
@@ -68,14 +67,6 @@ LOGGED = (*StepMetrics._fields, "tokens_per_s", "epoch")
 
 class TrainingDivergedError(RuntimeError):
     """The loss or the parameters became non-finite; the last good checkpoint is kept."""
-
-
-def _host_state(state: TrainState, pmap: bool) -> TrainState:
-    return unreplicate(state) if pmap else state
-
-
-def _all_finite(tree: Any) -> bool:
-    return all(bool(np.isfinite(x).all()) for x in jax.tree.leaves(tree))
 
 
 def train(
@@ -108,16 +99,16 @@ def train(
         or a ``Loader`` (used as is; its batch size must be ``cfg.batch_size``; its
         normalisation is replaced by the run's).
       out_dir: output directory (created).
-      resume: continue from the latest checkpoint in ``out_dir/checkpoints`` if there is one
-        (its configuration and data stream must match); ``False`` deletes old checkpoints and
-        starts afresh.
+      resume: continue from the latest intact checkpoint in ``out_dir/checkpoints`` if there is
+        one (its configuration and data stream must match); ``False`` deletes old checkpoints
+        and starts afresh.
       checkpoint_every: steps between checkpoints (one is also written at the end).
       keep_checkpoints: how many checkpoints to keep.
       log_every: steps between records of ``metrics.jsonl`` (and progress-bar updates).
       mesh: a ``("data", "feature")`` mesh (``parallel.make_mesh``); default: all ``devices``
         on the data axis.
-      devices: devices to use (default: all).
-      pmap: run the step under ``jax.pmap`` instead of ``shard_map`` on a mesh.
+      devices: devices to use (default: all, of every process).
+      pmap: run the step under ``jax.pmap`` instead of ``shard_map`` on a mesh (one process).
       progress: show a tqdm progress bar with loss, L0, FVU and the dead fraction.
       normalise: scale inputs so that ``E‖x‖² = d_in`` (``False``: train on raw inputs).
       center: subtract the data mean before scaling (the SAE's ``b_dec`` then starts at the
@@ -137,12 +128,10 @@ def train(
 
     Raises:
       ValueError: bad data (wrong ``d_in``, empty, NaN/inf), a batch that does not split over
-        the devices, a checkpoint that does not fit.
+        the devices, a checkpoint that does not fit, ``pmap`` with several processes.
       TrainingDivergedError: a non-finite loss or parameter (the last good checkpoint is kept).
       KeyboardInterrupt: after saving a checkpoint.
     """
-    from tqdm.auto import tqdm
-
     if checkpoint_every < 1 or log_every < 1 or keep_checkpoints < 1:
         raise ValueError(
             "train: expected checkpoint_every, log_every and keep_checkpoints >= 1, found "
@@ -152,198 +141,288 @@ def train(
         raise ValueError(
             f"train: resampling is for arch='l1' (TopK uses AuxK), found arch={cfg.arch!r}"
         )
-    end = cfg.total_steps if until_step is None else min(int(until_step), cfg.total_steps)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = out / "checkpoints"
-
-    # -- data -------------------------------------------------------------------------------
-    if isinstance(data, Loader):
-        loader = data
-        if loader.d != cfg.d_in or loader.batch_size != cfg.batch_size:
-            raise ValueError(
-                f"train: expected a Loader of width d_in={cfg.d_in} and batch_size="
-                f"{cfg.batch_size}, found {loader.d} and {loader.batch_size}"
-            )
-    else:
-        seed = cfg.seed if data_seed is None else data_seed
-        loader = Loader(data, cfg.batch_size, seed=seed, d_in=cfg.d_in)
-    src = as_source(loader.source)
-
-    # -- devices ----------------------------------------------------------------------------
-    if pmap:
-        devs = list(jax.local_devices() if devices is None else devices)
-        n_data = len(devs)
-    else:
-        mesh = mesh if mesh is not None else make_mesh(devices=devices)
-        n_data = mesh.shape[DATA]
-    if cfg.batch_size % n_data:
-        raise ValueError(
-            f"train: expected batch_size={cfg.batch_size} divisible by the {n_data} data-parallel "
-            "devices"
-        )
-
-    # -- state: fresh or from a checkpoint --------------------------------------------------
     options = {
         "normalise": normalise,
         "center": center,
         "resample_steps": sorted(int(s) for s in resample_steps),
         "resample_batches": resample_batches,
     }
-    template = jax.eval_shape(lambda: init_state(cfg, dtype=dtype))
-    ckpt = latest_checkpoint(ckpt_dir) if resume else None
+    end = cfg.total_steps if until_step is None else min(int(until_step), cfg.total_steps)
+    loader = _loader(cfg, data, cfg.seed if data_seed is None else data_seed)
+    placement = Placement(cfg, mesh=mesh, devices=devices, pmap=pmap)
+    run = _set_up(cfg, loader, Path(out_dir), placement, options, resume, keep_checkpoints, dtype)
+    metrics = _Metrics(run, log_every, progress, end)
+    checkpoints = _Checkpoints(run, metrics, checkpoint_every)
+    hooks = [_Resampler(run, metrics, resample_batches), metrics, checkpoints]
+    state, done = _step_loop(run, hooks, metrics, checkpoints, end)
+    params = jax.tree.map(jnp.asarray, placement.gather(state.params))
+    raw = fold_normalisation(
+        params, run.norm.mean, run.norm.scale, apply_b_dec_to_input=cfg.arch == "topk"
+    )
+    if export and done == cfg.total_steps and is_main():
+        from jaxsae.models.saelens import save_saelens
+
+        save_saelens(run.out / "sae", raw, _saelens_cfg(cfg, loader.source, run.norm))
+    barrier("jaxsae-train-exported")
+    return raw, metrics.history
+
+
+@dataclass
+class _Run:
+    """What the pieces of a run share: set once by ``_set_up``, then read."""
+
+    cfg: TrainConfig
+    loader: Loader
+    placement: Placement
+    out: Path
+    options: dict
+    norm: Normalisation
+    state: TrainState  # the state the run starts from (placed)
+    start: int
+    resumed: bool
+    checkpointer: Checkpointer
+
+
+def _loader(cfg: TrainConfig, data: Any, seed: int) -> Loader:
+    if not isinstance(data, Loader):
+        return Loader(data, cfg.batch_size, seed=seed, d_in=cfg.d_in)
+    if data.d != cfg.d_in or data.batch_size != cfg.batch_size:
+        raise ValueError(
+            f"train: expected a Loader of width d_in={cfg.d_in} and batch_size="
+            f"{cfg.batch_size}, found {data.d} and {data.batch_size}"
+        )
+    return data
+
+
+def _set_up(
+    cfg: TrainConfig,
+    loader: Loader,
+    out: Path,
+    placement: Placement,
+    options: dict,
+    resume: bool,
+    keep: int,
+    dtype: Any,
+) -> _Run:
+    """The run's state: restored from the newest intact checkpoint, or fresh; ``config.json``."""
+    if is_main():
+        out.mkdir(parents=True, exist_ok=True)
+    barrier("jaxsae-train-out-dir")
+    ckpts = Checkpointer(out / "checkpoints", keep=keep, primary=is_main(), barrier=barrier)
     if not resume:
-        for old in list_checkpoints(ckpt_dir):
-            old.unlink()
-    if ckpt is not None:
-        loaded = load_checkpoint(ckpt, template, config=cfg.to_dict())
-        saved_opts = loaded.extra.get("options", options)
+        ckpts.delete_all()
+    ck = ckpts.restore(placement.abstract_state(dtype), config=cfg.to_dict()) if resume else None
+    if ck is not None:
+        saved_opts = ck.extra.get("options", options)
         if saved_opts != options:
             raise ValueError(
-                f"checkpoint {ckpt}: saved with loop options {saved_opts}, now {options}; "
+                f"checkpoint {ck.path}: saved with loop options {saved_opts}, now {options}; "
                 "use the same options to resume, or resume=False"
             )
-        loader.load_state_dict(loaded.data_state)
-        norm = loaded.normalisation or Normalisation.identity(cfg.d_in)
-        state = jax.tree.map(jnp.asarray, loaded.state)
-        start = loaded.step
-        print(f"resuming from step {start} ({ckpt})")
+        loader.load_state_dict(ck.data_state)
+        norm = ck.normalisation or Normalisation.identity(cfg.d_in)
+        state, start = placement.distribute(ck.state), ck.step
+        if is_main():
+            print(f"resuming from step {start} ({ck.path})")
     else:
-        if normalise:
-            stats = compute_normalisation(src, center=True)
-            norm = stats if center else compute_normalisation(src, center=False)
-            b_dec = None if center else stats.mean * norm.scale
-        else:
-            norm, b_dec = Normalisation.identity(cfg.d_in), None
-        state = jax.jit(lambda: init_state(cfg, b_dec=b_dec, dtype=dtype))()
+        norm, b_dec = _normalisation(loader, options)
+        state, start = placement.init_state(b_dec, dtype), 0
         loader.seek(0)
-        start = 0
     loader.normalisation = norm
-    atomic_save_text(
-        out / "config.json",
-        json.dumps(
-            {"config": cfg.to_dict(), "options": options, "normalisation_scale": norm.scale},
-            indent=1,
-        ),
-    )
+    if is_main():
+        config = {"config": cfg.to_dict(), "options": options, "normalisation_scale": norm.scale}
+        atomic_save_text(out / "config.json", json.dumps(config, indent=1))
+    return _Run(cfg, loader, placement, out, options, norm, state, start, ck is not None, ckpts)
 
-    if pmap:
-        step_fn = make_pmap_step(cfg, devices=devs, check_inputs=False)
-        state = replicate_for_pmap(state, devs)
-    else:
-        step_fn = make_sharded_step(cfg, mesh, check_inputs=False)
-        state = shard_state(state, mesh, cfg)
 
-    def place(host: TrainState) -> TrainState:
-        return replicate_for_pmap(host, devs) if pmap else shard_state(host, mesh, cfg)
+def _normalisation(loader: Loader, options: dict) -> tuple[Normalisation, np.ndarray | None]:
+    """The input normalisation of a fresh run and the initial ``b_dec`` (``None``: default)."""
+    d = loader.d
+    if not options["normalise"]:
+        return Normalisation.identity(d), None
+    src = as_source(loader.source)
+    stats = compute_normalisation(src, center=True)
+    if options["center"]:
+        return stats, None
+    norm = compute_normalisation(src, center=False)
+    return norm, stats.mean * norm.scale
 
-    log = MetricsLog(out / "metrics.jsonl", resume_step=start if ckpt is not None else None)
-    history = read_metrics(log.path)
-    resample_at = set(options["resample_steps"])
-    resample_fn = jax.jit(resample_dead_features)
 
-    done = start  # steps completed by `state`
-    last_saved = start if ckpt is not None else None
-    pending: list[StepMetrics] = []  # device metrics not yet checked and logged
-    tick, tick_step = time.perf_counter(), start
+def _step_loop(
+    run: _Run, hooks: list, metrics: _Metrics, checkpoints: _Checkpoints, end: int
+) -> tuple[TrainState, int]:
+    """Run steps ``start .. end``, the hooks after each; on Ctrl-C save, then re-raise."""
+    step_fn = run.placement.step_fn()
+    state, done = run.state, run.start
+    sigint = _DeferredInterrupt()
+    try:
+        with sigint:
+            while done < end:
+                batch = run.placement.batch(run.loader, done)
+                state, step_metrics = step_fn(state, batch)
+                done += 1
+                metrics.record(step_metrics)
+                sigint.check()
+                for hook in hooks:
+                    state = hook(done, state, end)
+    except KeyboardInterrupt:
+        try:
+            metrics.flush(done)
+            checkpoints.save(state, done)
+            checkpoints.close()
+            print(f"\ninterrupted: checkpoint saved at step {done} in {checkpoints.dir}")
+        except (TrainingDivergedError, RuntimeError) as err:  # e.g. a state donated mid-step
+            print(f"\ninterrupted: could not save step {done} ({err}); {checkpoints.kept()}")
+        raise
+    finally:
+        metrics.close()
+        checkpoints.close()
+    return state, done
 
-    def save(at_state: TrainState) -> None:
-        nonlocal last_saved
-        host = jax.device_get(_host_state(at_state, pmap))
-        if not _all_finite(host.params):
-            raise TrainingDivergedError(
-                f"parameters became non-finite by step {done}; "
-                + _kept_message(ckpt_dir, last_saved)
-            )
-        _save(
-            ckpt_dir,
-            host,
-            step=done,
-            config=cfg.to_dict(),
-            data_state={**loader.state_dict(), "position": done},
-            normalisation=norm,
-            extra={"options": options},
-            keep=keep_checkpoints,
+
+class _Metrics:
+    """Collects each step's metrics; every ``every`` steps checks them and logs a record.
+
+    Records go to ``metrics.jsonl`` (process 0) and to ``history``; the progress bar shows the
+    last one. A non-finite loss raises ``TrainingDivergedError`` before it reaches a checkpoint.
+    """
+
+    def __init__(self, run: _Run, every: int, progress: bool, end: int):
+        from tqdm.auto import tqdm
+
+        self.run, self.every = run, every
+        self.log = MetricsLog(
+            run.out / "metrics.jsonl",
+            resume_step=run.start if run.resumed else None,
+            write_file=is_main(),
         )
-        last_saved = done
+        self.history = read_metrics(self.log.path) if run.resumed else []
+        self.pending: list[StepMetrics] = []
+        self.tick, self.tick_step = time.perf_counter(), run.start
+        self.kept = lambda: "no checkpoint was written yet"  # replaced by _Checkpoints
+        show = progress and is_main()
+        self.bar = tqdm(total=end, initial=run.start, desc="train", unit="step", disable=not show)
 
-    def flush(bar: Any) -> None:
-        """Check the pending metrics for non-finite losses, then log them."""
-        nonlocal pending, tick, tick_step
-        if not pending:
+    def record(self, metrics: StepMetrics) -> None:
+        self.pending.append(metrics)
+        self.bar.update(1)
+
+    def __call__(self, done: int, state: TrainState, end: int) -> TrainState:
+        if done % self.every == 0 or done == end:
+            self.flush(done)
+        return state
+
+    def flush(self, done: int) -> None:
+        """Check the pending metrics for non-finite losses, then log them as one record."""
+        if not self.pending:
             return
-        host = jax.device_get(pending)
+        host = jax.device_get(self.pending)
         losses = np.array([float(m.loss) for m in host])
         if not np.isfinite(losses).all():
             bad = done - len(host) + int(np.argmin(np.isfinite(losses))) + 1
             raise TrainingDivergedError(
-                f"the loss became {losses[~np.isfinite(losses)][0]} at step {bad}; "
-                + _kept_message(ckpt_dir, last_saved)
+                f"the loss became {losses[~np.isfinite(losses)][0]} at step {bad}; " + self.kept()
             )
         now = time.perf_counter()
         rec = {f: float(np.mean([getattr(m, f) for m in host])) for f in _MEANS}
         last = host[-1]
         rec.update({f: float(getattr(last, f)) for f in StepMetrics._fields if f not in _MEANS})
-        rec["tokens_per_s"] = (done - tick_step) * cfg.batch_size / max(now - tick, 1e-9)
-        rec["epoch"] = done * cfg.batch_size / loader.num_rows
-        history.append(log.write(step=done, **rec))
-        if bar is not None:
-            bar.set_postfix(
-                loss=f"{rec['loss']:.4g}",
-                L0=f"{rec['l0']:.1f}",
-                FVU=f"{rec['fvu']:.3f}",
-                dead=f"{rec['dead_frac']:.1%}",
-                refresh=False,
+        batch = self.run.cfg.batch_size
+        rec["tokens_per_s"] = (done - self.tick_step) * batch / max(now - self.tick, 1e-9)
+        rec["epoch"] = done * batch / self.run.loader.num_rows
+        self.write(step=done, **rec)
+        self.bar.set_postfix(
+            loss=f"{rec['loss']:.4g}",
+            L0=f"{rec['l0']:.1f}",
+            FVU=f"{rec['fvu']:.3f}",
+            dead=f"{rec['dead_frac']:.1%}",
+            refresh=False,
+        )
+        self.pending, self.tick, self.tick_step = [], now, done
+
+    def write(self, **record: Any) -> None:
+        self.history.append(self.log.write(**record))
+
+    def close(self) -> None:
+        self.bar.close()
+        self.log.close()
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
+
+
+class _Checkpoints:
+    """Saves the state every ``every`` steps and at the end (after the metrics are checked)."""
+
+    def __init__(self, run: _Run, metrics: _Metrics, every: int):
+        self.run, self.metrics, self.every = run, metrics, every
+        self.dir = run.checkpointer.dir
+        self.last_saved = run.start if run.resumed else None
+        metrics.kept = self.kept
+
+    def __call__(self, done: int, state: TrainState, end: int) -> TrainState:
+        if done % self.every == 0 or done == end:
+            self.metrics.flush(done)
+            self.save(state, done)
+        return state
+
+    def save(self, state: TrainState, done: int) -> None:
+        if not bool(_all_finite(state.params)):
+            raise TrainingDivergedError(
+                f"parameters became non-finite by step {done}; " + self.kept()
             )
-        pending, tick, tick_step = [], now, done
+        run = self.run
+        if run.placement.pmap:
+            state = jax.tree.map(lambda x: x[0], state)
+        run.checkpointer.save(
+            done,
+            state,
+            config=run.cfg.to_dict(),
+            data_state={**run.loader.state_dict(), "position": done},
+            normalisation=run.norm,
+            extra={"options": run.options},
+        )
+        self.last_saved = done
 
-    bar = tqdm(total=end, initial=start, desc="train", unit="step", disable=not progress)
-    sigint = _DeferredInterrupt()
-    try:
-        with sigint:
-            while done < end:
-                batch = loader.batch_at(done)
-                state, metrics = step_fn(state, batch)
-                done += 1
-                pending.append(metrics)
-                bar.update(1)
-                sigint.check()
-                if done in resample_at:
-                    flush(bar)
-                    state = _resample(
-                        state, loader, done, cfg, resample_batches, pmap, resample_fn, place, log
-                    )
-                if done % log_every == 0 or done == end:
-                    flush(bar)
-                if done % checkpoint_every == 0 or done == end:
-                    flush(bar)
-                    save(state)
-    except KeyboardInterrupt:
-        bar.close()
-        try:
-            flush(None)
-            save(state)
-            print(f"\ninterrupted: checkpoint saved at step {done} in {ckpt_dir}")
-        except (TrainingDivergedError, RuntimeError) as err:  # e.g. a state donated mid-step
-            kept = _kept_message(ckpt_dir, last_saved)
-            print(f"\ninterrupted: could not save step {done} ({err}); {kept}")
-        log.close()
-        raise
-    except TrainingDivergedError:
-        bar.close()
-        log.close()
-        raise
-    bar.close()
-    log.close()
+    def kept(self) -> str:
+        if self.last_saved is None:
+            return "no checkpoint was written yet; lower the learning rate or check the data"
+        return (
+            f"the last good checkpoint (step {self.last_saved}) is kept in {self.dir}; lower the "
+            "learning rate or check the data, then resume"
+        )
 
-    host = _host_state(state, pmap)
-    params = jax.tree.map(jnp.asarray, jax.device_get(host.params))
-    raw = fold_normalisation(params, norm.mean, norm.scale, apply_b_dec_to_input=cfg.arch == "topk")
-    if export and done == cfg.total_steps:
-        from jaxsae.models.saelens import save_saelens
+    def close(self) -> None:
+        self.run.checkpointer.close()
 
-        save_saelens(out / "sae", raw, _saelens_cfg(cfg, src, norm))
-    return raw, history
+
+class _Resampler:
+    """Resamples dead features after the steps in ``run.options["resample_steps"]``."""
+
+    def __init__(self, run: _Run, metrics: _Metrics, n_batches: int):
+        self.run, self.metrics, self.n_batches = run, metrics, n_batches
+        self.at = set(run.options["resample_steps"])
+        self.fn = jax.jit(resample_dead_features)
+
+    def __call__(self, done: int, state: TrainState, end: int) -> TrainState:
+        if done not in self.at:
+            return state
+        self.metrics.flush(done)
+        run, cfg = self.run, self.run.cfg
+        host = run.placement.gather(state)
+        dead = dead_mask(jnp.asarray(host.tokens_since_fired), cfg)
+        n_dead = int(jnp.sum(dead))
+        if n_dead:
+            steps = range(max(0, done - self.n_batches), done)
+            candidates = jnp.asarray(np.concatenate([run.loader.batch_at(s) for s in steps]))
+            key, use = jax.random.split(jnp.asarray(host.key))
+            host = jax.tree.map(jnp.asarray, host)._replace(key=key)
+            host, _ = self.fn(host, candidates, use, dead)
+            state = run.placement.place(jax.device_get(host))
+        self.metrics.write(step=done, resampled=n_dead)
+        return state
 
 
 def _saelens_cfg(cfg: TrainConfig, src: Any, norm: Normalisation) -> dict:
@@ -393,38 +472,3 @@ class _DeferredInterrupt:
         """Raise ``KeyboardInterrupt`` if Ctrl-C was pressed since the last step began."""
         if self.requested:
             raise KeyboardInterrupt
-
-
-def _kept_message(ckpt_dir: Path, last_saved: int | None) -> str:
-    if last_saved is None:
-        return "no checkpoint was written yet; lower the learning rate or check the data"
-    return (
-        f"the last good checkpoint (step {last_saved}) is kept in {ckpt_dir}; lower the learning "
-        "rate or check the data, then resume"
-    )
-
-
-def _resample(
-    state: TrainState,
-    loader: Loader,
-    done: int,
-    cfg: TrainConfig,
-    n_batches: int,
-    pmap: bool,
-    resample_fn: Any,
-    place: Any,
-    log: MetricsLog,
-) -> TrainState:
-    """Resample dead features after step ``done`` from the last ``n_batches`` batches."""
-    host = jax.device_get(_host_state(state, pmap))
-    dead = dead_mask(jnp.asarray(host.tokens_since_fired), cfg)
-    n_dead = int(jnp.sum(dead))
-    if n_dead:
-        steps = range(max(0, done - n_batches), done)
-        candidates = jnp.asarray(np.concatenate([loader.batch_at(s) for s in steps]))
-        key, use = jax.random.split(jnp.asarray(host.key))
-        host = jax.tree.map(jnp.asarray, host)._replace(key=key)
-        host, _ = resample_fn(host, candidates, use, dead)
-        state = place(host)
-    log.write(step=done, resampled=n_dead)
-    return state

@@ -52,6 +52,8 @@ class MetricsLog:
       path: the ``metrics.jsonl`` file.
       resume_step: if given, keep only the existing records with ``step <= resume_step``
         (rewritten atomically); if ``None``, start a fresh file.
+      write_file: ``False`` keeps the file as it is and only returns the records (the
+        processes of a run other than process 0).
 
     Example:
       >>> log = MetricsLog(out_dir / "metrics.jsonl")
@@ -59,8 +61,13 @@ class MetricsLog:
       >>> log.close()
     """
 
-    def __init__(self, path: str | os.PathLike, *, resume_step: int | None = None):
+    def __init__(
+        self, path: str | os.PathLike, *, resume_step: int | None = None, write_file: bool = True
+    ):
         self.path = Path(path)
+        self._file: Any = None
+        if not write_file:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is None:
             kept: list[dict] = []
@@ -72,12 +79,13 @@ class MetricsLog:
     def write(self, **record: Any) -> dict:
         """Append one record (values converted to JSON scalars) and flush it; return it."""
         clean = {k: _clean(v) for k, v in record.items()}
-        self._file.write(json.dumps(clean) + "\n")
-        self._file.flush()
+        if self._file is not None:
+            self._file.write(json.dumps(clean) + "\n")
+            self._file.flush()
         return clean
 
     def close(self) -> None:
-        if not self._file.closed:
+        if self._file is not None and not self._file.closed:
             self._file.close()
 
     def __enter__(self) -> MetricsLog:

@@ -7,7 +7,9 @@ Two ways, the same numbers (tests compare both to one device):
   over ``"data"``; the dictionary over ``"feature"`` (``feature = 1``: every device holds all of
   it). The state is placed once with ``shard_state`` and the step donates its buffers.
 * **pmap** (what Colab TPU users know): ``make_pmap_step(cfg)`` on a state from
-  ``replicate_for_pmap``; ``unreplicate`` gives back one copy.
+  ``replicate_for_pmap``; ``unreplicate`` gives back one copy. One process only: with several
+  processes (``jax.distributed``) use the mesh, which spans every process's devices
+  (``distributed.Placement`` says so with an error).
 
 Both step functions take the *global* batch ``(batch, d_in)`` (NumPy or JAX) and return
 ``(state, StepMetrics)`` with scalar metrics. Before any compute they check, on the host, that the
