@@ -359,7 +359,7 @@ def run(args: argparse.Namespace) -> int:
 
     # -- 5. interpretation ----------------------------------------------------------------
     t = time.perf_counter()
-    from jaxsae.interpret.cli import analyse
+    from jaxsae.interpret.analysis import AnalysisConfig, analyse
 
     key = {
         "run": run_dir.name,
@@ -373,16 +373,7 @@ def run(args: argparse.Namespace) -> int:
         console, images = previous["console"], previous["images"]
     else:
         _say(f"interpreting {cfg.d_sae} features on {eval_store.num_rows} held-out residues")
-        result = analyse(
-            eval_store,
-            params,
-            out,
-            pca_source=train_store,
-            l1_coeff=l1_raw,
-            fista_proteins=args.fista_proteins,
-            metrics=history,
-            amortisation=amort,
-            max_cards=s["max_cards"],
+        config = AnalysisConfig(
             title=(
                 f"Features of ESM-2 t6 8M layer {s['layer']}: an L1 SAE with {cfg.d_sae} features"
             ),
@@ -391,7 +382,20 @@ def run(args: argparse.Namespace) -> int:
                 f"trained {cfg.total_steps} steps × {cfg.batch_size} residues, λ = "
                 f"{cfg.l1_coeff} on normalised inputs."
             ),
+            l1_coeff=l1_raw,
+            fista_proteins=args.fista_proteins,
+            max_cards=s["max_cards"],
             progress=progress,
+        )
+        result = analyse(
+            eval_store,
+            params,
+            out,
+            config=config,
+            pca_source=train_store,
+            metrics=history,
+            amortisation=amort,
+            model=model,
             log=_say,
             key=key,
         )

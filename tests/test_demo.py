@@ -49,7 +49,7 @@ def test_demo_quick_runs_reuses_and_interpret_reads_its_outputs(tmp_path, capsys
     out = tmp_path / "demo"
     assert cli.main(["demo", *TINY, "--out", str(out)]) == 0
     first = capsys.readouterr().out
-    assert "residue concepts F1>0.5" in first and "report:" in first
+    assert "concepts F1>0.5" in first and "report:" in first
     report = out / "report.html"
     text = report.read_text()
     assert "http://" not in text and "https://" not in text
@@ -74,7 +74,7 @@ def test_demo_quick_runs_reuses_and_interpret_reads_its_outputs(tmp_path, capsys
     assert second.count("activation store: reusing") == 2
     assert "SAE: reusing the finished run" in second
     assert "amortisation gap: reusing" in second and "analysis: reusing" in second
-    assert "residue concepts F1>0.5" in second  # the headline table is printed again
+    assert "concepts F1>0.5" in second  # the headline table is printed again
     assert _mtimes([*stores, *ckpts, report]) == before  # nothing recomputed or rewritten
 
     heldout = stores[0].parent if "heldout" in str(stores[0]) else stores[1].parent
@@ -96,7 +96,7 @@ def test_demo_quick_runs_reuses_and_interpret_reads_its_outputs(tmp_path, capsys
         == 0
     )
     third = capsys.readouterr().out
-    assert "residue concepts F1>0.5" in third
+    assert "concepts F1>0.5" in third
     assert (tmp_path / "interp" / "report.html").is_file()
 
 
