@@ -104,3 +104,26 @@ def test_demo_rejects_bad_settings(capsys):
     assert cli.main(["demo", "--d-sae", "0", "--out", "unused-dir"]) == 2
     assert "--d-sae" in capsys.readouterr().err
     assert not Path("unused-dir").exists()
+
+
+def test_full_preset_settings_and_plan_at_tiny_size(tmp_path, capsys):
+    from jaxsae.demo import FULL_TOKENS, _settings
+
+    s = _settings(cli.build_parser().parse_args(["demo", "--full"]))
+    assert (s["d_sae"], s["n_proteins"], s["max_len"], s["checkpoint_every"]) == (
+        10240,
+        None,
+        1022,
+        500,
+    )
+    assert s["batch_size"] == 4096  # CPU; 16384 on a GPU/TPU
+    assert s["steps"] * s["batch_size"] >= FULL_TOKENS > (s["steps"] - 1) * s["batch_size"]
+    out = tmp_path / "full"
+    args = ["demo", "--full", "--plan", "--n-proteins", "40", "--d-sae", "64"]
+    assert cli.main([*args, "--steps", "5", "--batch-size", "64", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "plan: 40 proteins" in text and "5 steps × 64 residues" in text
+    assert "Expected: extract" in text and "total" in text
+    assert not list(out.glob("store_*"))  # --plan does no work
+    assert cli.main(["demo", "--full", "--quick", "--out", str(out)]) == 2
+    assert "--full and --quick" in capsys.readouterr().err
