@@ -201,6 +201,8 @@ def test_selection_uses_validation_and_scores_on_test():
     assert scores.val_f1[0] == 1.0
     assert scores.test_precision[0] == 0.5 and scores.test_recall[0] == 1.0
     np.testing.assert_allclose(scores.test_f1[0], 2 / 3)
+    np.testing.assert_allclose(scores.test_f1_best_threshold[0], 2 / 3)  # report_metrics' variant
+    assert select_best(counts, ["x c"], threshold="test").threshold[0] == 0.0
     assert scores.eligible[0]  # 4 residues > 3 (validation and test pooled, InterPLM's rule)
     assert not select_best(counts, ["x c"], min_residues=4).eligible[0]
 
