@@ -637,9 +637,14 @@ def write_outputs(
     bar = bar_check({m: scored[m] for m in featurizers})
     variants = _variants(scored, concepts, cfg)
     absent = _absent_text(concepts.absent)
+    recall_txt = (
+        "InterPLM's protocol: best feature per concept chosen on validation, recall per "
+        "instance for range concepts"
+        if cfg.recall == "instance"
+        else "best feature per concept chosen on validation; variant: recall per residue"
+    )
     console = (
-        "Concepts covered at test F1 > 0.5 (InterPLM's protocol: best feature per concept chosen "
-        "on validation, recall per instance for range concepts):\n"
+        f"Concepts covered at test F1 > 0.5 ({recall_txt}):\n"
         + format_table(headline_rows, headline_headers)
         + "\n\nBest feature per concept (test F1):\n"
         + format_table(crows, cheads)
