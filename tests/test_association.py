@@ -224,3 +224,14 @@ def test_feature_best_concepts_split_names_and_errors():
     old = [{"split": "validation"}, {"split": "valid"}, {"split": "train"}, {}]
     assert split_codes(old).tolist() == [1, 1, 0, -1]
     assert domain_concepts([{"sequence": "AA"}]).names == ()
+
+
+def test_analysis_config_is_validated():
+    from jaxsae.interpret.analysis import AnalysisConfig
+
+    assert AnalysisConfig().thresholds == THRESHOLDS and AnalysisConfig().min_residues == 1500
+    for bad in ({"recall": "domain"}, {"chunk_size": 0}, {"thresholds": (1.5,)}, {"k": 0}):
+        with pytest.raises(ValueError):
+            AnalysisConfig(**bad)
+    with pytest.raises(TypeError):
+        AnalysisConfig(min_domains=3)  # unknown option

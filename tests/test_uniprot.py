@@ -110,8 +110,20 @@ def test_extract_uniprot_then_interpret_scores_its_features(tmp_path, capsys):
     cfg = AnalysisConfig(
         min_residues=0, min_instances=0, min_description_count=1, max_cards=1, progress=False
     )
-    res = analyse(store, params, tmp_path / "report", config=cfg, log=lambda *a: None)
+    seen = []
+
+    def hook(inputs):  # the faithfulness stage's hook: receives the SAE, the store, the model
+        seen.append(inputs)
+        return {"explained_variance": 0.5}
+
+    res = analyse(
+        store, params, tmp_path / "report", config=cfg, log=lambda *a: None,
+        model="the model", faithfulness=hook,
+    )  # fmt: skip
     summary = json.loads(res.summary_path.read_text())
+    assert summary["faithfulness"] == {"explained_variance": 0.5}
+    assert seen[0].model == "the model" and seen[0].params is params and seen[0].layer == 4
+    assert "explained_variance: 0.5" in res.report.read_text()
     assert summary["concept_sources"]["UniProt"] > 20
     # residue identity comes from the sequence alone (no DSSP in this store)
     assert summary["concept_sources"]["sequence"] == 20

@@ -774,7 +774,7 @@ def analyse(
     concepts = build_concept_sets(proteins, cfg)
     scored = score_concepts(store, proteins, featurizers, stats, concepts, cfg, log)
     scored.update(fista_baseline(store, proteins, params, concepts, cfg, log))
-    layer = dict(getattr(store, "info", {}) or {}).get("layer")
+    layer = dict(getattr(store, "meta", None) or {}).get("layer")
     faith = faithfulness_stage(
         faithfulness, FaithfulnessInputs(store, params, proteins, model, layer, out), log
     )
