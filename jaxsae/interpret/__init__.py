@@ -4,7 +4,9 @@ Names are imported lazily (on first use), so that ``jaxsae interpret --help`` st
 
 * streaming statistics: ``scan_features``, ``FeatureStats``, ``Featurizer``, ``sae_featurizer``;
 * ``activation_density``, ``dead_features``, ``decoder_neighbours``, ``decoder_cosine``;
-* concepts: ``residue_concepts``, ``domain_concepts``, ``split_codes``;
+* concepts with a kind (point/range) and instances: ``build_concepts`` (every source the
+  proteins support), ``sequence_concepts``, ``dssp_concepts``, ``domain_concepts`` (SCOPe),
+  ``uniprot_concepts``, ``ConceptTable``, ``split_codes``;
 * association (InterPLM's protocol): ``associate``, ``count_concepts``, ``select_best``,
   ``association_metrics``, ``coverage_summary``, ``feature_best_concepts``, ``THRESHOLDS``;
 * baselines: ``neuron_featurizer``, ``fit_pca``, ``pca_featurizer``, ``fista_featurizer``;

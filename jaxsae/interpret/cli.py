@@ -82,14 +82,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--min-residues",
         type=int,
         default=1500,
-        help="score a concept with more than this many residues in validation + test, or ... "
-        "(default 1500, InterPLM's)",
+        help="score a concept when validation + test hold more than this many of its residues "
+        "or more than --min-instances of its instances (defaults 1500 and 25, InterPLM's)",
     )
     parser.add_argument(
         "--min-instances",
         type=int,
         default=25,
-        help="... more than this many instances (default 25, InterPLM's)",
+        help="see --min-residues (instances: helices, domains, motifs …; residues for points)",
     )
 
 
