@@ -527,31 +527,13 @@ def associate(
     sizes = [len(t.names) for t in concept_sets]
     col0 = tuple(int(c) for c in np.concatenate([[0], np.cumsum(sizes)[:-1]]))
     layout = _Layout(tuple(concept_sets), tuple(evals), col0, int(sum(sizes)))
-    num_s, num_t, num_k, num_g = 2, len(thr), layout.num_k, len(concept_sets)
+    num_s, num_k, num_g = 2, layout.num_k, len(concept_sets)
     any_eval = np.zeros_like(base, dtype=bool)
     for ev in evals:
         any_eval |= ev >= 0
 
-    host = _zeros(num_s, thr, num_f, num_k)
-    host_active = np.zeros((num_g, num_s, num_t, num_f), np.int64)
-    host_total = np.zeros((num_g, num_s), np.int64)
+    tally = _Tally(thr, num_f, num_k, num_g)
     step = _step(featurizer.apply)
-
-    def fresh():
-        return (
-            jnp.zeros((num_t, num_f, num_s * num_k), jnp.float32),
-            jnp.zeros((num_t, num_f, num_g * num_s), jnp.float32),
-            jnp.zeros((num_t, num_f, num_s * num_k), jnp.float32),
-        )
-
-    def drain(acc):
-        tp, act, tpi = (np.rint(np.asarray(x)).astype(np.int64) for x in acc)
-        host.tp[...] += tp.reshape(num_t, num_f, num_s, num_k).transpose(2, 0, 1, 3)
-        host.tp_instances[...] += tpi.reshape(num_t, num_f, num_s, num_k).transpose(2, 0, 1, 3)
-        host_active[...] += act.reshape(num_t, num_f, num_g, num_s).transpose(2, 3, 0, 1)
-
-    acc = fresh()
-    pending: dict[tuple[int, int], list] = {}  # instance -> [hits (T, F), seen, col, split]
     chunks = iter_chunks(source, chunk_size)
     if progress is not None:
         chunks = progress(chunks)
@@ -562,38 +544,78 @@ def associate(
         cm, masks, starts, ends, ic, bidx, partial = _chunk_inputs(
             layout, np.asarray(index), chunk_size, num_s
         )
-        host.positives[...] += cm.reshape(chunk_size, num_s, num_k).sum(0, dtype=np.int64)
-        host.instances[...] += ic.sum(0, dtype=np.int64).reshape(num_s, num_k)
-        host_total[...] += masks.reshape(chunk_size, num_g, num_s).sum(0, dtype=np.int64)
+        tally.add_host(cm, masks, ic)
         acts_p, _, _ = pad_chunk(acts, np.asarray(index, np.int32), chunk_size)
-        acc, bhit = step(
-            featurizer.params, acts_p, inv_scale, cm, masks, thr, starts, ends, ic, bidx, acc
+        tally.acc, bhit = step(
+            featurizer.params, acts_p, inv_scale, cm, masks, thr, starts, ends, ic, bidx, tally.acc
         )
         if partial:
-            bhit = np.asarray(bhit)  # (T, B, F)
-            for q, (_, col, s, gid, length, piece) in enumerate(partial):
-                entry = pending.setdefault(gid, [np.zeros((num_t, num_f), bool), 0, col, s])
-                entry[0] |= bhit[:, q]
-                entry[1] += piece
-                if entry[1] >= length:
-                    _finish(host, pending.pop(gid))
-        if (n_chunk + 1) % 4096 == 0:
-            drain(acc)
-            acc = fresh()
-    drain(acc)
-    for gid in list(pending):  # instances whose residues were not all in the source
-        _finish(host, pending.pop(gid))
-    out = []
-    for g, size in enumerate(sizes):
-        cols = np.arange(col0[g], col0[g] + size)
-        out.append(host.take(cols)._replace(active=host_active[g], total=host_total[g]))
-    return out
+            tally.add_partial(np.asarray(bhit), partial)
+        if (n_chunk + 1) % 4096 == 0:  # float32 sums stay exact below 2^24 rows
+            tally.drain()
+    return tally.result(sizes, col0)
 
 
-def _finish(host: AssociationCounts, entry: list) -> None:
-    hits, _, col, s = entry
-    host.tp_instances[s, :, :, col] += hits
-    host.instances[s, col] += 1
+class _Tally:
+    """Running counts of ``associate``: float32 sums on the device, int64 on the host, and the
+    instances cut by a chunk boundary until all their residues have been seen."""
+
+    def __init__(self, thr: np.ndarray, num_f: int, num_k: int, num_g: int, num_s: int = 2):
+        self.shape = (len(thr), num_f, num_k, num_g, num_s)
+        self.host = _zeros(num_s, thr, num_f, num_k)
+        self.active = np.zeros((num_g, num_s, len(thr), num_f), np.int64)
+        self.total = np.zeros((num_g, num_s), np.int64)
+        self.pending: dict[tuple[int, int], list] = {}  # -> [hits (T, F), seen, col, split]
+        self.acc = self._fresh()
+
+    def _fresh(self) -> tuple[jax.Array, jax.Array, jax.Array]:
+        t, f, k, g, s = self.shape
+        return (
+            jnp.zeros((t, f, s * k), jnp.float32),
+            jnp.zeros((t, f, g * s), jnp.float32),
+            jnp.zeros((t, f, s * k), jnp.float32),
+        )
+
+    def add_host(self, cm: np.ndarray, masks: np.ndarray, ic: np.ndarray) -> None:
+        t, f, k, g, s = self.shape
+        n = cm.shape[0]
+        self.host.positives[...] += cm.reshape(n, s, k).sum(0, dtype=np.int64)
+        self.host.instances[...] += ic.sum(0, dtype=np.int64).reshape(s, k)
+        self.total[...] += masks.reshape(n, g, s).sum(0, dtype=np.int64)
+
+    def add_partial(self, bhit: np.ndarray, partial: list) -> None:
+        """Merge the hits ``(T, B, F)`` of instances cut by the chunk's boundaries."""
+        t, f = self.shape[:2]
+        for q, (_, col, s, gid, length, piece) in enumerate(partial):
+            entry = self.pending.setdefault(gid, [np.zeros((t, f), bool), 0, col, s])
+            entry[0] |= bhit[:, q]
+            entry[1] += piece
+            if entry[1] >= length:
+                self._finish(self.pending.pop(gid))
+
+    def _finish(self, entry: list) -> None:
+        hits, _, col, s = entry
+        self.host.tp_instances[s, :, :, col] += hits
+        self.host.instances[s, col] += 1
+
+    def drain(self) -> None:
+        t, f, k, g, s = self.shape
+        tp, act, tpi = (np.rint(np.asarray(x)).astype(np.int64) for x in self.acc)
+        self.host.tp[...] += tp.reshape(t, f, s, k).transpose(2, 0, 1, 3)
+        self.host.tp_instances[...] += tpi.reshape(t, f, s, k).transpose(2, 0, 1, 3)
+        self.active[...] += act.reshape(t, f, g, s).transpose(2, 3, 0, 1)
+        self.acc = self._fresh()
+
+    def result(self, sizes: Sequence[int], col0: Sequence[int]) -> list[AssociationCounts]:
+        """One ``AssociationCounts`` per concept set (instances still pending are counted)."""
+        self.drain()
+        for gid in list(self.pending):  # instances whose residues were not all in the source
+            self._finish(self.pending.pop(gid))
+        out = []
+        for g, size in enumerate(sizes):
+            cols = np.arange(col0[g], col0[g] + size)
+            out.append(self.host.take(cols)._replace(active=self.active[g], total=self.total[g]))
+        return out
 
 
 def coverage_summary(scores: ConceptScores, *, f1_min: float = 0.5) -> dict[str, Any]:
