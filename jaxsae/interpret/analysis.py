@@ -612,7 +612,7 @@ def write_outputs(
     ``extras``: ``pca`` (``PCAResult``), ``metrics``, ``amortisation``, ``faithfulness``,
     ``key``, ``seconds`` (the analysis time so far).
     """
-    from jaxsae.interpret.report import format_table, write_report
+    from jaxsae.interpret.report import write_report
     from jaxsae.interpret.stats import dead_features
 
     coverage = _coverage(scored)
@@ -635,45 +635,22 @@ def write_outputs(
         extras.get("amortisation"),
     )
     bar = bar_check({m: scored[m] for m in featurizers})
-    variants = _variants(scored, concepts, cfg)
     absent = _absent_text(concepts.absent)
-    recall_txt = (
-        "InterPLM's protocol: best feature per concept chosen on validation, recall per "
-        "instance for range concepts"
-        if cfg.recall == "instance"
-        else "best feature per concept chosen on validation; variant: recall per residue"
-    )
-    console = (
-        f"Concepts covered at test F1 > 0.5 ({recall_txt}):\n"
-        + format_table(headline_rows, headline_headers)
-        + "\n\nBest feature per concept (test F1):\n"
-        + format_table(crows, cheads)
-        + (f"\n\n{absent}" if absent else "")
-    )
+    console = _console(cfg, (headline_rows, headline_headers), (crows, cheads), absent)
     dead = dead_features(stats["SAE"].density)
-    split = split_codes(proteins)
-    facts = (
-        f"{store.num_rows} residues of {store.num_proteins} proteins (validation "
-        f"{int((split == 1).sum())}, test {int((split == 2).sum())} proteins), d = {store.d}; "
-        f"SAE with {params.d_sae} features, {len(dead)} dead "
-        f"({100 * len(dead) / params.d_sae:.1f}%), mean density "
-        f"{float(stats['SAE'].density.mean()):.4f}. Concept sources: "
-        + ", ".join(f"{s} ({len(t.names)} concepts)" for s, t in concepts.tables.items())
-        + f". Analysis took {extras.get('seconds', 0.0):.0f} s."
-    )
+    facts = _facts(store, proteins, params, stats["SAE"], concepts, len(dead), extras)
     duplicates = int((nb.cosines[:, 0] > 0.95).sum()) if nb is not None else 0
+    faith = dict(extras.get("faithfulness") or {})
     sections = [
         ("Method", _METHOD_TEXT),
         ("What came out", _findings(coverage, bar, duplicates, params.d_sae)),
+        ("Concept sources not in this store", absent),
+        ("Faithfulness", _faith_text(faith) if faith else ""),
+        (
+            "Decoder neighbourhoods of the best-covered features",
+            _neighbourhoods(scored["SAE"], concepts, nb),
+        ),
     ]
-    if absent:
-        sections.append(("Concept sources not in this store", absent))
-    faith = dict(extras.get("faithfulness") or {})
-    if faith:
-        sections.append(("Faithfulness", _faith_text(faith)))
-    hoods = _neighbourhoods(scored["SAE"], concepts, nb)
-    if hoods:
-        sections.append(("Decoder neighbourhoods of the best-covered features", hoods))
     report = write_report(
         out / "report.html",
         title=cfg.title,
@@ -683,22 +660,16 @@ def write_outputs(
         concept_good=concept_good,
         cards=cards,
         images=images,
-        sections=sections,
+        sections=[(title, text) for title, text in sections if text],
         console=console,
     )
     pca = extras.get("pca")
     summary = {
         "facts": facts,
-        "protocol": {
-            "thresholds": list(cfg.thresholds),
-            "recall": cfg.recall,
-            "min_residues": cfg.min_residues,
-            "min_instances": cfg.min_instances,
-            "selection": "feature and threshold chosen on valid, scored on test",
-        },
+        "protocol": _protocol(cfg),
         "headline": {"headers": headline_headers, "rows": headline_rows},
         "bar": bar,
-        "variants": variants,
+        "variants": _variants(scored, concepts, cfg),
         "coverage": coverage,
         "concepts": {"headers": concept_headers, "rows": concept_rows},
         "concept_sources": {s: len(t.names) for s, t in concepts.tables.items()},
@@ -715,13 +686,59 @@ def write_outputs(
         "images": {k: str(v) for k, v in images.items()},
         "key": dict(extras.get("key") or {}),
     }
-    summary_path = out / "summary.json"
-    tmp = summary_path.with_name(f".summary.json.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(summary, indent=1, default=_json_default))
-    os.replace(tmp, summary_path)
+    summary_path = _write_json(out / "summary.json", summary)
     return Analysis(
         report, summary_path, (headline_rows, headline_headers), console, coverage, images
     )
+
+
+def _protocol(cfg: AnalysisConfig) -> dict[str, Any]:
+    return {
+        "thresholds": list(cfg.thresholds),
+        "recall": cfg.recall,
+        "min_residues": cfg.min_residues,
+        "min_instances": cfg.min_instances,
+        "selection": "feature and threshold chosen on valid, scored on test",
+    }
+
+
+def _console(cfg: AnalysisConfig, headline: tuple, concepts: tuple, absent: str) -> str:
+    from jaxsae.interpret.report import format_table
+
+    recall_txt = (
+        "InterPLM's protocol: best feature per concept chosen on validation, recall per "
+        "instance for range concepts"
+        if cfg.recall == "instance"
+        else "best feature per concept chosen on validation; variant: recall per residue"
+    )
+    return (
+        f"Concepts covered at test F1 > 0.5 ({recall_txt}):\n"
+        + format_table(*headline)
+        + "\n\nBest feature per concept (test F1):\n"
+        + format_table(*concepts)
+        + (f"\n\n{absent}" if absent else "")
+    )
+
+
+def _facts(store, proteins, params, sae_stats, concepts: ConceptSets, n_dead: int, extras) -> str:
+    split = split_codes(proteins)
+    return (
+        f"{store.num_rows} residues of {store.num_proteins} proteins (validation "
+        f"{int((split == 1).sum())}, test {int((split == 2).sum())} proteins), d = {store.d}; "
+        f"SAE with {params.d_sae} features, {n_dead} dead "
+        f"({100 * n_dead / params.d_sae:.1f}%), mean density "
+        f"{float(sae_stats.density.mean()):.4f}. Concept sources: "
+        + ", ".join(f"{s} ({len(t.names)} concepts)" for s, t in concepts.tables.items())
+        + f". Analysis took {extras.get('seconds', 0.0):.0f} s."
+    )
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> Path:
+    """Write ``data`` to ``path`` atomically (write, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, default=_json_default))
+    os.replace(tmp, path)
+    return path
 
 
 def analyse(
