@@ -9,6 +9,12 @@
    structure, residue identity and SCOPe classes; write ``report.html``, the PNG plots and
    ``summary.json``, and print the headline table.
 
+``--full`` is InterPLM's ESM-2 8M setting: every protein of the embedded dataset, an SAE with
+10,240 features (32 × 320), about 10⁸ training tokens (the loss has flattened well before); it
+prints the plan and its expected duration on this machine (from a measured ESM-2 forward rate
+and matmul rate) before it starts, takes batches of 16,384 residues on a GPU/TPU (4,096 on a
+CPU) and checkpoints every 500 steps. ``--plan`` prints the plan and stops.
+
 Every stage keeps its result on disk and a re-run reuses it (the stores, a finished training
 run) unless ``--force``; the directory names carry the settings, so a run with other settings
 never reuses a stale result. Writes are atomic, so Ctrl-C leaves nothing corrupt: run the same
@@ -31,7 +37,11 @@ HELP = (
     "train an SAE, measure the amortisation gap, interpret features (HTML report)."
 )
 
-# the defaults finish in about 10 minutes on a 2-core CPU; --quick in about 2
+# the defaults finish in about 10 minutes on a 2-core CPU; --quick in about 2; --full in hours
+# (a day on a 2-core CPU; see --plan). "steps": None = tokens / batch_size; "batch_size": None =
+# FULL_BATCH by backend; "n_proteins": None = all.
+FULL_TOKENS = 100_000_000
+FULL_BATCH = {"cpu": 4096, "accelerator": 16384}
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {
         "layer": 4,
@@ -53,6 +63,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "l1_coeff": 1.0,
         "max_cards": 16,
     },
+    "full": {
+        "layer": 4,
+        "n_proteins": None,
+        "max_len": 1022,
+        "d_sae": 10240,
+        "steps": None,
+        "batch_size": None,
+        "l1_coeff": 1.0,
+        "max_cards": 60,
+    },
 }
 
 
@@ -68,6 +88,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--quick",
         action="store_true",
         help="a small run (fewer proteins, a smaller SAE, fewer steps)",
+    )
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="InterPLM's ESM-2 8M setting: all embedded proteins, 10,240 features, ~10^8 "
+        "tokens (hours; prints its expected duration first; resumable)",
+    )
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the run's plan and expected duration on this machine, then stop",
     )
     parser.add_argument(
         "--force",
@@ -122,13 +153,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _accelerator() -> bool:
+    import jax
+
+    return jax.default_backend() in ("gpu", "tpu", "cuda", "rocm")
+
+
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    s = dict(PRESETS["quick" if args.quick else "default"])
+    full = getattr(args, "full", False)
+    if full and args.quick:
+        raise ValueError("--full and --quick: expected one of them, found both")
+    s = dict(PRESETS["full" if full else "quick" if args.quick else "default"])
     for key in ("layer", "n_proteins", "max_len", "d_sae", "steps", "batch_size", "l1_coeff"):
         value = getattr(args, key, None)
         if value is not None:
             s[key] = value
+    if s["batch_size"] is None:
+        s["batch_size"] = FULL_BATCH["accelerator" if _accelerator() else "cpu"]
+    if s["steps"] is None:
+        s["steps"] = -(-FULL_TOKENS // max(1, s["batch_size"]))
+    s["checkpoint_every"] = 500 if full else max(50, s["steps"] // 4)
     for key in ("n_proteins", "max_len", "d_sae", "steps", "batch_size"):
+        if key == "n_proteins" and s[key] is None:
+            continue
         if s[key] <= 0:
             raise ValueError(f"--{key.replace('_', '-')}: expected a value > 0, found {s[key]}")
     if s["l1_coeff"] < 0:
@@ -203,7 +250,7 @@ def _train(settings: dict, store: Any, run_dir: Path, force: bool, progress: boo
         run_dir,
         resume=True,
         progress=progress and not finished,
-        checkpoint_every=max(50, cfg.total_steps // 4),
+        checkpoint_every=settings.get("checkpoint_every", max(50, cfg.total_steps // 4)),
         log_every=10,
     )
     if not history:
@@ -251,6 +298,89 @@ def _amortisation(params: Any, store: Any, l1_raw: float, scale: float, rows: in
     }
 
 
+def _measure_rates(model: Any, settings: dict) -> dict[str, float]:
+    """Rates measured on this machine: ESM-2 extraction (residues/s) and SAE gradient (FLOP/s).
+
+    The extraction rate is timed on a second pass over 24 proteins (the first one compiles);
+    the SAE rate on the loss gradient at the run's sizes (``10 · batch · d · d_sae`` FLOPs).
+    """
+    import tempfile
+
+    import jax
+    import jax.numpy as jnp
+
+    from jaxsae.protein.default import load_default_dataset
+    from jaxsae.protein.extract import extract_activations
+
+    probe = load_default_dataset(24, max_len=256, min_len=100)
+    with tempfile.TemporaryDirectory() as tmp:
+        extract_activations(probe, model, [settings["layer"]], Path(tmp) / "a", progress=False)
+        t = time.perf_counter()
+        extract_activations(probe, model, [settings["layer"]], Path(tmp) / "b", progress=False)
+        extract_rate = sum(len(r.sequence) for r in probe) / (time.perf_counter() - t)
+    from jaxsae.kernels.sae import init_params, sae_loss
+
+    d = model[0].d_model
+    b, f = min(settings["batch_size"], 4096), settings["d_sae"]
+    sae = init_params(jax.random.key(0), d, f)
+    x = jax.random.normal(jax.random.key(1), (b, d), jnp.float32)
+    grad = jax.jit(jax.grad(lambda p, x: sae_loss(p, x, 1.0)[0]))
+    jax.block_until_ready(grad(sae, x))
+    t, reps = time.perf_counter(), 2
+    for _ in range(reps):
+        jax.block_until_ready(grad(sae, x))
+    flops = reps * 10 * b * d * f / (time.perf_counter() - t)
+    return {"extract_residues_per_s": extract_rate, "sae_flops_per_s": flops, "d": d}
+
+
+def plan_full_run(settings: dict, records: list, rates: dict[str, float]) -> dict[str, Any]:
+    """Sizes and expected seconds of each stage, from measured rates.
+
+    Training: ``10 · batch · d · d_sae`` FLOPs per step (encoder, decoder and their gradients)
+    at the measured SAE-gradient rate. Interpretation: per held-out residue, the three
+    featurizers' encodings and InterPLM counting (five thresholds, residue and instance counts
+    against ``K`` concepts, two splits) at the same rate.
+    """
+    from jaxsae.interpret.concepts import domain_concepts
+
+    d, f = int(rates["d"]), int(settings["d_sae"])
+    train_res = sum(len(r.sequence) for r in records if r.split == "train")
+    eval_recs = [r._asdict() for r in records if r.split != "train"]
+    eval_res = sum(len(r["sequence"]) for r in eval_recs)
+    k = 11 + 20 + len(domain_concepts(eval_recs, descriptions=False).names)
+    tokens = settings["steps"] * settings["batch_size"]
+    flops = rates["sae_flops_per_s"]
+    seconds = {
+        "extract": (train_res + eval_res) / rates["extract_residues_per_s"],
+        "train": settings["steps"] * 10 * settings["batch_size"] * d * f / flops,
+        "interpret": eval_res * (f + 4 * d) * (4 * d + 24 * 2 * k) / flops,
+    }
+    return {
+        "proteins": len(records),
+        "train_residues": train_res,
+        "heldout_residues": eval_res,
+        "concepts": k,
+        "tokens": tokens,
+        "epochs": tokens / max(1, train_res),
+        "seconds": seconds,
+    }
+
+
+def _plan_text(settings: dict, records: list, rates: dict[str, float]) -> str:
+    plan = plan_full_run(settings, records, rates)
+    sec = plan["seconds"]
+    hours = ", ".join(f"{k} {v / 3600:.1f} h" for k, v in sec.items())
+    return (
+        f"plan: {plan['proteins']} proteins ({plan['train_residues']} training and "
+        f"{plan['heldout_residues']} held-out residues), SAE {int(rates['d'])} → "
+        f"{settings['d_sae']}, {settings['steps']} steps × {settings['batch_size']} residues = "
+        f"{plan['tokens'] / 1e6:.0f} M tokens ({plan['epochs']:.1f} epochs), ~{plan['concepts']} "
+        f"concepts. Measured here: ESM-2 {rates['extract_residues_per_s']:.0f} residues/s, "
+        f"SAE step {rates['sae_flops_per_s'] / 1e9:.0f} GFLOP/s. Expected: {hours}; total "
+        f"{sum(sec.values()) / 3600:.1f} h (interrupt any time: the same command resumes)."
+    )
+
+
 def _previous_analysis(out: Path, key: dict) -> dict | None:
     """The ``summary.json`` of an earlier analysis of the same run and options, if complete."""
     path = out / "summary.json"
@@ -286,6 +416,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         model = load_default_model()
         records = load_default_dataset(s["n_proteins"], max_len=s["max_len"], min_len=20)
+        if getattr(args, "plan", False) or getattr(args, "full", False):
+            _say(_plan_text(s, records, _measure_rates(model, s)))
+            if getattr(args, "plan", False):
+                return 0
     except (ModuleNotFoundError, FileNotFoundError) as err:
         print(f"jaxsae demo: error: {err}", file=sys.stderr)
         return 1
@@ -307,7 +441,7 @@ def run(args: argparse.Namespace) -> int:
 
     # -- 2. activations -------------------------------------------------------------------
     t = time.perf_counter()
-    tag = f"L{s['layer']}_n{s['n_proteins']}_len{s['max_len']}"
+    tag = f"L{s['layer']}_n{s['n_proteins'] or 'all'}_len{s['max_len']}"
     train_store = _extract(
         train_recs, model, s["layer"], out / f"store_{tag}_train", args.force, progress
     )
@@ -360,7 +494,7 @@ def run(args: argparse.Namespace) -> int:
 
     # -- 5. interpretation ----------------------------------------------------------------
     t = time.perf_counter()
-    from jaxsae.interpret.cli import analyse
+    from jaxsae.interpret.analysis import AnalysisConfig, analyse
 
     key = {
         "run": run_dir.name,
@@ -374,16 +508,7 @@ def run(args: argparse.Namespace) -> int:
         console, images = previous["console"], previous["images"]
     else:
         _say(f"interpreting {cfg.d_sae} features on {eval_store.num_rows} held-out residues")
-        result = analyse(
-            eval_store,
-            params,
-            out,
-            pca_source=train_store,
-            l1_coeff=l1_raw,
-            fista_proteins=args.fista_proteins,
-            metrics=history,
-            amortisation=amort,
-            max_cards=s["max_cards"],
+        config = AnalysisConfig(
             title=(
                 f"Features of ESM-2 t6 8M layer {s['layer']}: an L1 SAE with {cfg.d_sae} features"
             ),
@@ -392,7 +517,20 @@ def run(args: argparse.Namespace) -> int:
                 f"trained {cfg.total_steps} steps × {cfg.batch_size} residues, λ = "
                 f"{cfg.l1_coeff} on normalised inputs."
             ),
+            l1_coeff=l1_raw,
+            fista_proteins=args.fista_proteins,
+            max_cards=s["max_cards"],
             progress=progress,
+        )
+        result = analyse(
+            eval_store,
+            params,
+            out,
+            config=config,
+            pca_source=train_store,
+            metrics=history,
+            amortisation=amort,
+            model=model,
             log=_say,
             key=key,
         )

@@ -49,7 +49,7 @@ def test_demo_quick_runs_reuses_and_interpret_reads_its_outputs(tmp_path, capsys
     out = tmp_path / "demo"
     assert cli.main(["demo", *TINY, "--out", str(out)]) == 0
     first = capsys.readouterr().out
-    assert "residue concepts F1>0.5" in first and "report:" in first
+    assert "concepts F1>0.5" in first and "report:" in first
     report = out / "report.html"
     text = report.read_text()
     assert "http://" not in text and "https://" not in text
@@ -74,7 +74,7 @@ def test_demo_quick_runs_reuses_and_interpret_reads_its_outputs(tmp_path, capsys
     assert second.count("activation store: reusing") == 2
     assert "SAE: reusing the finished run" in second
     assert "amortisation gap: reusing" in second and "analysis: reusing" in second
-    assert "residue concepts F1>0.5" in second  # the headline table is printed again
+    assert "concepts F1>0.5" in second  # the headline table is printed again
     assert _mtimes([*stores, *ckpts, report]) == before  # nothing recomputed or rewritten
 
     heldout = stores[0].parent if "heldout" in str(stores[0]) else stores[1].parent
@@ -96,7 +96,7 @@ def test_demo_quick_runs_reuses_and_interpret_reads_its_outputs(tmp_path, capsys
         == 0
     )
     third = capsys.readouterr().out
-    assert "residue concepts F1>0.5" in third
+    assert "concepts F1>0.5" in third
     assert (tmp_path / "interp" / "report.html").is_file()
 
 
@@ -104,3 +104,26 @@ def test_demo_rejects_bad_settings(capsys):
     assert cli.main(["demo", "--d-sae", "0", "--out", "unused-dir"]) == 2
     assert "--d-sae" in capsys.readouterr().err
     assert not Path("unused-dir").exists()
+
+
+def test_full_preset_settings_and_plan_at_tiny_size(tmp_path, capsys):
+    from jaxsae.demo import FULL_TOKENS, _settings
+
+    s = _settings(cli.build_parser().parse_args(["demo", "--full"]))
+    assert (s["d_sae"], s["n_proteins"], s["max_len"], s["checkpoint_every"]) == (
+        10240,
+        None,
+        1022,
+        500,
+    )
+    assert s["batch_size"] == 4096  # CPU; 16384 on a GPU/TPU
+    assert s["steps"] * s["batch_size"] >= FULL_TOKENS > (s["steps"] - 1) * s["batch_size"]
+    out = tmp_path / "full"
+    args = ["demo", "--full", "--plan", "--n-proteins", "40", "--d-sae", "64"]
+    assert cli.main([*args, "--steps", "5", "--batch-size", "64", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "plan: 40 proteins" in text and "5 steps × 64 residues" in text
+    assert "Expected: extract" in text and "total" in text
+    assert not list(out.glob("store_*"))  # --plan does no work
+    assert cli.main(["demo", "--full", "--quick", "--out", str(out)]) == 2
+    assert "--full and --quick" in capsys.readouterr().err

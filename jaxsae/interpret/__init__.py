@@ -4,12 +4,14 @@ Names are imported lazily (on first use), so that ``jaxsae interpret --help`` st
 
 * streaming statistics: ``scan_features``, ``FeatureStats``, ``Featurizer``, ``sae_featurizer``;
 * ``activation_density``, ``dead_features``, ``decoder_neighbours``, ``decoder_cosine``;
-* concepts: ``residue_concepts``, ``domain_concepts``, ``split_codes``;
+* concepts with a kind (point/range) and instances: ``build_concepts`` (every source the
+  proteins support), ``sequence_concepts``, ``dssp_concepts``, ``domain_concepts`` (SCOPe),
+  ``uniprot_concepts``, ``ConceptTable``, ``split_codes``;
 * association (InterPLM's protocol): ``associate``, ``count_concepts``, ``select_best``,
   ``association_metrics``, ``coverage_summary``, ``feature_best_concepts``, ``THRESHOLDS``;
 * baselines: ``neuron_featurizer``, ``fit_pca``, ``pca_featurizer``, ``fista_featurizer``;
-* outputs: ``analyse`` (the whole analysis), ``write_report``, ``build_feature_cards``, the
-  ``plot_*`` functions.
+* outputs: ``analyse`` (the whole analysis, a pipeline in ``jaxsae.interpret.analysis``),
+  ``write_report``, ``build_feature_cards``, the ``plot_*`` functions.
 """
 
 from __future__ import annotations
@@ -27,10 +29,16 @@ _EXPORTS = {
         "decoder_neighbours",
     ),
     "concepts": (
+        "ConceptTable",
         "ResidueConcepts",
         "DomainConcepts",
+        "build_concepts",
         "residue_concepts",
+        "sequence_concepts",
+        "dssp_concepts",
         "domain_concepts",
+        "uniprot_concepts",
+        "concept_sources",
         "split_codes",
     ),
     "association": (
@@ -60,7 +68,7 @@ _EXPORTS = {
         "plot_amortisation_gap",
         "plot_feature_track",
     ),
-    "cli": ("analyse", "Analysis"),
+    "analysis": ("analyse", "Analysis", "AnalysisConfig", "FaithfulnessInputs", "bar_check"),
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
 

@@ -1,39 +1,54 @@
-"""Feature ↔ concept association: precision, recall and F1 (InterPLM's protocol).
+"""Feature ↔ concept association: precision, recall and F1, exactly as InterPLM scores them.
 
-For a featurizer with ``F`` features and a set of ``K`` binary concepts:
+For a featurizer with ``F`` features and ``K`` concepts (``jaxsae.interpret.concepts``):
 
 1. scale each feature by its maximum activation (over the whole store), ``a_i = f_i / max f_i``;
 2. binarise at each threshold ``t ∈ {0, 0.15, 0.5, 0.6, 0.8}``: ``b_i = [a_i > t]``;
-3. count, per split (validation, test), threshold, feature and concept,
-   ``TP = Σ_rows b_i · c_k`` (a matrix product of the binarised activations with the concept
-   indicators, chunk by chunk), the rows where the feature fires (``TP + FP``) and the rows
-   where the concept holds (``TP + FN``);
-4. per concept, choose the (feature, threshold) with the best F1 on the **validation** split and
-   report its precision, recall and F1 on the **test** split.
+3. count, per split (valid, test), threshold, feature and concept: ``TP`` = residues where the
+   feature fires and the concept holds, the residues where the feature fires (``TP + FP``), the
+   residues where the concept holds, and, for *range* concepts, ``TP_inst`` = the instances
+   (a helix, a domain, a motif …) on at least one residue of which the feature fires, and the
+   number of instances;
+4. precision ``= TP / (TP + FP)`` (per residue, every concept); recall ``= TP / residues`` for a
+   *point* concept and ``TP_inst / instances`` for a *range* concept; ``F1 = 2PR / (P + R)``;
+5. keep the concepts with more than ``min_residues`` residues **or** more than
+   ``min_instances`` instances in validation and test pooled (InterPLM's ``make_eval_subset``:
+   1,500 and 25);
+6. per concept, choose the (feature, threshold) with the best F1 on the **valid** split (ties:
+   the better per-residue F1, then the lowest threshold, then the lowest feature) and report
+   its precision, recall and F1 on the **test** split.
 
-Per-residue concepts count residues; per-domain concepts count domains, a domain being *hit*
-when the feature fires on any of its residues (the per-protein maximum of ``a_i`` exceeds
-``t``). Concepts with fewer than ``min_positives`` examples in either split are not scored.
+References: Simon & Zou, "InterPLM: discovering interpretable features in protein language
+models via sparse autoencoders", Nature Methods (2025); its code: ``calc_metrics_sparse``
+(``tp``, ``fp``, ``tp_per_domain`` = unique instance ids hit), ``calculate_metrics``
+(``recall_per_domain``, ``f1_per_domain``; recall per residue for ``is_aa_level_concept``),
+``make_eval_subset`` (the concept filter) and ``report_metrics`` (selection on valid).
 
-Reference: Simon & Zou, "InterPLM: discovering interpretable features in protein language
-models via sparse autoencoders" (2024).
+Named variants (not InterPLM's protocol): ``recall="residue"`` counts recall per residue for
+every concept (earlier jaxsae releases); ``threshold="test"`` keeps the feature chosen on
+validation but takes its best threshold on test, which is what InterPLM's ``report_metrics``
+script does after merging on (feature, concept) — ``ConceptScores.test_f1_best_threshold``
+reports it beside the held-out number.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsae.interpret.concepts import DomainConcepts, ResidueConcepts, split_codes
+from jaxsae.interpret.concepts import ConceptTable, split_codes
 from jaxsae.interpret.topk import Featurizer, iter_chunks, pad_chunk
 
 __all__ = [
     "THRESHOLDS",
+    "MIN_RESIDUES",
+    "MIN_INSTANCES",
+    "EVAL_SPLITS",
     "AssociationCounts",
     "ConceptScores",
     "count_concepts",
@@ -45,19 +60,24 @@ __all__ = [
 ]
 
 THRESHOLDS = (0.0, 0.15, 0.5, 0.6, 0.8)
-EVAL_SPLITS = ("validation", "test")  # split axis of the counts
+MIN_RESIDUES = 1500  # InterPLM's min_aa_per_concept
+MIN_INSTANCES = 25  # InterPLM's min_domains_per_concept
+EVAL_SPLITS = ("valid", "test")  # split axis of the counts
 
 
 class AssociationCounts(NamedTuple):
     """Confusion counts, NumPy int64.
 
     Attributes:
-      tp: ``(S, T, F, K)`` rows where feature ``f`` fires at threshold ``t`` and concept ``k``
-        holds.
-      active: ``(S, T, F)`` rows where the feature fires (``TP + FP`` for every concept).
-      positives: ``(S, K)`` rows where the concept holds (``TP + FN`` for every feature).
-      total: ``(S,)`` rows counted.
+      tp: ``(S, T, F, K)`` residues where feature ``f`` fires at threshold ``t`` and concept
+        ``k`` holds.
+      active: ``(S, T, F)`` residues where the feature fires (``TP + FP`` for every concept).
+      positives: ``(S, K)`` residues where the concept holds.
+      total: ``(S,)`` residues counted.
       thresholds: ``(T,)`` thresholds on the max-scaled activation.
+      tp_instances: ``(S, T, F, K)`` instances of a range concept hit by the feature (at least
+        one residue fires); 0 for point concepts.
+      instances: ``(S, K)`` instances of each range concept; 0 for point concepts.
     """
 
     tp: np.ndarray
@@ -65,6 +85,8 @@ class AssociationCounts(NamedTuple):
     positives: np.ndarray
     total: np.ndarray
     thresholds: np.ndarray
+    tp_instances: np.ndarray
+    instances: np.ndarray
 
     def __add__(self, other: AssociationCounts) -> AssociationCounts:  # type: ignore[override]
         return AssociationCounts(
@@ -73,52 +95,30 @@ class AssociationCounts(NamedTuple):
             self.positives + other.positives,
             self.total + other.total,
             self.thresholds,
+            self.tp_instances + other.tp_instances,
+            self.instances + other.instances,
+        )
+
+    def take(self, cols: np.ndarray) -> AssociationCounts:
+        """The counts of some concepts (columns ``cols`` of the concept axis)."""
+        return self._replace(
+            tp=self.tp[..., cols],
+            positives=self.positives[:, cols],
+            tp_instances=self.tp_instances[..., cols],
+            instances=self.instances[:, cols],
         )
 
 
-def _zero_counts(num_splits: int, thresholds: np.ndarray, num_f: int, num_k: int):
+def _zeros(num_s: int, thresholds: np.ndarray, num_f: int, num_k: int) -> AssociationCounts:
     t = len(thresholds)
     return AssociationCounts(
-        np.zeros((num_splits, t, num_f, num_k), np.int64),
-        np.zeros((num_splits, t, num_f), np.int64),
-        np.zeros((num_splits, num_k), np.int64),
-        np.zeros((num_splits,), np.int64),
+        np.zeros((num_s, t, num_f, num_k), np.int64),
+        np.zeros((num_s, t, num_f), np.int64),
+        np.zeros((num_s, num_k), np.int64),
+        np.zeros((num_s,), np.int64),
         np.asarray(thresholds, np.float64),
-    )
-
-
-def _count_terms(a, concepts, split_mask, thresholds):
-    """``(tp (T, F, S·K), active (T, F, S))`` for scaled activations ``a (n, F)``."""
-    dtype = jnp.float32
-    cm = (concepts.astype(dtype)[:, None, :] * split_mask.astype(dtype)[:, :, None]).reshape(
-        concepts.shape[0], -1
-    )  # (n, S*K)
-    m = split_mask.astype(dtype)
-    tps, acts = [], []
-    for i in range(thresholds.shape[0]):  # T is small and static: unrolled
-        b = (a > thresholds[i]).astype(dtype)  # (n, F)
-        tps.append(b.T @ cm)
-        acts.append(b.T @ m)
-    return jnp.stack(tps), jnp.stack(acts)
-
-
-_count_jit = jax.jit(_count_terms)
-
-
-def _accumulate(counts: AssociationCounts, tp, active, concepts, split_mask) -> AssociationCounts:
-    s, k = counts.positives.shape
-    tp = np.rint(np.asarray(tp)).astype(np.int64)  # (T, F, S*K), exact: each sum <= chunk rows
-    t, f = tp.shape[:2]
-    tp = tp.reshape(t, f, s, k).transpose(2, 0, 1, 3)
-    act = np.rint(np.asarray(active)).astype(np.int64).transpose(2, 0, 1)
-    mask = np.asarray(split_mask, np.int64)
-    pos = mask.T @ np.asarray(concepts, np.int64)
-    return AssociationCounts(
-        counts.tp + tp,
-        counts.active + act,
-        counts.positives + pos,
-        counts.total + mask.sum(axis=0),
-        counts.thresholds,
+        np.zeros((num_s, t, num_f, num_k), np.int64),
+        np.zeros((num_s, num_k), np.int64),
     )
 
 
@@ -127,17 +127,19 @@ def count_concepts(
     concepts: Any,
     split_mask: Any,
     *,
+    instance_ids: Any = None,
     thresholds: Iterable[float] = THRESHOLDS,
-    chunk_size: int = 4096,
 ) -> AssociationCounts:
-    """Confusion counts of binarised activations against concepts (in-memory arrays).
+    """Confusion counts of in-memory arrays (the plain reference of ``associate``).
 
     Args:
       scaled: ``(n, F)`` activations already divided by each feature's maximum.
       concepts: ``(n, K)`` 0/1 concept indicators.
       split_mask: ``(n, S)`` 0/1: which split each row counts in (rows of no split: all zeros).
+      instance_ids: ``(n, K)`` int: each residue's instance number (0 = none) for the range
+        concepts, InterPLM's label matrix (``ConceptTable.instance_ids``); ``None``: no range
+        concepts. Instance numbers must not be shared across splits.
       thresholds: ``T`` thresholds; a feature fires where ``scaled > t``.
-      chunk_size: rows per matrix product.
 
     Returns:
       ``AssociationCounts``.
@@ -155,29 +157,63 @@ def count_concepts(
             "count_concepts: expected the same number of rows, found "
             f"{scaled.shape[0]}, {concepts.shape[0]}, {split_mask.shape[0]}"
         )
-    thr = np.asarray(tuple(thresholds), np.float32)
-    counts = _zero_counts(split_mask.shape[1], thr, scaled.shape[1], concepts.shape[1])
-    for start in range(0, scaled.shape[0], chunk_size):
-        sl = slice(start, start + chunk_size)
-        tp, act = _count_jit(scaled[sl], concepts[sl], split_mask[sl], thr)
-        counts = _accumulate(counts, tp, act, concepts[sl], split_mask[sl])
-    return counts
+    thr = np.asarray(tuple(thresholds), np.float64)
+    num_s, num_k, num_f = split_mask.shape[1], concepts.shape[1], scaled.shape[1]
+    out = _zeros(num_s, thr, num_f, num_k)
+    ids = None if instance_ids is None else np.asarray(instance_ids, np.int64)
+    for s in range(num_s):
+        rows = split_mask[:, s] > 0
+        c = concepts[rows].astype(np.int64)
+        out.positives[s] = c.sum(0)
+        out.total[s] = rows.sum()
+        for ti, t in enumerate(thr):
+            b = (scaled[rows] > t).astype(np.int64)
+            out.tp[s, ti] = b.T @ c
+            out.active[s, ti] = b.sum(0)
+            if ids is None:
+                continue
+            for k in range(num_k):
+                col = ids[rows, k]
+                for f in range(num_f):
+                    hit = col[(b[:, f] > 0) & (col > 0)]
+                    out.tp_instances[s, ti, f, k] = len(np.unique(hit))
+        if ids is not None:
+            out.instances[s] = [
+                len(np.unique(ids[rows, k][ids[rows, k] > 0])) for k in range(num_k)
+            ]
+    return out
 
 
-def association_metrics(counts: AssociationCounts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def association_metrics(
+    counts: AssociationCounts, kinds: Sequence[str] | None = None, *, recall: str = "instance"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(precision, recall, f1)``, each ``(S, T, F, K)`` (0 where undefined).
 
-    ``precision = TP / (TP + FP)``, ``recall = TP / (TP + FN)``,
-    ``F1 = 2 TP / (2 TP + FP + FN) = 2 TP / (active + positives)``.
+    Args:
+      counts: the counts.
+      kinds: ``K`` concept kinds (``"point"`` / ``"range"``); ``None``: every concept a point.
+      recall: ``"instance"`` (InterPLM: per instance for ranges, per residue for points) or
+        ``"residue"`` (per residue for every concept; a named variant).
     """
+    if recall not in ("instance", "residue"):
+        raise ValueError(f"recall: expected 'instance' or 'residue', found {recall!r}")
     tp = counts.tp.astype(np.float64)
     active = counts.active[..., None].astype(np.float64)
     pos = counts.positives[:, None, None, :].astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         precision = np.where(active > 0, tp / active, 0.0)
-        recall = np.where(pos > 0, tp / pos, 0.0)
-        f1 = np.where(active + pos > 0, 2 * tp / (active + pos), 0.0)
-    return precision, recall, f1
+        rec = np.where(pos > 0, tp / pos, 0.0)
+        if recall == "instance" and kinds is not None:
+            is_range = np.array([k == "range" for k in kinds], bool)
+            if len(is_range) != tp.shape[-1]:
+                raise ValueError(f"kinds: expected {tp.shape[-1]} kinds, found {len(is_range)}")
+            tpi = counts.tp_instances.astype(np.float64)
+            n_inst = counts.instances[:, None, None, :].astype(np.float64)
+            rec_inst = np.where(n_inst > 0, tpi / n_inst, 0.0)
+            rec = np.where(is_range, rec_inst, rec)
+        s = precision + rec
+        f1 = np.where(s > 0, 2 * precision * rec / np.where(s > 0, s, 1.0), 0.0)
+    return precision, rec, f1
 
 
 class ConceptScores(NamedTuple):
@@ -187,17 +223,22 @@ class ConceptScores(NamedTuple):
       names: ``(K,)`` concept names.
       descriptions: ``(K,)`` descriptions.
       categories: ``(K,)`` concept family (``"DSSP8"``, ``"residue"``, ``"superfamily"``, ...).
-      eligible: ``(K,)`` bool: enough examples in both splits to be scored.
+      kinds: ``(K,)`` ``"point"`` or ``"range"``.
+      eligible: ``(K,)`` bool: passes the concept filter.
       feature: ``(K,)`` int: the chosen feature.
       threshold: ``(K,)`` the chosen threshold.
       val_f1: ``(K,)`` its F1 on the validation split.
       test_f1, test_precision, test_recall: ``(K,)`` its scores on the test split.
-      n_val, n_test: ``(K,)`` examples of the concept in each split.
+      n_val, n_test: ``(K,)`` residues of the concept in each split.
+      n_val_instances, n_test_instances: ``(K,)`` instances (range concepts; residues for points).
+      test_f1_best_threshold: ``(K,)`` test F1 of the chosen feature at its best test threshold
+        (InterPLM's ``report_metrics``; a named variant, never used for selection).
     """
 
     names: tuple[str, ...]
     descriptions: tuple[str, ...]
     categories: tuple[str, ...]
+    kinds: tuple[str, ...]
     eligible: np.ndarray
     feature: np.ndarray
     threshold: np.ndarray
@@ -207,14 +248,26 @@ class ConceptScores(NamedTuple):
     test_recall: np.ndarray
     n_val: np.ndarray
     n_test: np.ndarray
+    n_val_instances: np.ndarray
+    n_test_instances: np.ndarray
+    test_f1_best_threshold: np.ndarray
+
+
+def _instances_or_residues(counts: AssociationCounts, kinds: Sequence[str]) -> np.ndarray:
+    is_range = np.array([k == "range" for k in kinds], bool)
+    return np.where(is_range[None, :], counts.instances, counts.positives)
 
 
 def select_best(
     counts: AssociationCounts,
     names: Iterable[str],
     *,
+    kinds: Sequence[str] | None = None,
     descriptions: Iterable[str] | None = None,
-    min_positives: int = 10,
+    min_residues: int = MIN_RESIDUES,
+    min_instances: int = MIN_INSTANCES,
+    recall: str = "instance",
+    threshold: str = "valid",
     val: int = 0,
     test: int = 1,
 ) -> ConceptScores:
@@ -223,44 +276,71 @@ def select_best(
     Args:
       counts: from ``count_concepts`` or ``associate``.
       names: ``K`` concept names (the category is the first word: ``"DSSP8 H"`` → ``"DSSP8"``).
+      kinds: ``K`` kinds; default: every concept a point.
       descriptions: ``K`` descriptions (default: the names).
-      min_positives: a concept is eligible when it has at least this many examples in both the
-        validation and the test split.
+      min_residues, min_instances: a concept is eligible when validation and test together hold
+        more than ``min_residues`` of its residues or more than ``min_instances`` of its
+        instances (residues for point concepts) — InterPLM's filter.
+      recall: ``"instance"`` (InterPLM) or ``"residue"`` (named variant).
+      threshold: ``"valid"``: the threshold is chosen with the feature on validation;
+        ``"test"``: the chosen feature's best threshold on test (named variant).
       val, test: indices of the validation and test splits on the counts' split axis.
 
     Returns:
-      ``ConceptScores`` (ties: the lowest threshold, then the lowest feature index).
+      ``ConceptScores`` (ties: the better per-residue F1, then the lowest threshold, then the
+      lowest feature index).
     """
     names = tuple(names)
-    descriptions = tuple(descriptions) if descriptions is not None else names
-    precision, recall, f1 = association_metrics(counts)
     s, t, f, k = counts.tp.shape
     if len(names) != k:
         raise ValueError(f"names: expected {k} concept names, found {len(names)}")
+    kinds = tuple(kinds) if kinds is not None else ("point",) * k
+    if len(kinds) != k:
+        raise ValueError(f"kinds: expected {k} concept kinds, found {len(kinds)}")
+    if threshold not in ("valid", "test"):
+        raise ValueError(f"threshold: expected 'valid' or 'test', found {threshold!r}")
+    descriptions = tuple(descriptions) if descriptions is not None else names
+    precision, rec, f1 = association_metrics(counts, kinds, recall=recall)
+    _, _, f1_res = association_metrics(counts, kinds, recall="residue")
     flat_val = f1[val].reshape(t * f, k)
-    best = np.argmax(flat_val, axis=0)  # (K,), first maximum: lowest threshold, then feature
+    flat_res = f1_res[val].reshape(t * f, k)
+    top = flat_val.max(axis=0, keepdims=True)
+    best = np.argmax(np.where(flat_val == top, flat_res, -1.0), axis=0)  # first: lowest t, f
     ti, fi = np.unravel_index(best, (t, f))
     cols = np.arange(k)
-    n_val = counts.positives[val]
-    n_test = counts.positives[test]
+    test_f1_best = f1[test][:, fi, cols].max(axis=0)
+    if threshold == "test":
+        ti = f1[test][:, fi, cols].argmax(axis=0)
+    inst = _instances_or_residues(counts, kinds)
+    pooled_res = counts.positives[val] + counts.positives[test]
+    pooled_inst = inst[val] + inst[test]
     return ConceptScores(
         names=names,
         descriptions=descriptions,
         categories=tuple(n.split()[0] for n in names),
-        eligible=(n_val >= min_positives) & (n_test >= min_positives),
+        kinds=kinds,
+        eligible=(pooled_res > min_residues) | (pooled_inst > min_instances),
         feature=fi.astype(np.int64),
         threshold=counts.thresholds[ti],
-        val_f1=flat_val[best, cols],
+        val_f1=f1[val][ti, fi, cols],
         test_f1=f1[test][ti, fi, cols],
         test_precision=precision[test][ti, fi, cols],
-        test_recall=recall[test][ti, fi, cols],
-        n_val=n_val,
-        n_test=n_test,
+        test_recall=rec[test][ti, fi, cols],
+        n_val=counts.positives[val],
+        n_test=counts.positives[test],
+        n_val_instances=inst[val],
+        n_test_instances=inst[test],
+        test_f1_best_threshold=test_f1_best,
     )
 
 
 def feature_best_concepts(
-    counts: AssociationCounts, names: Iterable[str], features: Iterable[int], n: int = 3
+    counts: AssociationCounts,
+    names: Iterable[str],
+    features: Iterable[int],
+    n: int = 3,
+    *,
+    kinds: Sequence[str] | None = None,
 ) -> dict[int, list[tuple[str, float, float]]]:
     """Best concepts of given features, on validation and test pooled.
 
@@ -269,13 +349,9 @@ def feature_best_concepts(
     """
     names = tuple(names)
     pooled = AssociationCounts(
-        counts.tp.sum(0, keepdims=True),
-        counts.active.sum(0, keepdims=True),
-        counts.positives.sum(0, keepdims=True),
-        counts.total.sum(0, keepdims=True),
-        counts.thresholds,
+        *(a.sum(0, keepdims=True) if i != 4 else a for i, a in enumerate(counts))
     )
-    _, _, f1 = association_metrics(pooled)
+    _, _, f1 = association_metrics(pooled, kinds)
     f1 = f1[0]  # (T, F, K)
     out = {}
     for feat in features:
@@ -291,64 +367,146 @@ def feature_best_concepts(
     return out
 
 
+# -- streaming --------------------------------------------------------------------------------
+
+
+def _count_terms(a, cm, masks, thresholds, starts, ends, ic, bidx):
+    """Per threshold: residue TP ``(F, S·K)``, active ``(F, G·S)``, instance TP ``(F, S·K)``
+    of the instances complete in the chunk, and the hits ``(B, F)`` of the partial ones."""
+    dtype = jnp.float32
+    zero = jnp.zeros((1, a.shape[1]), dtype)
+    tps, acts, tpis, bhits = [], [], [], []
+    for i in range(thresholds.shape[0]):  # T is small and static: unrolled
+        b = (a > thresholds[i]).astype(dtype)  # (n, F)
+        tps.append(b.T @ cm)
+        acts.append(b.T @ masks)
+        c = jnp.concatenate([zero, jnp.cumsum(b, axis=0)])  # (n + 1, F), exact in float32
+        hit = ((c[ends] - c[starts]) > 0.5).astype(dtype)  # (M, F)
+        tpis.append(hit.T @ ic)
+        bhits.append(hit[bidx] > 0)
+    return jnp.stack(tps), jnp.stack(acts), jnp.stack(tpis), jnp.stack(bhits)
+
+
 @functools.cache
-def _residue_step(apply: Callable) -> Callable:
-    def step(params, x, inv_scale, concepts, split_mask, thresholds, segments):
+def _step(apply: Callable) -> Callable:
+    def step(params, x, inv_scale, cm, masks, thresholds, starts, ends, ic, bidx, acc):
         a = apply(params, x).astype(jnp.float32) * inv_scale[None, :]
-        tp, act = _count_terms(a, concepts, split_mask, thresholds)
-        seg_max = jax.ops.segment_max(a, segments, num_segments=x.shape[0])
-        return tp, act, jnp.maximum(seg_max, 0)
+        tp, act, tpi, bhit = _count_terms(a, cm, masks, thresholds, starts, ends, ic, bidx)
+        return (acc[0] + tp, acc[1] + act, acc[2] + tpi), bhit
 
-    return jax.jit(step)
+    return jax.jit(step, donate_argnums=(10,))
 
 
-def _rows_per_protein(source: Any, num_proteins: int) -> np.ndarray:
-    if hasattr(source, "index") and hasattr(source, "num_shards"):
-        parts = [np.asarray(source.index(i))[:, 0] for i in range(source.num_shards)]
-        prot = np.concatenate(parts) if parts else np.zeros((0,), np.int64)
-    else:
-        prot = np.asarray(source[1])[:, 0]
-    return np.bincount(prot, minlength=num_proteins).astype(np.int64)
+def _pow2(n: int, lo: int) -> int:
+    return max(lo, 1 << max(0, int(n) - 1).bit_length())
+
+
+class _Layout(NamedTuple):
+    """Where each concept set's columns sit in the concatenated concept axis."""
+
+    tables: tuple[ConceptTable, ...]
+    evals: tuple[np.ndarray, ...]  # (P,) per set: 0 valid, 1 test, -1 not counted
+    col0: tuple[int, ...]
+    num_k: int
+
+
+def _chunk_inputs(layout: _Layout, index: np.ndarray, size: int, num_s: int):
+    """Host arrays of one chunk: residue concept columns and masks, and its instances."""
+    n = len(index)
+    prot, pos = index[:, 0].astype(np.int64), index[:, 1].astype(np.int64)
+    cm = np.zeros((size, num_s, layout.num_k), np.uint8)
+    masks = np.zeros((size, len(layout.tables) * num_s), np.uint8)
+    uniq, first, counts = np.unique(prot, return_index=True, return_counts=True)
+    # rows of one protein must be contiguous with consecutive positions (store order)
+    local = np.searchsorted(uniq, prot)
+    if not np.array_equal(pos - pos[first[local]], np.arange(n) - first[local]):
+        raise ValueError("associate: expected each protein's rows in order within a chunk")
+    inst_rows = []  # (start row, end row, concept col, split, gid, length, piece)
+    for g, (tab, ev, c0) in enumerate(zip(layout.tables, layout.evals, layout.col0, strict=True)):
+        conc, ok = tab.lookup(index)
+        sp = ev[np.clip(prot, 0, len(ev) - 1)]
+        sel = ok & (sp >= 0)
+        rows = np.flatnonzero(sel)
+        cm[rows, sp[rows], c0 : c0 + conc.shape[1]] = conc[rows]
+        masks[rows, g * num_s + sp[rows]] = 1
+        for u, p in enumerate(uniq):
+            if p < 0 or p >= len(ev) or ev[p] < 0 or not tab.annotated[p]:
+                continue
+            lo_i, hi_i = tab.inst_offsets[p], tab.inst_offsets[p + 1]
+            if hi_i == lo_i:
+                continue
+            inst = tab.instances[lo_i:hi_i]
+            p0, r0, cnt = pos[first[u]], first[u], counts[u]
+            lo = np.maximum(inst[:, 1], p0)
+            hi = np.minimum(inst[:, 2], p0 + cnt)
+            for j in np.flatnonzero(hi > lo):
+                s_, e_ = int(inst[j, 1]), int(inst[j, 2])
+                inst_rows.append(
+                    (
+                        r0 + lo[j] - p0,
+                        r0 + hi[j] - p0,
+                        c0 + int(inst[j, 3]),
+                        int(ev[p]),
+                        (g, int(lo_i + j)),
+                        e_ - s_,
+                        int(hi[j] - lo[j]),
+                    )
+                )
+    m = _pow2(len(inst_rows), 8)
+    starts = np.zeros((m,), np.int32)
+    ends = np.zeros((m,), np.int32)
+    ic = np.zeros((m, num_s * layout.num_k), np.uint8)
+    partial = []
+    for i, (a, b, col, s, gid, length, piece) in enumerate(inst_rows):
+        starts[i], ends[i] = a, b
+        if piece == length:
+            ic[i, s * layout.num_k + col] = 1
+        else:
+            partial.append((i, col, s, gid, length, piece))
+    bidx = np.zeros((_pow2(len(partial), 4),), np.int32)
+    bidx[: len(partial)] = [q[0] for q in partial]
+    return cm.reshape(size, -1), masks, starts, ends, ic, bidx, partial
 
 
 def associate(
     source: Any,
     featurizer: Featurizer,
     max_act: Any,
-    proteins: list[dict],
+    proteins: Sequence[dict],
+    concept_sets: Sequence[ConceptTable],
     *,
-    residue: ResidueConcepts | None = None,
-    domain: DomainConcepts | None = None,
-    domain_split: Any = None,
+    splits: Sequence[Any] | None = None,
     thresholds: Iterable[float] = THRESHOLDS,
     chunk_size: int = 2048,
     progress: Callable[[Iterable], Iterable] | None = None,
-) -> tuple[AssociationCounts | None, AssociationCounts | None]:
-    """Stream over a store once and count feature ↔ concept agreement on validation and test.
+) -> list[AssociationCounts]:
+    """Stream over a store once and count feature ↔ concept agreement on valid and test.
 
     Rows of training proteins (and of proteins without a split) are skipped; chunks that hold
-    none of the evaluation rows are not encoded. Memory: ``O(F · (chunk_size + K·T))`` plus the
-    per-protein maxima of proteins cut by a chunk boundary.
+    none of the evaluation rows are not encoded. Counts are accumulated on the device in
+    float32 (exact below 2²⁴ rows) and moved to the host as int64 every 4,096 chunks. An
+    instance cut by a chunk boundary is counted once, when all its residues have been seen.
 
     Args:
-      source: an ``ActivationStore`` or ``(acts (N, d), index (N, 2))``.
+      source: an ``ActivationStore`` or ``(acts (N, d), index (N, 2))`` (each protein's rows
+        contiguous and in order).
       featurizer: the features to score.
       max_act: ``(F,)`` maximum activation of each feature (``FeatureStats.max_act``); features
         with maximum 0 never fire.
-      proteins: the store's protein records (their ``"split"`` field picks validation/test).
-      residue: per-residue concepts (or ``None``).
-      domain: per-domain concepts (or ``None``).
-      domain_split: ``(P,)`` split codes (``split_codes``: 1 validation, 2 test) used for the
-        domain concepts instead of the proteins' own (e.g. when the data are split by SCOPe
-        superfamily, no superfamily is in both validation and test).
+      proteins: the store's protein records (their ``"split"`` picks valid/test).
+      concept_sets: one ``ConceptTable`` per concept source.
+      splits: per set, ``(P,)`` split codes (``split_codes``: 1 valid, 2 test) used instead of
+        the proteins' own (e.g. SCOPe concepts under a split by SCOPe superfamily); ``None``
+        entries (or ``splits=None``) use the proteins' splits.
       thresholds: on the max-scaled activation.
       chunk_size: rows per step.
       progress: optional wrapper of the chunk iterator (e.g. ``tqdm``).
 
     Returns:
-      ``(residue_counts, domain_counts)``, split axis ``(validation, test)``; ``None`` for a
-      concept set not given.
+      One ``AssociationCounts`` per concept set, split axis ``EVAL_SPLITS``.
     """
+    if not concept_sets:
+        raise ValueError("associate: expected at least one concept set, found none")
     thr = np.asarray(tuple(thresholds), np.float32)
     num_f = featurizer.num_features
     max_act = np.asarray(max_act, np.float32)
@@ -356,95 +514,108 @@ def associate(
         raise ValueError(f"max_act: expected shape ({num_f},), found {max_act.shape}")
     inv_scale = np.where(max_act > 0, 1.0 / np.where(max_act > 0, max_act, 1.0), 0.0)
     inv_scale = inv_scale.astype(np.float32)
-    split = split_codes(proteins)
-    eval_split = np.where(split == 1, 0, np.where(split == 2, 1, -1))  # (P,): 0 val, 1 test
-    dsplit = split if domain_split is None else np.asarray(domain_split)
-    if dsplit.shape != split.shape:
-        raise ValueError(f"domain_split: expected shape {split.shape}, found {dsplit.shape}")
-    dom_eval = np.where(dsplit == 1, 0, np.where(dsplit == 2, 1, -1))
-    num_s = 2
-    if residue is None and domain is None:
-        raise ValueError("associate: expected residue or domain concepts, found neither")
-    num_kr = len(residue.names) if residue is not None else 0
-    res_counts = _zero_counts(num_s, thr, num_f, num_kr)
-    step = _residue_step(featurizer.apply)
+    base = split_codes(proteins)
+    splits = list(splits) if splits is not None else [None] * len(concept_sets)
+    if len(splits) != len(concept_sets):
+        raise ValueError(f"splits: expected {len(concept_sets)} entries, found {len(splits)}")
+    evals = []
+    for sp in splits:
+        code = base if sp is None else np.asarray(sp)
+        if code.shape != base.shape:
+            raise ValueError(f"splits: expected shape {base.shape}, found {code.shape}")
+        evals.append(np.where(code == 1, 0, np.where(code == 2, 1, -1)))
+    sizes = [len(t.names) for t in concept_sets]
+    col0 = tuple(int(c) for c in np.concatenate([[0], np.cumsum(sizes)[:-1]]))
+    layout = _Layout(tuple(concept_sets), tuple(evals), col0, int(sum(sizes)))
+    num_s, num_k, num_g = 2, layout.num_k, len(concept_sets)
+    any_eval = np.zeros_like(base, dtype=bool)
+    for ev in evals:
+        any_eval |= ev >= 0
 
-    dom_counts = None
-    if domain is not None:
-        num_kd = len(domain.names)
-        dom_counts = _zero_counts(num_s, thr, num_f, num_kd)
-        expected = _rows_per_protein(source, len(proteins))
-        seen = np.zeros_like(expected)
-        pending: dict[int, np.ndarray] = {}
-        done_max: list[np.ndarray] = []
-        done_prot: list[int] = []
-
-    def flush(final: bool = False):
-        nonlocal dom_counts
-        while done_prot and (final or len(done_prot) >= chunk_size):
-            prot = np.asarray(done_prot[:chunk_size])
-            maxes = np.stack(done_max[:chunk_size])
-            del done_prot[:chunk_size], done_max[:chunk_size]
-            conc = domain.matrix[prot]
-            mask = np.zeros((len(prot), num_s), np.uint8)
-            ok = domain.annotated[prot]
-            mask[ok, dom_eval[prot][ok]] = 1
-            maxes_p, _, _ = pad_chunk(maxes, np.zeros((len(prot), 2), np.int32), chunk_size)
-            conc_p = np.zeros((chunk_size, conc.shape[1]), np.uint8)
-            conc_p[: len(prot)] = conc
-            mask_p = np.zeros((chunk_size, num_s), np.uint8)
-            mask_p[: len(prot)] = mask
-            tp, act = _count_jit(maxes_p, conc_p, mask_p, thr)
-            dom_counts = _accumulate(dom_counts, tp, act, conc_p, mask_p)
-
+    tally = _Tally(thr, num_f, num_k, num_g)
+    step = _step(featurizer.apply)
     chunks = iter_chunks(source, chunk_size)
     if progress is not None:
         chunks = progress(chunks)
-    for acts, index in chunks:
-        n = acts.shape[0]
+    for n_chunk, (acts, index) in enumerate(chunks):
         prot = np.asarray(index[:, 0], np.int64)
-        row_split = eval_split[prot]
-        if not ((row_split >= 0).any() or (domain is not None and (dom_eval[prot] >= 0).any())):
+        if not any_eval[np.clip(prot, 0, len(base) - 1)].any():
             continue
-        if residue is not None:
-            conc, ok = residue.lookup(index)
-        else:
-            conc, ok = np.zeros((n, 0), np.uint8), np.zeros((n,), bool)
-        mask = np.zeros((n, num_s), np.uint8)
-        sel = ok & (row_split >= 0)
-        mask[sel, row_split[sel]] = 1
-        uniq, local = np.unique(prot, return_inverse=True)
+        cm, masks, starts, ends, ic, bidx, partial = _chunk_inputs(
+            layout, np.asarray(index), chunk_size, num_s
+        )
+        tally.add_host(cm, masks, ic)
         acts_p, _, _ = pad_chunk(acts, np.asarray(index, np.int32), chunk_size)
-        conc_p = np.zeros((chunk_size, conc.shape[1]), np.uint8)
-        conc_p[:n] = conc
-        mask_p = np.zeros((chunk_size, num_s), np.uint8)
-        mask_p[:n] = mask
-        seg = np.full((chunk_size,), chunk_size - 1, np.int32)
-        seg[:n] = local
-        if n < chunk_size and len(uniq) >= chunk_size:  # pragma: no cover - needs 1-row proteins
-            raise ValueError("associate: too many proteins in one chunk; raise chunk_size")
-        tp, act, seg_max = step(featurizer.params, acts_p, inv_scale, conc_p, mask_p, thr, seg)
-        if residue is not None:
-            res_counts = _accumulate(res_counts, tp, act, conc_p, mask_p)
-        if domain is not None:
-            seg_max = np.asarray(seg_max)
-            rows = np.bincount(local, minlength=len(uniq))
-            for j, p in enumerate(uniq):
-                if dom_eval[p] < 0:
-                    continue
-                m = seg_max[j]
-                pending[p] = np.maximum(pending[p], m) if p in pending else m.copy()
-                seen[p] += rows[j]
-                if seen[p] >= expected[p]:
-                    done_max.append(pending.pop(p))
-                    done_prot.append(int(p))
-            flush()
-    if domain is not None:
-        for p in list(pending):  # proteins whose rows did not all arrive (not expected)
-            done_max.append(pending.pop(p))
-            done_prot.append(int(p))
-        flush(final=True)
-    return (res_counts if residue is not None else None), dom_counts
+        tally.acc, bhit = step(
+            featurizer.params, acts_p, inv_scale, cm, masks, thr, starts, ends, ic, bidx, tally.acc
+        )
+        if partial:
+            tally.add_partial(np.asarray(bhit), partial)
+        if (n_chunk + 1) % 4096 == 0:  # float32 sums stay exact below 2^24 rows
+            tally.drain()
+    return tally.result(sizes, col0)
+
+
+class _Tally:
+    """Running counts of ``associate``: float32 sums on the device, int64 on the host, and the
+    instances cut by a chunk boundary until all their residues have been seen."""
+
+    def __init__(self, thr: np.ndarray, num_f: int, num_k: int, num_g: int, num_s: int = 2):
+        self.shape = (len(thr), num_f, num_k, num_g, num_s)
+        self.host = _zeros(num_s, thr, num_f, num_k)
+        self.active = np.zeros((num_g, num_s, len(thr), num_f), np.int64)
+        self.total = np.zeros((num_g, num_s), np.int64)
+        self.pending: dict[tuple[int, int], list] = {}  # -> [hits (T, F), seen, col, split]
+        self.acc = self._fresh()
+
+    def _fresh(self) -> tuple[jax.Array, jax.Array, jax.Array]:
+        t, f, k, g, s = self.shape
+        return (
+            jnp.zeros((t, f, s * k), jnp.float32),
+            jnp.zeros((t, f, g * s), jnp.float32),
+            jnp.zeros((t, f, s * k), jnp.float32),
+        )
+
+    def add_host(self, cm: np.ndarray, masks: np.ndarray, ic: np.ndarray) -> None:
+        t, f, k, g, s = self.shape
+        n = cm.shape[0]
+        self.host.positives[...] += cm.reshape(n, s, k).sum(0, dtype=np.int64)
+        self.host.instances[...] += ic.sum(0, dtype=np.int64).reshape(s, k)
+        self.total[...] += masks.reshape(n, g, s).sum(0, dtype=np.int64)
+
+    def add_partial(self, bhit: np.ndarray, partial: list) -> None:
+        """Merge the hits ``(T, B, F)`` of instances cut by the chunk's boundaries."""
+        t, f = self.shape[:2]
+        for q, (_, col, s, gid, length, piece) in enumerate(partial):
+            entry = self.pending.setdefault(gid, [np.zeros((t, f), bool), 0, col, s])
+            entry[0] |= bhit[:, q]
+            entry[1] += piece
+            if entry[1] >= length:
+                self._finish(self.pending.pop(gid))
+
+    def _finish(self, entry: list) -> None:
+        hits, _, col, s = entry
+        self.host.tp_instances[s, :, :, col] += hits
+        self.host.instances[s, col] += 1
+
+    def drain(self) -> None:
+        t, f, k, g, s = self.shape
+        tp, act, tpi = (np.rint(np.asarray(x)).astype(np.int64) for x in self.acc)
+        self.host.tp[...] += tp.reshape(t, f, s, k).transpose(2, 0, 1, 3)
+        self.host.tp_instances[...] += tpi.reshape(t, f, s, k).transpose(2, 0, 1, 3)
+        self.active[...] += act.reshape(t, f, g, s).transpose(2, 3, 0, 1)
+        self.acc = self._fresh()
+
+    def result(self, sizes: Sequence[int], col0: Sequence[int]) -> list[AssociationCounts]:
+        """One ``AssociationCounts`` per concept set (instances still pending are counted)."""
+        self.drain()
+        for gid in list(self.pending):  # instances whose residues were not all in the source
+            self._finish(self.pending.pop(gid))
+        out = []
+        for g, size in enumerate(sizes):
+            cols = np.arange(col0[g], col0[g] + size)
+            out.append(self.host.take(cols)._replace(active=self.active[g], total=self.total[g]))
+        return out
 
 
 def coverage_summary(scores: ConceptScores, *, f1_min: float = 0.5) -> dict[str, Any]:

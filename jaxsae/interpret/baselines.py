@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from jaxsae.interpret.concepts import split_codes
+from jaxsae.interpret.concepts import SPLIT_NAMES, split_codes, split_name
 from jaxsae.interpret.topk import Featurizer
 from jaxsae.kernels._checks import check_array
 
@@ -131,7 +131,7 @@ def sample_rows(
     Args:
       source: an ``ActivationStore`` or ``(acts (N, d), index (N, 2))``.
       proteins: the protein records (for their ``"split"``); ``None`` or ``split=None``: all rows.
-      split: ``"train"``, ``"validation"`` or ``"test"``.
+      split: ``"train"``, ``"valid"`` or ``"test"`` (``"validation"`` is read as ``"valid"``).
       max_rows: sample size cap.
       seed: random seed.
     """
@@ -141,7 +141,7 @@ def sample_rows(
         prot = np.asarray(source[1])[:, 0]
     rows = np.arange(prot.shape[0])
     if split is not None and proteins is not None:
-        code = {"train": 0, "validation": 1, "test": 2}[split]
+        code = SPLIT_NAMES.index(split_name(split))
         rows = rows[split_codes(proteins)[prot] == code]
         if rows.size == 0:
             raise ValueError(f"sample_rows: no rows of split {split!r} found")

@@ -97,6 +97,10 @@ def _positions(store: Any, rows: np.ndarray) -> np.ndarray:
     return out
 
 
+protein_rows = _protein_rows  # public names, for the analysis pipeline
+row_positions = _positions
+
+
 def build_feature_cards(
     source: Any,
     proteins: Sequence[Mapping[str, Any]],

@@ -9,14 +9,21 @@ from jaxsae.errors import positive_int
 from jaxsae.training.cli import add_process_arguments, join_processes
 
 HELP = (
-    "Run ESM-2 (embedded 8M default or a local checkpoint) over proteins (a FASTA file or the "
-    "embedded SCOPe/DSSP set) and store per-residue activations of chosen layers (resumable)."
+    "Run ESM-2 (embedded 8M default or a local checkpoint) over proteins (a FASTA file, a "
+    "UniProt file or the embedded SCOPe/DSSP set) and store per-residue activations of chosen "
+    "layers (resumable)."
 )
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     src = parser.add_argument_group("proteins")
     src.add_argument("--fasta", help="FASTA file (plain or .gz); default: the embedded dataset")
+    src.add_argument(
+        "--uniprot",
+        help="UniProtKB entries with their features (Swiss-Prot .dat/.txt, UniProt .xml or a "
+        "UniProtKB .tsv export with feature columns; plain or .gz): the features become "
+        "concepts for jaxsae interpret",
+    )
     src.add_argument(
         "--invalid", choices=("error", "unk"), default="error",
         help="FASTA characters outside A-Z: fail (default) or read as X with a warning",
@@ -74,6 +81,8 @@ def _run(args: argparse.Namespace) -> int:
     from jaxsae.errors import InputError
     from jaxsae.protein.extract import extract_activations
 
+    if args.fasta and args.uniprot:
+        raise ValueError("--fasta and --uniprot: expected one of them, found both")
     join_processes(args)
 
     if args.model:
@@ -85,7 +94,13 @@ def _run(args: argparse.Namespace) -> int:
 
         model = load_default_model()
     config = model[0]
-    if args.fasta:
+    if args.uniprot:
+        from jaxsae.protein.uniprot import read_uniprot
+
+        proteins, stats = read_uniprot(args.uniprot)
+        print(stats.summary())
+        source = args.uniprot
+    elif args.fasta:
         from jaxsae.protein.fasta import read_fasta
 
         if not os.path.isfile(args.fasta):

@@ -50,7 +50,7 @@ __all__ = ["DEFAULT_BUCKETS", "extract_activations", "plan_shards", "pack_rows",
 
 #: Padded lengths (tokens, ``<cls>``/``<eos>`` included) of the batches.
 DEFAULT_BUCKETS: tuple[int, ...] = (128, 256, 512, 1024)
-_FIELDS = ("description", "dssp", "scop", "split")
+_FIELDS = ("description", "dssp", "scop", "split", "features")
 
 
 def _as_protein(i: int, p: Any) -> dict:
@@ -213,8 +213,8 @@ def extract_activations(
 
     Args:
       proteins: sequence strings, ``FastaRecord``/``ProteinRecord`` tuples or dicts with
-        ``"sequence"`` (and ``"id"``; ``"dssp"``, ``"scop"``, ``"split"``, ``"description"`` are
-        kept in the store's ``proteins.jsonl``).
+        ``"sequence"`` (and ``"id"``; ``"dssp"``, ``"scop"``, ``"split"``, ``"description"`` and
+        UniProt ``"features"`` are kept in the store's ``proteins.jsonl``).
       model: ``(config, params)`` as returned by ``load_esm2`` / ``load_default_model``.
       layers: hidden-state index or indices, ``0`` (embeddings) … ``L`` (last block, with the
         final LayerNorm), negative from the end.
