@@ -358,3 +358,9 @@ def extract_activations(
         }
         stores[layer] = finalize_store(dirs[layer], recs, meta)
     return stores
+
+
+# Public names of the batching helpers, for other runs of the model over proteins.
+group_batches = _batches
+batch_arrays = _batch_arrays
+__all__ += ["group_batches", "batch_arrays"]
