@@ -208,3 +208,31 @@ def test_embedded_default_has_a_contact_head_and_no_lm_head():
     for b, s in enumerate(SEQS):
         n = len(s)
         assert rel_err(ours[b, 1 : n + 1, 1 : n + 1], ref[b, :n, :n]) <= 1e-4
+
+
+def test_blocked_contact_terms_equal_materialised_ones():
+    from jaxsae.protein.esm2 import (
+        ESM2Config,
+        contact_pair_mask,
+        init_esm2_params,
+        rotary_tables,
+        transformer_layer_contacts,
+    )
+
+    config = ESM2Config(num_layers=1, d_model=48, num_heads=6, d_ff=64)
+    params = init_esm2_params(jax.random.key(0), config)
+    lp = jax.tree.map(lambda a: 20 * a[0] if a.ndim > 1 else a[0], params.layers)
+    tokens, mask = batch_tokenize(SEQS)
+    seg = jax.numpy.asarray(mask.astype(np.int32))
+    B, T = tokens.shape
+    h = jax.random.normal(jax.random.key(1), (B, T, 48))
+    pos = jax.numpy.broadcast_to(jax.numpy.arange(T), (B, T))
+    cos, sin = rotary_tables(pos, params.inv_freq, h.dtype)
+    allowed = (seg[:, :, None] == seg[:, None, :]) & (seg > 0)[:, None, :]
+    pairs = contact_pair_mask(seg, jax.numpy.asarray(residue_mask(tokens, mask)))
+    w = jax.random.normal(jax.random.key(2), (6,))
+    args = (lp, config, h, allowed, cos, sin, pairs, w)
+    hb, tb = transformer_layer_contacts(*args, impl="blocked")
+    hx, tx = transformer_layer_contacts(*args, impl="xla")
+    assert rel_err(np.asarray(hb)[mask], np.asarray(hx)[mask]) <= 1e-5
+    assert rel_err(tb, tx) <= 1e-5 and float(jax.numpy.max(jax.numpy.abs(tx))) > 0

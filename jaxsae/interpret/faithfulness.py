@@ -230,13 +230,16 @@ def core_metrics(
     n, rows = _row_source(X)
     if n == 0:
         raise ValueError("core_metrics: expected at least one activation row, found none")
+    if mean is None and hasattr(X, "rows"):
+        mean = X.mean  # an ActivationStore's per-dimension mean
     if mean is None:
-        mean = np.asarray(getattr(X, "mean", None)) if hasattr(X, "rows") else None
-    if mean is None or mean.ndim != 1:
         total = sum(np.sum(rows(s, min(s + chunk_rows, n)), axis=0, dtype=np.float64)
                     for s in range(0, n, chunk_rows))  # fmt: skip
         mean = total / n
     mean = jnp.asarray(mean, jnp.float32)
+    d = rows(0, 1).shape[-1]
+    if mean.shape != (d,):
+        raise ValueError(f"core_metrics: expected mean of shape ({d},), found {mean.shape}")
     sums: dict[str, Any] = {}
     for s in range(0, n, chunk_rows):
         x = jnp.asarray(rows(s, min(s + chunk_rows, n)), jnp.float32)

@@ -66,6 +66,7 @@ __all__ = [
     "residue_mask",
     "contact_pair_mask",
     "contact_logit_terms",
+    "transformer_layer_contacts",
     "contact_probs",
     "esm2_prefix",
     "esm2_suffix",
@@ -667,9 +668,79 @@ def contact_logit_terms(probs: jax.Array, pairs: jax.Array, weight: jax.Array) -
     Returns:
       ``(B, T, T)``.
     """
-    blocks = pairs[:, None, :, :]
-    a = average_product_correct(symmetrize(probs * blocks.astype(probs.dtype)), blocks)
-    return jnp.einsum("bhts,h->bts", a, weight.astype(a.dtype))
+    m = pairs.astype(probs.dtype)
+    return jax.vmap(_head_block_terms, in_axes=(0, 0, None))(probs, m, weight.astype(probs.dtype))
+
+
+def _head_block_terms(probs: jax.Array, m: jax.Array, w: jax.Array) -> jax.Array:
+    """``Σₕ wₕ APC(sym(m ⊙ Aₕ))`` for the heads of one row: ``probs`` ``(G, T, T)``, ``m``
+    ``(T, T)`` 0/1, ``w`` ``(G,)``; returns ``(T, T)``.
+
+    By linearity, ``Σₕ wₕ APC(Sₕ) = sym(m ⊙ Σₕ wₕ Aₕ) − Σₕ wₕ aₕ aₕᵀ / (block total of aₕ)``,
+    ``aₕ`` the row sums (= column sums) of ``Sₕ = sym(m ⊙ Aₕ)``: no ``(G, T, T)`` array is made
+    beyond the probabilities.
+    """
+    masked = probs * m[None]
+    mixed = symmetrize(m * jnp.einsum("gts,g->ts", probs, w))
+    a = jnp.sum(masked, axis=-1) + jnp.sum(masked, axis=-2)  # (G, T)
+    total = jnp.einsum("ts,gs->gt", m, a)  # each row's block total
+    coef = w[:, None] / jnp.where(total == 0, jnp.ones((), a.dtype), total)
+    return (mixed - jnp.einsum("gt,gs->ts", a * coef, a)) * m
+
+
+def _attention_blocked_contacts(q, k, v, allowed, pairs, weight):
+    """``_attention_blocked`` that also returns the layer's contact-logit terms ``(B, T, T)``,
+    computed block by block of heads while their probabilities are in cache."""
+    B, T, H, D = q.shape
+    g = max([c for c in range(1, H + 1) if H % c == 0 and c * T * T <= _BLOCK_SCORES] or [1])
+    n = H // g
+
+    def heads_first(x):  # (B, T, H, D) -> (B·n, g, T, D)
+        return jnp.transpose(x, (0, 2, 1, 3)).reshape(B * n, g, T, D)
+
+    def block(args):
+        qb, kb, vb, row, wb = args
+        s = jnp.einsum("gtd,gsd->gts", qb, kb)
+        s = jnp.where(allowed[row][None], s, jnp.finfo(s.dtype).min)
+        e = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True))
+        z = jnp.sum(e, axis=-1, keepdims=True)
+        out = jnp.einsum("gts,gsd->gtd", e, vb) / z
+        return out, _head_block_terms(e / z, pairs[row].astype(e.dtype), wb.astype(e.dtype))
+
+    rows = jnp.repeat(jnp.arange(B), n)
+    w = jnp.tile(weight.reshape(n, g), (B, 1))  # block b·n + i holds heads i·g … (i+1)·g − 1
+    out, terms = jax.lax.map(block, (heads_first(q), heads_first(k), heads_first(v), rows, w))
+    out = jnp.transpose(out.reshape(B, H, T, D), (0, 2, 1, 3))
+    return out, jnp.sum(terms.reshape(B, n, T, T), axis=1)
+
+
+def transformer_layer_contacts(
+    lp: ESM2LayerParams,
+    config: ESM2Config,
+    h: jax.Array,
+    allowed: jax.Array,
+    cos: jax.Array,
+    sin: jax.Array,
+    pairs: jax.Array,
+    weight: jax.Array,
+    impl: str | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """One block and its ``contact_logit_terms`` ``(B, T, T)`` (``weight`` ``(H,)``).
+
+    ``impl``: ``"blocked"`` (terms computed per cache-sized block of heads, the fast path on
+    CPUs), ``"xla"`` (the ``(B, H, T, T)`` probabilities materialised), or ``None``: blocked on
+    the CPU backend, else xla.
+    """
+    if impl is None:
+        impl = "blocked" if jax.default_backend() == "cpu" else "xla"
+    if impl == "xla":
+        h, probs = transformer_layer_with_probs(lp, config, h, allowed, cos, sin)
+        return h, contact_logit_terms(probs, pairs, weight)
+    if impl != "blocked":
+        raise ValueError(f"impl: expected 'blocked', 'xla' or None, found {impl!r}")
+    q, k, v = _queries_keys_values(lp, config, h, cos, sin)
+    attn, terms = _attention_blocked_contacts(q, k, v, allowed, pairs, weight)
+    return _finish_layer(lp, config, h, attn), terms
 
 
 def contact_probs(head: ContactHeadParams, logits: jax.Array, pairs: jax.Array) -> jax.Array:
@@ -697,8 +768,8 @@ def _blocks(params, h, segments, positions, residues, contact_w, config, start, 
         def block(carry, xs):
             c, acc = carry
             lp, w = xs
-            c, probs = transformer_layer_with_probs(lp, config, c, allowed, cos, sin)
-            return (c, acc + contact_logit_terms(probs, pairs, w)), None
+            c, terms = transformer_layer_contacts(lp, config, c, allowed, cos, sin, pairs, w)
+            return (c, acc + terms), None
 
         acc = jnp.zeros((B, T, T), jnp.float32)
         if stop > start:
