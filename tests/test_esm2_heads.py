@@ -123,20 +123,19 @@ def test_prefix_then_suffix_is_the_forward_pass(hf_model):
     full = np.asarray(esm2_hidden_states(params, tokens, mask, config=config))
     full_c = np.asarray(esm2_contacts(params, heads.contact, tokens, mask, config=config))
     res = residue_mask(tokens, seg)
-    for layer in range(config.num_layers + 1):
-        for head in (None, heads.contact):
-            h, pre = esm2_prefix(
-                params, tokens, seg, pos, config=config, layer=layer, contact_head=head
-            )
-            assert rel_err(np.asarray(h)[mask], full[layer][mask]) <= 1e-5
-            out, post = esm2_suffix(
-                params, h, seg, pos, res, config=config, layer=layer, contact_head=head
-            )
-            assert rel_err(np.asarray(out)[mask], full[-1][mask]) <= 1e-5
-            if head is not None:
-                probs = 1 / (1 + np.exp(-(np.asarray(pre + post) + float(head.bias))))
-                both = full_c > 0
-                assert rel_err(probs[both], full_c[both]) <= 1e-5
+    for layer, head in ((1, None), (1, heads.contact), (config.num_layers, heads.contact)):
+        h, pre = esm2_prefix(
+            params, tokens, seg, pos, config=config, layer=layer, contact_head=head
+        )
+        assert rel_err(np.asarray(h)[mask], full[layer][mask]) <= 1e-5
+        out, post = esm2_suffix(
+            params, h, seg, pos, res, config=config, layer=layer, contact_head=head
+        )
+        assert rel_err(np.asarray(out)[mask], full[-1][mask]) <= 1e-5
+        if head is not None:
+            probs = 1 / (1 + np.exp(-(np.asarray(pre + post) + float(head.bias))))
+            both = full_c > 0
+            assert rel_err(probs[both], full_c[both]) <= 1e-5
 
 
 def test_apc_with_blocks_equals_apc_of_each_block():
@@ -232,7 +231,8 @@ def test_blocked_contact_terms_equal_materialised_ones():
     pairs = contact_pair_mask(seg, jax.numpy.asarray(residue_mask(tokens, mask)))
     w = jax.random.normal(jax.random.key(2), (6,))
     args = (lp, config, h, allowed, cos, sin, pairs, w)
-    hb, tb = transformer_layer_contacts(*args, impl="blocked")
-    hx, tx = transformer_layer_contacts(*args, impl="xla")
+    layer = jax.jit(transformer_layer_contacts, static_argnames=("config", "impl"))
+    hb, tb = layer(*args, impl="blocked")
+    hx, tx = layer(*args, impl="xla")
     assert rel_err(np.asarray(hb)[mask], np.asarray(hx)[mask]) <= 1e-5
     assert rel_err(tb, tx) <= 1e-5 and float(jax.numpy.max(jax.numpy.abs(tx))) > 0

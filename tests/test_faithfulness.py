@@ -127,7 +127,8 @@ def test_mean_reconstruction_scores_zero_against_mean(scores):
 
 def test_scores_do_not_depend_on_batching(tiny, mean_act, scores):
     model, heads = tiny
-    opts = SpliceOptions(max_tokens_per_batch=128)  # one protein per row: no packing
+    # rows of 256 tokens holding several proteins, against rows of 128 (other packing)
+    opts = SpliceOptions(max_tokens_per_batch=128, buckets=(128, 256))
     s = splice_scores(model, lambda x: 0.5 * x, _seqs(), LAYER, heads=heads, mean=mean_act,
                       options=SpliceOptions(max_tokens_per_batch=256))  # fmt: skip
     t = splice_scores(model, lambda x: 0.5 * x, _seqs(), LAYER, heads=heads, mean=mean_act,
@@ -139,8 +140,9 @@ def test_scores_do_not_depend_on_batching(tiny, mean_act, scores):
 
 def test_contact_head_alone_and_no_head(tiny, mean_act):
     model, heads = tiny
-    s = splice_scores(model, lambda x: x, _seqs()[:2], LAYER,
-                      heads=ESM2Heads(contact=heads.contact))  # fmt: skip
+    s = splice_scores(model, lambda x: x, _seqs()[:2], LAYER, mean=mean_act,
+                      heads=ESM2Heads(contact=heads.contact),
+                      options=SpliceOptions(max_tokens_per_batch=256))  # fmt: skip
     assert s["lm_unmasked"] is None and s["lm_masked"] is None
     assert s["contacts"]["contact_score"] == 1.0
     with pytest.raises(ValueError, match="masked-LM head or a contact head"):
@@ -206,7 +208,8 @@ def test_evaluate_and_summary(tiny, mean_act):
     model, heads = tiny
     X = np.random.default_rng(0).normal(size=(100, CONFIG.d_model))
     res = evaluate(model, heads, lambda x: x, lambda f: f, X, _seqs()[:2], LAYER,
-                   mean=mean_act, options=SpliceOptions(mask_fraction=0.0))  # fmt: skip
+                   mean=mean_act,
+                   options=SpliceOptions(mask_fraction=0.0, max_tokens_per_batch=256))  # fmt: skip
     import json
 
     json.dumps(res)

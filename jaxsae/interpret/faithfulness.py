@@ -294,7 +294,8 @@ class SpliceOptions:
       seed: seed of the masking (each protein's selection depends only on it and the
         protein's index).
       max_tokens_per_batch: padded tokens per forward call.
-      buckets: padded row lengths (packing as ``jaxsae.protein.extract``).
+      buckets: padded row lengths (packing as ``jaxsae.protein.extract``); every batch of a
+        bucket has the same shape, so the model compiles once per bucket used.
       min_separation: ``|i − j|`` of a long-range contact (24).
       top_fraction: contacts kept per protein, as a fraction of its length (``L/5``: 0.2).
     """
@@ -303,7 +304,7 @@ class SpliceOptions:
     mask_scheme: str = "bert"
     seed: int = 0
     max_tokens_per_batch: int = 2048
-    buckets: tuple[int, ...] = (128, 256, 512, 1024)
+    buckets: tuple[int, ...] = (256, 512, 1024)
     min_separation: int = 24
     top_fraction: float = 0.2
 
@@ -346,9 +347,8 @@ def _batches(recs: list[dict], opts: SpliceOptions):
     lengths = [len(r["sequence"]) for r in recs]
     rows = pack_rows(range(len(recs)), lengths, opts.buckets)
     for b, batch_rows in group_batches(rows, opts.max_tokens_per_batch):
-        per = max(1, opts.max_tokens_per_batch // b)
-        n_rows = min(per, 1 << (len(batch_rows) - 1).bit_length())
-        yield batch_arrays(recs, batch_rows, n_rows, b)
+        # every batch of a bucket padded to the same rows: one compilation per bucket
+        yield batch_arrays(recs, batch_rows, max(1, opts.max_tokens_per_batch // b), b)
 
 
 def _mean_activation(model, recs, layer, opts) -> np.ndarray:
