@@ -217,3 +217,14 @@ def test_evaluate_and_summary(tiny, mean_act):
     assert any("CE-loss score 1.000" in line for line in lines)
     assert any("contact score 1.000" in line for line in lines)
     assert res["splice"]["lm_masked"] is None
+
+
+def test_default_mean_is_the_residue_mean_of_the_sequences(tiny, scores):
+    model, heads = tiny
+    opts = SpliceOptions(max_tokens_per_batch=256, mask_fraction=0.0)
+    s = splice_scores(
+        model, lambda x: x, _seqs(), LAYER, heads=ESM2Heads(lm=heads.lm), options=opts
+    )
+    want = scores["identity"]["lm_unmasked"]
+    assert s["lm_unmasked"]["ce_mean"] == pytest.approx(want["ce_mean"], rel=1e-4)
+    assert s["contacts"] is None and s["lm_masked"] is None
