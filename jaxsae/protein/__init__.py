@@ -26,9 +26,13 @@ _EXPORTS: dict[str, str] = {
     "ESM2LayerParams": "esm2",
     "init_esm2_params": "esm2",
     "esm2_hidden_states": "esm2",
+    "ESM2Heads": "esm2",
+    "lm_logits": "esm2",
+    "esm2_contacts": "esm2",
     # weights
     "load_esm2": "weights",
     "save_esm2_hf": "weights",
+    "load_esm2_heads": "weights",
     "load_torch_file": "weights",
     "UnsafeCheckpointError": "weights",
     # embedded default

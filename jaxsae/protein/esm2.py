@@ -35,8 +35,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpy.typing import ArrayLike
 
-from jaxsae.protein.alphabet import MASK_ID, PAD_ID
+from jaxsae.protein.alphabet import CLS_ID, EOS_ID, MASK_ID, PAD_ID
 
 __all__ = [
     "ESM2Config",
@@ -54,6 +55,22 @@ __all__ = [
     "esm2_hidden_states",
     "resolve_layers",
     "check_params",
+    "attention_probs",
+    "transformer_layer_with_probs",
+    "LMHeadParams",
+    "ContactHeadParams",
+    "ESM2Heads",
+    "lm_logits",
+    "symmetrize",
+    "average_product_correct",
+    "residue_mask",
+    "contact_pair_mask",
+    "contact_logit_terms",
+    "transformer_layer_contacts",
+    "contact_probs",
+    "esm2_prefix",
+    "esm2_suffix",
+    "esm2_contacts",
 ]
 
 _MASK_RATIO_TRAIN = 0.15 * 0.8  # ESM's MLM: 15 % of tokens selected, 80 % of those masked
@@ -372,19 +389,67 @@ def transformer_layer(
     Returns:
       ``(B, T, d)``.
     """
-    B, T, d = h.shape
+    q, k, v = _queries_keys_values(lp, config, h, cos, sin)
+    # softmax(q kᵀ + mask) v; the query is already scaled, as in ESM
+    return _finish_layer(lp, config, h, attention(q, k, v, allowed))
+
+
+def _queries_keys_values(
+    lp: ESM2LayerParams, config: ESM2Config, h: jax.Array, cos: jax.Array, sin: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``q`` (scaled, rotated), ``k`` (rotated), ``v`` of one block, each ``(B, T, H, hd)``."""
+    B, T, _ = h.shape
     H, hd = config.num_heads, config.head_dim
     x = layer_norm(h, lp.attn_ln_scale, lp.attn_ln_bias, config.layer_norm_eps)
     qkv = _dense(x, lp.W_qkv, lp.b_qkv).reshape(B, T, 3, H, hd)
     q = apply_rotary(qkv[:, :, 0] * (hd**-0.5), cos, sin)
-    k = apply_rotary(qkv[:, :, 1], cos, sin)
-    v = qkv[:, :, 2]
-    # softmax(q kᵀ + mask) v; the query is already scaled, as in ESM
-    attn = attention(q, k, v, allowed).reshape(B, T, d)
-    h = h + _dense(attn, lp.W_out, lp.b_out)
+    return q, apply_rotary(qkv[:, :, 1], cos, sin), qkv[:, :, 2]
+
+
+def _finish_layer(
+    lp: ESM2LayerParams, config: ESM2Config, h: jax.Array, attn: jax.Array
+) -> jax.Array:
+    """Output projection, residual, then the feed-forward half of a block."""
+    B, T, d = h.shape
+    h = h + _dense(attn.reshape(B, T, d), lp.W_out, lp.b_out)
     x = layer_norm(h, lp.mlp_ln_scale, lp.mlp_ln_bias, config.layer_norm_eps)
     x = jax.nn.gelu(_dense(x, lp.W_fc1, lp.b_fc1), approximate=False)
     return h + _dense(x, lp.W_fc2, lp.b_fc2)
+
+
+def attention_probs(q: jax.Array, k: jax.Array, allowed: jax.Array) -> jax.Array:
+    """Attention probabilities ``softmax(q kᵀ)`` over allowed keys, exactly zero elsewhere.
+
+    Args:
+      q, k: ``(B, T, H, head_dim)``, the query already scaled.
+      allowed: ``(B, T, T)`` bool.
+
+    Returns:
+      ``(B, H, T, T)``; a query with no allowed key gets an all-zero row.
+    """
+    s = jnp.einsum("bthd,bshd->bhts", q, k)
+    ok = allowed[:, None, :, :]
+    s = jnp.where(ok, s, jnp.finfo(s.dtype).min)
+    e = jnp.where(ok, jnp.exp(s - jnp.max(s, axis=-1, keepdims=True)), jnp.zeros((), s.dtype))
+    return e / jnp.maximum(jnp.sum(e, axis=-1, keepdims=True), jnp.finfo(s.dtype).tiny)
+
+
+def transformer_layer_with_probs(
+    lp: ESM2LayerParams,
+    config: ESM2Config,
+    h: jax.Array,
+    allowed: jax.Array,
+    cos: jax.Array,
+    sin: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """``transformer_layer`` that also returns its attention probabilities ``(B, H, T, T)``.
+
+    The simple path (the ``(B, H, T, T)`` probabilities are materialised), for the contact head;
+    the hidden states equal ``transformer_layer``'s.
+    """
+    q, k, v = _queries_keys_values(lp, config, h, cos, sin)
+    probs = attention_probs(q, k, allowed)
+    return _finish_layer(lp, config, h, jnp.einsum("bhts,bshd->bthd", probs, v)), probs
 
 
 def resolve_layers(config: ESM2Config, layers: Sequence[int] | None) -> tuple[int, ...]:
@@ -493,3 +558,341 @@ def esm2_hidden_states(
         config,
         layers,
     )
+
+
+# ---------------------------------------------------------------------------------------- heads
+
+
+class LMHeadParams(NamedTuple):
+    """ESM-2's masked-language-model head (Hugging Face ``EsmForMaskedLM.lm_head``, fair-esm's
+    ``RobertaLMHead``): ``logits = LN(GELU(h W_dense + b_dense)) W_decoder + bias``.
+
+    Attributes:
+      W_dense: ``(d, d)`` for ``x @ W``; ``b_dense`` ``(d,)``.
+      ln_scale, ln_bias: ``(d,)`` the head's LayerNorm.
+      W_decoder: ``(d, vocab_size)``, tied to the token embeddings in ESM-2 (``embed.T``).
+      bias: ``(vocab_size,)``.
+    """
+
+    W_dense: jax.Array
+    b_dense: jax.Array
+    ln_scale: jax.Array
+    ln_bias: jax.Array
+    W_decoder: jax.Array
+    bias: jax.Array
+
+
+class ContactHeadParams(NamedTuple):
+    """ESM-2's contact head (``contact_head.regression``): a logistic regression on the
+    symmetrised, APC-corrected attention maps of every layer and head.
+
+    Attributes:
+      weight: ``(L, H)``, the regression weight of channel ``layer·H + head`` (the checkpoint's
+        ``(1, L·H)`` reshaped).
+      bias: ``()``.
+    """
+
+    weight: jax.Array
+    bias: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class ESM2Heads:
+    """The optional heads of a checkpoint: ``None`` where it has none."""
+
+    lm: LMHeadParams | None = None
+    contact: ContactHeadParams | None = None
+
+
+def lm_logits(head: LMHeadParams, h: jax.Array, eps: float = 1e-5) -> jax.Array:
+    """Masked-LM logits ``(..., vocab_size)`` from the last hidden state ``h`` ``(..., d)``
+    (``hᴸ``, the final LayerNorm applied); GELU with erf, as ESM."""
+    x = jax.nn.gelu(_dense(h, head.W_dense, head.b_dense), approximate=False)
+    return _dense(layer_norm(x, head.ln_scale, head.ln_bias, eps), head.W_decoder, head.bias)
+
+
+def symmetrize(x: jax.Array) -> jax.Array:
+    """``x + xᵀ`` over the last two axes."""
+    return x + jnp.swapaxes(x, -1, -2)
+
+
+def average_product_correct(x: jax.Array, blocks: jax.Array | None = None) -> jax.Array:
+    """Average product correction (APC, Dunn et al. 2008) over the last two axes.
+
+    ``APC(x)ᵢⱼ = xᵢⱼ − aᵢ a'ⱼ / a``, with row sums ``aᵢ``, column sums ``a'ⱼ`` and total ``a``,
+    as ESM's contact head. With ``blocks`` (several sequences packed in a row), the sums are
+    taken within each sequence's block and entries outside the blocks are zero.
+
+    Args:
+      x: ``(..., T, T)``, zero outside ``blocks`` when given.
+      blocks: ``(..., T, T)`` bool broadcastable to ``x``, true where ``i`` and ``j`` belong to
+        the same sequence (block-diagonal up to a permutation), or ``None`` for one block.
+
+    Returns:
+      ``(..., T, T)``.
+    """
+    a1 = jnp.sum(x, axis=-1, keepdims=True)
+    a2 = jnp.sum(x, axis=-2, keepdims=True)
+    if blocks is None:
+        return x - a1 * a2 / jnp.sum(x, axis=(-1, -2), keepdims=True)
+    b = jnp.broadcast_to(blocks, x.shape).astype(x.dtype)
+    a12 = jnp.sum(b * jnp.swapaxes(a1, -1, -2), axis=-1, keepdims=True)  # each row's block total
+    safe = jnp.where(a12 == 0, jnp.ones((), x.dtype), a12)
+    return (x - a1 * a2 / safe) * b
+
+
+def residue_mask(tokens: ArrayLike, segments: ArrayLike) -> np.ndarray:
+    """``(B, T)`` bool: the residues (real tokens other than ``<cls>``/``<eos>``/``<pad>``)."""
+    tokens, segments = np.asarray(tokens), np.asarray(segments)
+    return (segments > 0) & ~np.isin(tokens, (CLS_ID, EOS_ID, PAD_ID))
+
+
+def contact_pair_mask(segments: jax.Array, residues: jax.Array) -> jax.Array:
+    """``(B, T, T)`` bool: residue pairs of the same sequence (the contact head's inputs)."""
+    same = segments[:, :, None] == segments[:, None, :]
+    return same & residues[:, :, None] & residues[:, None, :]
+
+
+def contact_logit_terms(probs: jax.Array, pairs: jax.Array, weight: jax.Array) -> jax.Array:
+    """One layer's share of the contact logits: ``Σₕ wₕ · APC(sym(Aₕ))``.
+
+    Attention to or from ``<cls>``, ``<eos>`` and padding is removed first (ESM drops the
+    ``<cls>`` row/column and zeroes the ``<eos>`` ones), so each protein's map is its
+    residue × residue block.
+
+    Args:
+      probs: ``(B, H, T, T)`` attention probabilities of the layer.
+      pairs: ``(B, T, T)`` ``contact_pair_mask``.
+      weight: ``(H,)`` the regression weights of the layer's heads.
+
+    Returns:
+      ``(B, T, T)``.
+    """
+    m = pairs.astype(probs.dtype)
+    return jax.vmap(_head_block_terms, in_axes=(0, 0, None))(probs, m, weight.astype(probs.dtype))
+
+
+def _head_block_terms(probs: jax.Array, m: jax.Array, w: jax.Array) -> jax.Array:
+    """``Σₕ wₕ APC(sym(m ⊙ Aₕ))`` for the heads of one row: ``probs`` ``(G, T, T)``, ``m``
+    ``(T, T)`` 0/1, ``w`` ``(G,)``; returns ``(T, T)``.
+
+    By linearity, ``Σₕ wₕ APC(Sₕ) = sym(m ⊙ Σₕ wₕ Aₕ) − Σₕ wₕ aₕ aₕᵀ / (block total of aₕ)``,
+    ``aₕ`` the row sums (= column sums) of ``Sₕ = sym(m ⊙ Aₕ)``: no ``(G, T, T)`` array is made
+    beyond the probabilities.
+    """
+    masked = probs * m[None]
+    mixed = symmetrize(m * jnp.einsum("gts,g->ts", probs, w))
+    a = jnp.sum(masked, axis=-1) + jnp.sum(masked, axis=-2)  # (G, T)
+    total = jnp.einsum("ts,gs->gt", m, a)  # each row's block total
+    coef = w[:, None] / jnp.where(total == 0, jnp.ones((), a.dtype), total)
+    return (mixed - jnp.einsum("gt,gs->ts", a * coef, a)) * m
+
+
+def _attention_blocked_contacts(q, k, v, allowed, pairs, weight):
+    """``_attention_blocked`` that also returns the layer's contact-logit terms ``(B, T, T)``,
+    computed block by block of heads while their probabilities are in cache."""
+    B, T, H, D = q.shape
+    g = max([c for c in range(1, H + 1) if H % c == 0 and c * T * T <= _BLOCK_SCORES] or [1])
+    n = H // g
+
+    def heads_first(x):  # (B, T, H, D) -> (B·n, g, T, D)
+        return jnp.transpose(x, (0, 2, 1, 3)).reshape(B * n, g, T, D)
+
+    def block(args):
+        qb, kb, vb, row, wb = args
+        s = jnp.einsum("gtd,gsd->gts", qb, kb)
+        s = jnp.where(allowed[row][None], s, jnp.finfo(s.dtype).min)
+        e = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True))
+        z = jnp.sum(e, axis=-1, keepdims=True)
+        out = jnp.einsum("gts,gsd->gtd", e, vb) / z
+        return out, _head_block_terms(e / z, pairs[row].astype(e.dtype), wb.astype(e.dtype))
+
+    rows = jnp.repeat(jnp.arange(B), n)
+    w = jnp.tile(weight.reshape(n, g), (B, 1))  # block b·n + i holds heads i·g … (i+1)·g − 1
+    out, terms = jax.lax.map(block, (heads_first(q), heads_first(k), heads_first(v), rows, w))
+    out = jnp.transpose(out.reshape(B, H, T, D), (0, 2, 1, 3))
+    return out, jnp.sum(terms.reshape(B, n, T, T), axis=1)
+
+
+def transformer_layer_contacts(
+    lp: ESM2LayerParams,
+    config: ESM2Config,
+    h: jax.Array,
+    allowed: jax.Array,
+    cos: jax.Array,
+    sin: jax.Array,
+    pairs: jax.Array,
+    weight: jax.Array,
+    impl: str | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """One block and its ``contact_logit_terms`` ``(B, T, T)`` (``weight`` ``(H,)``).
+
+    ``impl``: ``"blocked"`` (terms computed per cache-sized block of heads, the fast path on
+    CPUs), ``"xla"`` (the ``(B, H, T, T)`` probabilities materialised), or ``None``: blocked on
+    the CPU backend, else xla.
+    """
+    if impl is None:
+        impl = "blocked" if jax.default_backend() == "cpu" else "xla"
+    if impl == "xla":
+        h, probs = transformer_layer_with_probs(lp, config, h, allowed, cos, sin)
+        return h, contact_logit_terms(probs, pairs, weight)
+    if impl != "blocked":
+        raise ValueError(f"impl: expected 'blocked', 'xla' or None, found {impl!r}")
+    q, k, v = _queries_keys_values(lp, config, h, cos, sin)
+    attn, terms = _attention_blocked_contacts(q, k, v, allowed, pairs, weight)
+    return _finish_layer(lp, config, h, attn), terms
+
+
+def contact_probs(head: ContactHeadParams, logits: jax.Array, pairs: jax.Array) -> jax.Array:
+    """``sigmoid(Σ_layers contact_logit_terms + bias)`` on residue pairs, zero elsewhere."""
+    p = jax.nn.sigmoid(logits + head.bias.astype(logits.dtype))
+    return jnp.where(pairs, p, jnp.zeros((), p.dtype))
+
+
+def _blocks(params, h, segments, positions, residues, contact_w, config, start, stop):
+    """Blocks ``start … stop − 1`` (then the final LayerNorm when ``stop`` is the last), and the
+    contact-logit terms of those layers when ``contact_w`` ``(L, H)`` is given."""
+    cos, sin = rotary_tables(positions, params.inv_freq, params.embed.dtype)
+    allowed = (segments[:, :, None] == segments[:, None, :]) & (segments > 0)[:, None, :]
+    B, T = segments.shape
+    layers = jax.tree.map(lambda p: p[start:stop], params.layers)
+    if contact_w is None:
+        acc = None
+        if stop > start:
+            h, _ = jax.lax.scan(
+                lambda c, lp: (transformer_layer(lp, config, c, allowed, cos, sin), None), h, layers
+            )
+    else:
+        pairs = contact_pair_mask(segments, residues)
+
+        def block(carry, xs):
+            c, acc = carry
+            lp, w = xs
+            c, terms = transformer_layer_contacts(lp, config, c, allowed, cos, sin, pairs, w)
+            return (c, acc + terms), None
+
+        acc = jnp.zeros((B, T, T), jnp.float32)
+        if stop > start:
+            (h, acc), _ = jax.lax.scan(block, (h, acc), (layers, contact_w[start:stop]))
+    if stop == config.num_layers and stop > start:
+        h = layer_norm(h, params.final_ln_scale, params.final_ln_bias, config.layer_norm_eps)
+    return h, acc
+
+
+@functools.partial(jax.jit, static_argnames=("config", "layer"))
+def _prefix(params, tokens, segments, positions, residues, contact_w, config, layer):
+    h = embed(params, config, tokens, segments)
+    return _blocks(params, h, segments, positions, residues, contact_w, config, 0, layer)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "layer"))
+def _suffix(params, h, segments, positions, residues, contact_w, config, layer):
+    return _blocks(
+        params, h, segments, positions, residues, contact_w, config, layer, config.num_layers
+    )
+
+
+def esm2_prefix(
+    params: ESM2Params,
+    tokens: ArrayLike,
+    segments: ArrayLike,
+    positions: ArrayLike,
+    *,
+    config: ESM2Config,
+    layer: int,
+    contact_head: ContactHeadParams | None = None,
+) -> tuple[jax.Array, jax.Array | None]:
+    """ESM-2 up to hidden state ``layer``, and the contact-logit terms of layers ``1 … layer``.
+
+    Args:
+      params: the model.
+      tokens, segments, positions: ``(B, T)`` as ``esm2_hidden_states`` (packed rows allowed).
+      config: the model's sizes.
+      layer: ``0 … L``, the hidden state to stop at (``L``: final LayerNorm applied).
+      contact_head: when given, attention probabilities are materialised (the simple path)
+        and their contact-logit terms returned; else the fast attention path runs.
+
+    Returns:
+      ``(h, terms)``: ``h`` ``(B, T, d)`` equal to ``esm2_hidden_states(…)[layer]``, ``terms``
+      ``(B, T, T)`` float32 or ``None``.
+    """
+    (layer,) = resolve_layers(config, [layer])
+    seg = jnp.asarray(segments, jnp.int32)
+    res = jnp.asarray(residue_mask(tokens, segments))
+    w = None if contact_head is None else jnp.asarray(contact_head.weight)
+    return _prefix(
+        params, jnp.asarray(tokens, jnp.int32), seg, jnp.asarray(positions, jnp.int32), res, w,
+        config, layer,
+    )  # fmt: skip
+
+
+def esm2_suffix(
+    params: ESM2Params,
+    h: jax.Array,
+    segments: ArrayLike,
+    positions: ArrayLike,
+    residues: ArrayLike,
+    *,
+    config: ESM2Config,
+    layer: int,
+    contact_head: ContactHeadParams | None = None,
+) -> tuple[jax.Array, jax.Array | None]:
+    """ESM-2 from hidden state ``layer`` (possibly edited) to the last one, ``hᴸ``.
+
+    ``esm2_suffix(esm2_prefix(…)[0], …)`` is the whole forward pass; editing ``h`` in between
+    is how activations are spliced.
+
+    Args:
+      h: ``(B, T, d)`` hidden state ``layer``.
+      segments, positions: ``(B, T)`` as in ``esm2_prefix``.
+      residues: ``(B, T)`` bool ``residue_mask`` (used by the contact head only).
+      layer: ``0 … L``; ``L`` returns ``h`` unchanged.
+      contact_head: as in ``esm2_prefix``: the terms of layers ``layer + 1 … L``.
+
+    Returns:
+      ``(hᴸ, terms)``: ``(B, T, d)`` with the final LayerNorm applied, and ``(B, T, T)`` or
+      ``None``.
+    """
+    (layer,) = resolve_layers(config, [layer])
+    w = None if contact_head is None else jnp.asarray(contact_head.weight)
+    return _suffix(
+        params, h, jnp.asarray(segments, jnp.int32), jnp.asarray(positions, jnp.int32),
+        jnp.asarray(residues, bool), w, config, layer,
+    )  # fmt: skip
+
+
+def esm2_contacts(
+    params: ESM2Params,
+    contact_head: ContactHeadParams,
+    tokens: ArrayLike,
+    mask: ArrayLike | None = None,
+    *,
+    config: ESM2Config,
+    segments: ArrayLike | None = None,
+    positions: ArrayLike | None = None,
+) -> jax.Array:
+    """Contact probabilities of ESM-2's contact head, as ``EsmModel.predict_contacts``.
+
+    Args:
+      params, contact_head: the model and its contact head.
+      tokens: ``(B, T)`` token ids; ``mask``, ``segments``, ``positions`` as in
+        ``esm2_hidden_states``.
+
+    Returns:
+      ``(B, T, T)`` in token coordinates: entry ``(i, j)`` for residue tokens ``i``, ``j`` of
+      one sequence, zero elsewhere (Hugging Face's ``(B, T − 2, T − 2)`` map of one sequence per
+      row is ``out[:, 1:-1, 1:-1]``).
+    """
+    tokens = np.asarray(tokens)
+    B, T = tokens.shape
+    if segments is None:
+        segments = (tokens != PAD_ID) if mask is None else np.asarray(mask)
+    segments = np.asarray(segments).astype(np.int32)
+    if positions is None:
+        positions = np.broadcast_to(np.arange(T, dtype=np.int32)[None, :], (B, T))
+    L = config.num_layers
+    _, pre = esm2_prefix(
+        params, tokens, segments, positions, config=config, layer=L, contact_head=contact_head
+    )
+    res = jnp.asarray(residue_mask(tokens, segments))
+    return contact_probs(contact_head, pre, contact_pair_mask(jnp.asarray(segments), res))

@@ -378,3 +378,9 @@ def extract_activations(
             finalize_store(dirs[layer], recs, meta)
     barrier("jaxsae-extract-finalised")
     return {layer: open_store(dirs[layer]) for layer in layers}
+
+
+# Public names of the batching helpers, for other runs of the model over proteins.
+group_batches = _batches
+batch_arrays = _batch_arrays
+__all__ += ["group_batches", "batch_arrays"]

@@ -33,6 +33,7 @@ import numpy as np
 from jaxsae.protein.esm2 import (
     ESM2_SIZES,
     ESM2Config,
+    ESM2Heads,
     ESM2LayerParams,
     ESM2Params,
     check_params,
@@ -49,6 +50,8 @@ __all__ = [
     "params_from_fair_esm_state_dict",
     "load_esm2",
     "save_esm2_hf",
+    "heads_from_state_dict",
+    "load_esm2_heads",
 ]
 
 
@@ -596,3 +599,119 @@ def save_esm2_hf(params: ESM2Params, config: ESM2Config, out_dir: str | os.PathL
     }
     (out / "config.json").write_text(json.dumps(cfg, indent=1))
     return out
+
+
+# --------------------------------------------------------------------------- optional heads
+
+#: Prefixes under which a checkpoint may hold the heads: Hugging Face (``lm_head.`` at the top,
+#: ``esm.contact_head.``), fair-esm (top level, or under ``encoder.``).
+_HEAD_PREFIXES = ("", "esm.", "encoder.", "encoder.sentence_encoder.")
+
+
+def _head_arrays(
+    sd: dict[str, np.ndarray], names: dict[str, tuple[str, ...]]
+) -> dict[str, np.ndarray] | None:
+    """``field -> array`` for one head, looked up under every prefix; ``None`` if none of its
+    keys is there; a ``ValueError`` listing the missing ones if only some are."""
+    for prefix in _HEAD_PREFIXES:
+        found = {
+            f: next((sd[prefix + k] for k in keys if prefix + k in sd), None)
+            for f, keys in names.items()
+        }
+        if all(v is None for v in found.values()):
+            continue
+        missing = [prefix + keys[0] for f, keys in names.items() if found[f] is None]
+        if missing:
+            raise ValueError(f"ESM-2 checkpoint: incomplete head, missing keys: {missing}")
+        return {f: np.asarray(v, np.float32) for f, v in found.items()}
+    return None
+
+
+def heads_from_state_dict(
+    sd: dict[str, np.ndarray], params: ESM2Params, config: ESM2Config
+) -> ESM2Heads:
+    """The masked-LM and contact heads of a Hugging Face or fair-esm state dict, where present.
+
+    The LM decoder is tied to the token embeddings in ESM-2: a checkpoint that does not store
+    it (``lm_head.decoder.weight`` in Hugging Face, ``lm_head.weight`` in fair-esm) gets
+    ``params.embed``.
+
+    Returns:
+      ``ESM2Heads(lm, contact)``, ``None`` for a head the checkpoint lacks.
+
+    Raises:
+      ValueError: a head with some of its keys missing, or of the wrong shape.
+    """
+    from jaxsae.protein.esm2 import ContactHeadParams, LMHeadParams
+
+    d, V, L, H = config.d_model, config.vocab_size, config.num_layers, config.num_heads
+    lm = _head_arrays(
+        sd,
+        {
+            "W_dense": ("lm_head.dense.weight",),
+            "b_dense": ("lm_head.dense.bias",),
+            "ln_scale": ("lm_head.layer_norm.weight", "lm_head.layer_norm.gamma"),
+            "ln_bias": ("lm_head.layer_norm.bias", "lm_head.layer_norm.beta"),
+            "bias": ("lm_head.bias",),
+        },
+    )
+    contact = _head_arrays(
+        sd,
+        {
+            "weight": ("contact_head.regression.weight",),
+            "bias": ("contact_head.regression.bias",),
+        },
+    )
+    heads_lm = heads_contact = None
+    if lm is not None:
+        dec_keys = [
+            p + k for p in _HEAD_PREFIXES for k in ("lm_head.decoder.weight", "lm_head.weight")
+        ]
+        dec = next((sd[k] for k in dec_keys if k in sd), None)
+        dec = np.asarray(params.embed if dec is None else dec, np.float32)
+        want = {"W_dense": (d, d), "b_dense": (d,), "ln_scale": (d,), "ln_bias": (d,),
+                "bias": (V,)}  # fmt: skip
+        bad = [f"{f}: expected {s}, found {lm[f].shape}" for f, s in want.items()
+               if lm[f].shape != s]  # fmt: skip
+        if dec.shape != (V, d):
+            bad.append(f"decoder: expected {(V, d)}, found {dec.shape}")
+        if bad:
+            raise ValueError("ESM-2 checkpoint: LM head of the wrong shape: " + "; ".join(bad))
+        heads_lm = LMHeadParams(
+            W_dense=lm["W_dense"].T, b_dense=lm["b_dense"], ln_scale=lm["ln_scale"],
+            ln_bias=lm["ln_bias"], W_decoder=dec.T.copy(), bias=lm["bias"],
+        )  # fmt: skip
+    if contact is not None:
+        w, b = contact["weight"], contact["bias"]
+        if w.size != L * H or b.size != 1:
+            raise ValueError(
+                f"ESM-2 checkpoint: contact head: expected a weight of {L * H} = layers × heads "
+                f"and one bias, found shapes {w.shape} and {b.shape}"
+            )
+        heads_contact = ContactHeadParams(weight=w.reshape(L, H), bias=b.reshape(()))
+    return ESM2Heads(lm=heads_lm, contact=heads_contact)
+
+
+def load_esm2_heads(path: str | os.PathLike, params: ESM2Params, config: ESM2Config) -> ESM2Heads:
+    """The optional heads of the checkpoint at ``path`` (the formats of ``load_esm2``).
+
+    Args:
+      path: as for ``load_esm2``.
+      params, config: what ``load_esm2(path)`` returned (the tied LM decoder is its embedding).
+
+    Returns:
+      ``ESM2Heads``; a checkpoint without a head gets ``None`` for it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        weights = next(
+            (path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()),
+            None,
+        )
+        if weights is None:
+            raise FileNotFoundError(
+                f"{path}: expected model.safetensors or pytorch_model.bin in the directory"
+            )
+    else:
+        weights = path
+    return heads_from_state_dict(load_state_dict(weights), params, config)
