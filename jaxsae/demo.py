@@ -395,6 +395,16 @@ def _previous_analysis(out: Path, key: dict) -> dict | None:
     return summary if same and images_ok and "console" in summary else None
 
 
+def _faithfulness_hook(model: Any, train_store: Any) -> Any:
+    """SAEBench core metrics and splicing scores on test proteins (the embedded contact head)."""
+    from jaxsae.interpret.faithfulness import analysis_hook
+    from jaxsae.protein.default import default_model_path
+    from jaxsae.protein.weights import load_esm2_heads
+
+    heads = load_esm2_heads(default_model_path(), model[1], model[0])
+    return analysis_hook(heads, mean=train_store.mean)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``jaxsae demo``."""
     t_start = time.perf_counter()
@@ -531,6 +541,7 @@ def run(args: argparse.Namespace) -> int:
             metrics=history,
             amortisation=amort,
             model=model,
+            faithfulness=_faithfulness_hook(model, train_store),
             log=_say,
             key=key,
         )

@@ -60,6 +60,9 @@ def test_demo_quick_runs_reuses_and_interpret_reads_its_outputs(tmp_path, capsys
     assert [r[0] for r in summary["headline"]["rows"]] == ["SAE", "neurons", "PCA"]
     for png in ("coverage.png", "density.png", "training.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    faith = summary["faithfulness"]  # core metrics and the contact score of the embedded head
+    assert 0 < faith["core"]["num_tokens"] and faith["splice"]["contacts"]["num_proteins"] > 0
+    assert "splicing, contacts: contact score" in first
 
     stores = sorted(out.glob("store_*/layer_*/meta.json"))
     assert len(stores) == 2  # training and held-out proteins
@@ -97,6 +100,7 @@ def test_demo_quick_runs_reuses_and_interpret_reads_its_outputs(tmp_path, capsys
     )
     third = capsys.readouterr().out
     assert "concepts F1>0.5" in third
+    assert "splicing, contacts: contact score" in third  # the store names the embedded model
     assert (tmp_path / "interp" / "report.html").is_file()
 
 

@@ -637,10 +637,12 @@ def write_outputs(
     bar = bar_check({m: scored[m] for m in featurizers})
     absent = _absent_text(concepts.absent)
     console = _console(cfg, (headline_rows, headline_headers), (crows, cheads), absent)
+    faith = dict(extras.get("faithfulness") or {})
+    if faith.get("lines"):
+        console += "\n\nFaithfulness (SAE spliced into the model):\n" + "\n".join(faith["lines"])
     dead = dead_features(stats["SAE"].density)
     facts = _facts(store, proteins, params, stats["SAE"], concepts, len(dead), extras)
     duplicates = int((nb.cosines[:, 0] > 0.95).sum()) if nb is not None else 0
-    faith = dict(extras.get("faithfulness") or {})
     sections = [
         ("Method", _METHOD_TEXT),
         ("What came out", _findings(coverage, bar, duplicates, params.d_sae)),
@@ -917,6 +919,8 @@ def _absent_text(absent: Mapping[str, str]) -> str:
 
 
 def _faith_text(faith: Mapping[str, Any]) -> str:
+    if faith.get("lines"):
+        return "\n".join(faith["lines"])
     flat = {k: v for k, v in faith.items() if isinstance(v, (int, float))}
     if not flat:
         return json.dumps(faith, indent=1, default=_json_default)

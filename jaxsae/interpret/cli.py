@@ -43,6 +43,29 @@ def _raw_l1_coeff(cfg: Mapping[str, Any], sae_dir: Path) -> float | None:
     return float(l1) / float(scale or 1.0)
 
 
+def _faithfulness(args: argparse.Namespace, store: Any) -> tuple[Any, Any]:
+    """``(model, hook)`` for the faithfulness stage: the model named by ``--model`` or the
+    embedded one when the store was extracted with it; no model: core metrics only."""
+    if args.faithfulness_proteins <= 0:
+        return None, None
+    from jaxsae.interpret.faithfulness import analysis_hook
+    from jaxsae.protein.default import DEFAULT_MODEL_NAME, default_model_path, load_default_model
+    from jaxsae.protein.weights import load_esm2, load_esm2_heads
+
+    if args.model:
+        path, model = args.model, load_esm2(args.model)
+    elif dict(store.meta).get("model") == DEFAULT_MODEL_NAME:
+        path, model = default_model_path(), load_default_model()
+    else:
+        print(
+            "jaxsae interpret: the store's model is not the embedded one; pass --model to add "
+            "splicing scores (core reconstruction metrics only)"
+        )
+        return None, analysis_hook(None, max_proteins=args.faithfulness_proteins)
+    heads = load_esm2_heads(path, model[1], model[0])
+    return model, analysis_hook(heads, max_proteins=args.faithfulness_proteins)
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``jaxsae interpret``."""
     parser.add_argument("store", help="activation store directory (jaxsae extract)")
@@ -53,6 +76,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="metrics.jsonl of the training run, for the training curves "
         "(default: SAE_DIR/../metrics.jsonl when present)",
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="the ESM-2 checkpoint the store was extracted with, for the splicing scores "
+        "(default: the embedded model when the store names it; otherwise splicing is skipped)",
+    )
+    parser.add_argument(
+        "--faithfulness-proteins",
+        type=int,
+        default=50,
+        help="test proteins for the faithfulness stage: SAEBench core metrics and ESM-2 "
+        "splicing scores (0: skip the stage)",
     )
     parser.add_argument("--k", type=int, default=16, help="top activations kept per feature")
     parser.add_argument("--chunk-size", type=int, default=2048, help="rows encoded at once")
@@ -128,7 +164,10 @@ def run(args: argparse.Namespace) -> int:
         min_residues=args.min_residues,
         min_instances=args.min_instances,
     )
-    result = analyse(store, params, args.out, config=config, metrics=metrics)
+    model, hook = _faithfulness(args, store)
+    result = analyse(
+        store, params, args.out, config=config, metrics=metrics, model=model, faithfulness=hook
+    )
     print(result.console)
     print(f"\nreport: {result.report}\nsummary: {result.summary_path}")
     return 0

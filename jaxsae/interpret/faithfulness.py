@@ -76,6 +76,7 @@ __all__ = [
     "splice_scores",
     "evaluate",
     "summary_lines",
+    "analysis_hook",
     "recovered_score",
     "top_long_range_contacts",
     "kept_fraction",
@@ -640,3 +641,58 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         )
     lines.append(f"faithfulness took {result['seconds']:.1f} s")
     return lines
+
+
+def analysis_hook(
+    heads: Any,
+    *,
+    mean: ArrayLike | None = None,
+    max_proteins: int = 50,
+    options: SpliceOptions = SpliceOptions(),
+) -> Callable[[Any], dict[str, Any]]:
+    """The faithfulness stage of ``jaxsae.interpret.analyse`` (its ``faithfulness=`` hook).
+
+    The hook receives the analysis' ``FaithfulnessInputs`` and runs ``evaluate`` on the first
+    ``max_proteins`` test proteins of the store (all proteins if it has no test split): core
+    metrics on their rows, splicing on their sequences at the store's layer (skipped when the
+    analysis has no model or the store names no layer). The SAE is read through the analysis'
+    SAE featurizer (so every architecture it knows is evaluated the same way) and decoded by
+    ``W_dec``, ``b_dec``.
+
+    Args:
+      heads: ``ESM2Heads`` of the model (``jaxsae.protein.weights.load_esm2_heads``).
+      mean: ``(d,)`` the activation mean for mean-ablation, e.g. the training store's
+        ``mean`` (default: the mean of the analysed store).
+      max_proteins: proteins evaluated (``> 0``).
+      options: ``SpliceOptions``.
+
+    Returns:
+      ``hook(inputs) -> dict``: ``evaluate``'s result with its ``summary_lines`` under
+      ``"lines"``.
+    """
+    if max_proteins <= 0:
+        raise ValueError(f"max_proteins: expected > 0, found {max_proteins}")
+
+    def hook(inputs: Any) -> dict[str, Any]:
+        from jaxsae.interpret.topk import sae_featurizer
+        from jaxsae.kernels.sae import decode
+
+        store, params = inputs.store, inputs.params
+        test = [i for i, p in enumerate(inputs.proteins) if p.get("split") == "test"]
+        chosen = (test or list(range(store.num_proteins)))[:max_proteins]
+        X = store.take(np.concatenate([store.positions_of(i) for i in chosen]))
+        feat = sae_featurizer(params)
+        encode = jax.jit(functools.partial(feat.apply, feat.params))
+        dec = jax.jit(functools.partial(decode, params))
+        mu = store.mean if mean is None else mean
+        if inputs.model is None or inputs.layer is None:
+            result = {"core": core_metrics(encode, dec, X), "splice": None, "seconds": 0.0}
+        else:
+            recs = [inputs.proteins[i] for i in chosen]
+            result = evaluate(
+                inputs.model, heads, encode, dec, X, recs, int(inputs.layer),
+                mean=mu, options=options,
+            )  # fmt: skip
+        return {**result, "lines": summary_lines(result)}
+
+    return hook
