@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from helpers import fista_np, ista_np, lasso_objective_np, make_lasso_problem, sklearn_lasso
 
-from jaxsae.kernels import solvers
+from jaxsae.kernels.solvers import homotopy, proximal
+from jaxsae.kernels.solvers.common import COMPACT_MIN
 from jaxsae.kernels.lasso import duality_gap, lasso_objective, lipschitz_constant
 from jaxsae.kernels.prox import soft_threshold
 from jaxsae.kernels.solvers import fista, fista_trace, ista, ista_trace, solve_lasso
@@ -195,10 +196,10 @@ def test_jit_vmap_and_one_trace_per_configuration():
     for i in range(2):
         np.testing.assert_allclose(batched[i], fista(Xs[i], Ws[i], REG, **opts).codes, atol=1e-8)
     # same shapes and static options, new data / reg / tol / max_steps: no new trace
-    before = solvers._solve_core._cache_size()
+    before = proximal.solve_core._cache_size()
     for i in range(3):
         fista(X * (1 + i), W, REG * (1 + i), tol=10.0 ** (-6 - i), max_steps=100 + i)
-    assert solvers._solve_core._cache_size() - before <= 1
+    assert proximal.solve_core._cache_size() - before <= 1
 
 
 def _directional_fd(f, x, d, eps=1e-6):
@@ -325,7 +326,7 @@ def test_cli_solve(tmp_path, capsys):
 
 def test_compacted_batch_matches_reference():
     # a batch of >= COMPACT_MIN samples is solved in blocks that shrink as samples finish
-    Xb, Wb, reg = make_lasso_problem(8, B=solvers.COMPACT_MIN + 44, D=16, F=40)
+    Xb, Wb, reg = make_lasso_problem(8, B=COMPACT_MIN + 44, D=16, F=40)
     # (the static options of test_restart_never_needs_more_iterations: no polish to compile)
     sol = fista(Xb, Wb, reg, tol=1e-10, max_steps=20000, polish=False, check_every=1)
     assert bool(sol.converged)
@@ -365,7 +366,7 @@ def _check_optimal(sol, Xp, Wp, reg, tol, nonneg=False, ref=None):
 def test_homotopy_matches_iterations_and_sklearn(dtype, nonneg):
     # the default path (homotopy, then iterations for what it does not certify) against the
     # iterations alone, on a batch large enough to be compacted
-    Xb, Wb, reg = make_lasso_problem(3, B=solvers.COMPACT_MIN + 20, D=24, F=64)
+    Xb, Wb, reg = make_lasso_problem(3, B=COMPACT_MIN + 20, D=24, F=64)
     tol = 1e-6 if dtype == np.float32 else 1e-10
     args = (Xb.astype(dtype), Wb.astype(dtype), reg)
     sol = solve_lasso(*args, nonneg=nonneg, tol=tol)
@@ -379,7 +380,7 @@ def test_homotopy_matches_iterations_and_sklearn(dtype, nonneg):
 def test_homotopy_grows_its_active_set_slots():
     # supports larger than the first block's 32 slots: the samples move to 64 slots
     Xb, Wb, reg = make_lasso_problem(4, B=40, D=64, F=128, nnz=(40, 60), reg_frac=0.01)
-    *_, certified, kinks = solvers._homotopy(
+    *_, certified, kinks = homotopy.follow_paths(
         jnp.asarray(Xb),
         jnp.asarray(Wb),
         jnp.full((128,), reg),
@@ -402,7 +403,7 @@ def test_homotopy_hands_over_to_the_iterations():
     Xb, Wb, reg = make_lasso_problem(5, B=30, D=16, F=40)
     Wd = np.concatenate([Wb, Wb[:1]])
     lam = np.full((41,), reg)
-    *_, certified, _ = solvers._homotopy(
+    *_, certified, _ = homotopy.follow_paths(
         jnp.asarray(Xb),
         jnp.asarray(Wd),
         jnp.asarray(lam),
