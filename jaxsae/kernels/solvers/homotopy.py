@@ -71,7 +71,7 @@ def _argmin(t: jax.Array) -> tuple[jax.Array, jax.Array]:
     return i, jnp.take_along_axis(t, i[:, None], 1)[:, 0]
 
 
-def _path_step(p: _Path, W, G, reg, *, nonneg: bool) -> _Path:
+def _path_step(p: _Path, W, reg, *, nonneg: bool) -> _Path:
     """One kink of the lasso path of every running sample (Efron et al. 2004, lasso variant).
 
     On the active set ``A`` with signs ``s``, ``c_A(τ − δ) = c_A(τ) + δ d``, ``d = G_AA⁻¹ (λ s)_A``,
@@ -84,10 +84,9 @@ def _path_step(p: _Path, W, G, reg, *, nonneg: bool) -> _Path:
     dt = p.codes.dtype
     run = ~p.done & ~p.paused
     rows = jnp.arange(B)[:, None]
-    d = p.d
-    idx = jnp.where(p.occ, p.atom, F)
-    d_full = jnp.zeros((B, F), dt).at[rows, idx].set(d, mode="drop")
-    a = (d_full @ W) @ W.T
+    d = jnp.where(p.occ, p.d, 0)
+    W_act = W[p.atom]  # (B, K, D) the atoms in the slots: no Gram matrix is formed
+    a = jnp.einsum("bk,bkd->bd", d, W_act) @ W.T  # (B, F): the one product over all atoms
     # joins: the first δ ≥ 0 at which g_j − δ a_j = ±(τ − δ) λ_j
     inf = jnp.asarray(jnp.inf, dt)
     tr = p.tau[:, None] * reg[None, :]
@@ -121,9 +120,10 @@ def _path_step(p: _Path, W, G, reg, *, nonneg: bool) -> _Path:
     free = ~p.occ
     slot = jnp.argmax(free, axis=-1)
     has_slot = jnp.any(free, axis=-1)
-    b = jnp.where(p.occ, G[j[:, None], p.atom], 0)
+    w_j = W[j]  # (B, D)
+    b = jnp.where(p.occ, jnp.einsum("bkd,bd->bk", W_act, w_j), 0)  # Gram row of j, on demand
     u = jnp.einsum("bij,bj->bi", p.H, b)
-    gjj = G[j, j]
+    gjj = jnp.sum(w_j * w_j, axis=-1)
     schur = gjj - jnp.sum(b * u, axis=-1)
     ok = schur > 64 * jnp.finfo(dt).eps * gjj
     add = run & join & has_slot & ok
@@ -174,7 +174,7 @@ def _path_step(p: _Path, W, G, reg, *, nonneg: bool) -> _Path:
 
 
 @functools.partial(jax.jit, static_argnames="nonneg")
-def _path_block(X, W, G, reg, p: _Path, min_running, max_steps, *, nonneg: bool) -> _Path:
+def _path_block(X, W, reg, p: _Path, min_running, max_steps, *, nonneg: bool) -> _Path:
     """Follow the path until at most ``min_running`` samples are running (or ``max_steps``
     kinks in all)."""
 
@@ -182,7 +182,7 @@ def _path_block(X, W, G, reg, p: _Path, min_running, max_steps, *, nonneg: bool)
         running = jnp.sum(~q.done & ~q.paused)
         return (q.steps < max_steps) & (running > min_running)
 
-    step = functools.partial(_path_step, W=W, G=G, reg=reg, nonneg=nonneg)
+    step = functools.partial(_path_step, W=W, reg=reg, nonneg=nonneg)
     return jax.lax.while_loop(cond, step, p)
 
 
@@ -197,19 +197,21 @@ def _path_finish(X, W, reg, p: _Path, take, *, nonneg: bool, refine: int):
     X = X[take]
     cs0, atom, occ, sign, H, done = (x[take] for x in (p.codes, p.atom, p.occ, p.sign, p.H, p.done))
     B, F = X.shape[0], W.shape[0]
-    rows = jnp.arange(B)[:, None]
-    idx = jnp.where(occ, atom, F)
-    cs = cs0
-    C = jnp.zeros((B, F), X.dtype).at[rows, idx].set(cs, mode="drop")
-    for _ in range(refine):  # W_A r = λ_A s_A on the active set
-        g = jnp.take_along_axis((X - C @ W) @ W.T, idx % F, axis=1)
-        e = jnp.where(occ, g - reg[atom] * sign, 0)
-        cs = jnp.where(done[:, None], cs + jnp.einsum("bij,bj->bi", H, e), cs0)
-        C = jnp.zeros((B, F), X.dtype).at[rows, idx].set(cs, mode="drop")
     hi = high_dtype(X.dtype)
-    Ch, Wh = C.astype(hi), W.astype(hi)
-    R = X.astype(hi) - Ch @ Wh
-    gap, obj = gap_from_residual(Ch, R, R @ Wh.T, reg.astype(hi), nonneg)
+    # in the highest available precision, with products over the active atoms only
+    W_act, Xh = W[atom].astype(hi), X.astype(hi)
+    cs = jnp.where(occ, cs0, 0).astype(hi)
+    for _ in range(refine):  # W_A r = λ_A s_A on the active set
+        r = Xh - jnp.einsum("bk,bkd->bd", cs, W_act)
+        g = jnp.einsum("bkd,bd->bk", W_act, r)
+        e = jnp.where(occ, g - reg[atom].astype(hi) * sign.astype(hi), 0)
+        step = jnp.einsum("bij,bj->bi", H.astype(hi), e)
+        cs = jnp.where(done[:, None] & occ, cs + step, cs)
+    cs = cs.astype(X.dtype)
+    idx = jnp.where(occ, atom, F)
+    C = jnp.zeros((B, F), X.dtype).at[jnp.arange(B)[:, None], idx].set(cs, mode="drop")
+    R = Xh - jnp.einsum("bk,bkd->bd", cs.astype(hi), W_act)
+    gap, obj = gap_from_residual(C.astype(hi), R, R @ W.T.astype(hi), reg.astype(hi), nonneg)
     return C, gap.astype(X.dtype), obj.astype(X.dtype)
 
 
@@ -223,7 +225,6 @@ def follow_paths(X, W, reg, tol, *, nonneg: bool, max_slots: int, max_kinks: int
     start for the iterations."""
     B, F = X.shape[0], W.shape[0]
     K = min(32, max_slots)
-    G = _gram(W)
     p = _path_init(X, W, reg, K=K, nonneg=nonneg)
     codes = np.zeros((B, F), X.dtype)
     gap = np.zeros((B,), X.dtype)
@@ -237,7 +238,6 @@ def follow_paths(X, W, reg, tol, *, nonneg: bool, max_slots: int, max_kinks: int
         p = _path_block(
             Xb,
             W,
-            G,
             reg,
             p,
             jnp.asarray(min_running, jnp.int32),
@@ -294,11 +294,6 @@ def _path_take(X, p: _Path, take, n: int, *, K: int) -> tuple[jax.Array, _Path]:
         paused=jnp.zeros_like(p.paused),
     )
     return X[take], p
-
-
-@jax.jit
-def _gram(W):
-    return W @ W.T
 
 
 def solve_from_path(X, W, reg, step_size, tol, max_steps: int, **static) -> Solution:

@@ -24,6 +24,9 @@ from jaxsae.kernels.solvers.common import (
 POLISH_FRACTION = 4
 # support size of the cheaper polish system tried first
 SMALL_SUPPORT = 24
+# the polish keeps the dictionary's Gram matrix W Wᵀ (high precision) only up to this many bytes;
+# above it, each support's Gram block is formed from its atoms
+GRAM_BUDGET = 1 << 26
 
 
 class _State(NamedTuple):
@@ -132,10 +135,18 @@ def _residual(ops: _Ops, C: jax.Array, lin: jax.Array, gram: bool) -> tuple[jax.
 
 
 def _polish(
-    reg: jax.Array, C: jax.Array, WR: jax.Array, G: jax.Array, *, nonneg: bool, max_support: int
+    reg: jax.Array,
+    C: jax.Array,
+    WR: jax.Array,
+    W: jax.Array,
+    G: jax.Array | None,
+    *,
+    nonneg: bool,
+    max_support: int,
 ) -> jax.Array:
     """One Newton step on each row's support: the exact lasso solution if the support and the
-    signs are right. ``C (M, F)`` codes, ``WR = W r (M, F)`` at ``C``, ``G = W Wᵀ``.
+    signs are right. ``C (M, F)`` codes, ``WR = W r (M, F)`` at ``C``, ``W (F, D)``, ``G = W Wᵀ``
+    or None (the support's Gram block is then formed from its atoms, ``O(M k² D)``).
     Returns ``(M, F)`` candidate codes (non-finite where the support system is singular)."""
     M, F = C.shape
     # the first k non-zeros of each row, by a prefix sum (cheaper than top_k on a CPU)
@@ -149,7 +160,11 @@ def _polish(
     g_s = jnp.take_along_axis(WR, idx, axis=1)
     sign = jnp.ones_like(c_s) if nonneg else jnp.sign(c_s)
     rhs = jnp.where(on, g_s - reg[idx] * sign, 0)
-    H = G[idx[:, :, None], idx[:, None, :]]  # (M, k, k)
+    if G is None:
+        W_s = W[idx]  # (M, k, D)
+        H = jnp.einsum("mid,mjd->mij", W_s, W_s)
+    else:
+        H = G[idx[:, :, None], idx[:, None, :]]  # (M, k, k)
     both = on[:, :, None] & on[:, None, :]
     eye = jnp.eye(max_support, dtype=bool)[None, :, :]
     H = jnp.where(both, H, jnp.where(eye, jnp.ones_like(H), jnp.zeros_like(H)))
@@ -194,7 +209,13 @@ def _polish_group(
         Xr = ops.X[rows].astype(W_hi.dtype)
         Rs = Xr - Cs.astype(W_hi.dtype) @ W_hi
         Cp = _polish(
-            reg_hi, Cs.astype(W_hi.dtype), Rs @ W_hi.T, G_hi, nonneg=nonneg, max_support=max_support
+            reg_hi,
+            Cs.astype(W_hi.dtype),
+            Rs @ W_hi.T,
+            W_hi,
+            G_hi,
+            nonneg=nonneg,
+            max_support=max_support,
         ).astype(C.dtype)
         Cp_hi = Cp.astype(W_hi.dtype)
         Rp = Xr - Cp_hi @ W_hi
@@ -357,7 +378,8 @@ def solve_core(
     if polish:  # the polish runs in float64 when x64 is enabled
         hi_dtype = high_dtype(X.dtype)
         W_hi = W.astype(hi_dtype)
-        hi = (W_hi, W_hi @ W_hi.T, reg.astype(hi_dtype))
+        small = F * F * W_hi.dtype.itemsize <= GRAM_BUDGET
+        hi = (W_hi, W_hi @ W_hi.T if small else None, reg.astype(hi_dtype))
     step = functools.partial(
         _step, ops=ops, eta=step_size, accel=accel, restart=restart, nonneg=nonneg, gram=gram
     )
