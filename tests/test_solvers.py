@@ -4,11 +4,18 @@ import numpy as np
 import pytest
 from helpers import fista_np, ista_np, lasso_objective_np, make_lasso_problem, sklearn_lasso
 
-from jaxsae.kernels.solvers import homotopy, proximal
-from jaxsae.kernels.solvers.common import COMPACT_MIN
 from jaxsae.kernels.lasso import duality_gap, lasso_objective, lipschitz_constant
 from jaxsae.kernels.prox import soft_threshold
-from jaxsae.kernels.solvers import fista, fista_trace, ista, ista_trace, solve_lasso
+from jaxsae.kernels.solvers import (
+    fista,
+    fista_trace,
+    homotopy,
+    ista,
+    ista_trace,
+    proximal,
+    solve_lasso,
+)
+from jaxsae.kernels.solvers.common import COMPACT_MIN
 
 # one small problem shared by most tests (float64)
 X, W, REG = make_lasso_problem(0, B=12, D=16, F=40)
@@ -284,6 +291,40 @@ def test_bad_inputs_raise_elsewhere():
 # --------------------------------------------------------------------------- command line
 
 
+def test_cli_solve_fills_the_compile_cache(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "x.npy", X.astype(np.float32))
+    np.save(tmp_path / "w.npy", W.astype(np.float32))
+    cache = tmp_path / "cache"
+    args = [str(tmp_path / "x.npy"), str(tmp_path / "w.npy"), "--reg", str(REG)]
+    args += ["-o", str(tmp_path / "c.npy"), "--compile-cache", str(cache)]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    done = subprocess.run(
+        [sys.executable, "-m", "jaxsae", "solve", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert any(cache.iterdir())
+
+
+def test_compile_cache_dir(monkeypatch, tmp_path):
+    from jaxsae.solve_cli import CACHE_ENV, compile_cache_dir
+
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert compile_cache_dir(None) == tmp_path / "jaxsae" / "jax"
+    assert compile_cache_dir("off") is None
+    monkeypatch.setenv(CACHE_ENV, "0")
+    assert compile_cache_dir(None) is None
+    assert compile_cache_dir(str(tmp_path / "c")) == tmp_path / "c"
+
+
 def test_cli_solve(tmp_path, capsys):
     from jaxsae import cli
 
@@ -301,6 +342,8 @@ def test_cli_solve(tmp_path, capsys):
             str(out),
             "--batch-size",
             "12",
+            "--compile-cache",
+            "off",
         ]
     )
     assert rc == 0
