@@ -7,6 +7,7 @@ from helpers import fista_np, ista_np, lasso_objective_np, make_lasso_problem, s
 from jaxsae.kernels.lasso import duality_gap, lasso_objective, lipschitz_constant
 from jaxsae.kernels.prox import soft_threshold
 from jaxsae.kernels.solvers import (
+    default_method,
     fista,
     fista_trace,
     homotopy,
@@ -14,6 +15,7 @@ from jaxsae.kernels.solvers import (
     ista_trace,
     proximal,
     solve_lasso,
+    working_set,
 )
 from jaxsae.kernels.solvers.common import COMPACT_MIN
 
@@ -463,3 +465,64 @@ def test_homotopy_hands_over_to_the_iterations():
     sol = solve_lasso(Xb, Wd, lam, tol=1e-10)
     ref = fista(Xb, Wd, lam, tol=1e-10, homotopy=False)
     np.testing.assert_allclose(sol.codes, ref.codes)
+
+
+# --------------------------------------------------------------------------- working sets
+
+
+@pytest.mark.parametrize(("dtype", "nonneg"), [(np.float64, False), (np.float32, True)])
+def test_working_sets_match_sklearn(monkeypatch, dtype, nonneg):
+    # small working sets (8 atoms of 96), so that rounds add violators and sets grow; then the
+    # default pipeline with working sets on, against scikit-learn and the iterations
+    monkeypatch.setattr(working_set, "MIN_SIZE", 8)
+    Xb, Wb, reg = make_lasso_problem(6, B=24, D=20, F=96, nnz=(3, 9))
+    tol = 1e-6 if dtype == np.float32 else 1e-10
+    args = (jnp.asarray(Xb, dtype), jnp.asarray(Wb, dtype), jnp.full((96,), reg, dtype))
+    res = working_set.solve_working_sets(*args, tol, nonneg=nonneg)
+    assert res.certified.all() and res.kinks > 0
+    assert np.all(res.gap <= tol * res.objective)
+    assert np.max(np.sum(res.codes != 0, axis=1)) > 4  # some sets had to grow past 8
+    monkeypatch.setattr(working_set, "MIN_ATOMS", 0)
+    sol = solve_lasso(Xb.astype(dtype), Wb.astype(dtype), reg, nonneg=nonneg, tol=tol)
+    _check_optimal(sol, Xb, Wb, reg, tol, nonneg)
+    np.testing.assert_allclose(sol.codes, res.codes, atol=1e-6 if dtype == np.float32 else 1e-9)
+
+
+def test_working_sets_hand_over_to_the_full_path(monkeypatch):
+    # one round only: what it does not certify goes on to the path over all atoms
+    monkeypatch.setattr(working_set, "MIN_SIZE", 8)
+    monkeypatch.setattr(working_set, "MIN_ATOMS", 0)
+    Xb, Wb, reg = make_lasso_problem(7, B=24, D=20, F=96, nnz=(3, 9))
+    res = working_set.solve_working_sets(
+        jnp.asarray(Xb), jnp.asarray(Wb), jnp.full((96,), reg), 1e-10, nonneg=False, rounds=1
+    )
+    assert not res.certified.all()
+    _check_optimal(solve_lasso(Xb, Wb, reg, tol=1e-10), Xb, Wb, reg, 1e-10)
+
+
+# --------------------------------------------------------------------------- accelerators
+
+
+def test_default_method_per_backend():
+    assert default_method("cpu") == "homotopy"
+    assert default_method("gpu") == "fista" and default_method("tpu") == "fista"
+
+
+def test_accelerator_default_runs_fista_on_cpu(monkeypatch):
+    # the method the default call picks on GPU/TPU, run here: FISTA + restart + polish
+    from jaxsae.kernels.solvers import api
+
+    monkeypatch.setattr(api, "default_method", lambda backend=None: "fista")
+    sol = solve_lasso(X, W, REG, tol=1e-10)
+    assert int(sol.num_steps) % 10 == 0  # whole blocks of iterations between gap checks
+    ref = fista(X, W, REG, tol=1e-10, homotopy=True)
+    _check_optimal(sol, X, W, REG, 1e-10, ref=ref.codes)
+    np.testing.assert_allclose(sol.codes, ref.codes, atol=1e-8)
+
+
+def test_polish_without_the_gram_matrix(monkeypatch):
+    # above the Gram budget the polish forms each support's Gram block from its atoms
+    monkeypatch.setattr(proximal, "GRAM_BUDGET", 0)
+    Xb, Wb, reg = make_lasso_problem(8, B=10, D=12, F=44)  # a shape of its own: a new trace
+    sol = fista(Xb, Wb, reg, tol=1e-10, homotopy=False)
+    _check_optimal(sol, Xb, Wb, reg, 1e-10)

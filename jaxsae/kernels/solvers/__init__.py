@@ -71,6 +71,7 @@ References:
 """
 
 from jaxsae.kernels.solvers.api import (
+    default_method,
     default_tol,
     fista,
     fista_trace,
@@ -83,6 +84,7 @@ from jaxsae.kernels.solvers.common import Solution, SolverTrace
 __all__ = [
     "Solution",
     "SolverTrace",
+    "default_method",
     "default_tol",
     "fista",
     "ista",

@@ -17,8 +17,8 @@ from jaxsae.kernels.solvers.common import (
     default_step,
 )
 from jaxsae.kernels.solvers.compaction import solve_compacted
-from jaxsae.kernels.solvers.homotopy import solve_from_path
 from jaxsae.kernels.solvers.implicit import implicit_codes
+from jaxsae.kernels.solvers.pipeline import solve_from_path
 from jaxsae.kernels.solvers.proximal import solve_core, trace_core
 
 __all__ = [

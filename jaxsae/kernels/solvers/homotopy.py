@@ -9,20 +9,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsae.kernels.lasso import gap_from_residual, relative_gap
+from jaxsae.kernels.lasso import gap_from_residual
 from jaxsae.kernels.solvers.common import (
     COMPACT_MIN,
-    Solution,
     bucket,
-    default_step,
     high_dtype,
     pad_index,
 )
-from jaxsae.kernels.solvers.compaction import solve_compacted
-from jaxsae.kernels.solvers.proximal import solve_core
 
 
-class _Path(NamedTuple):
+class Path(NamedTuple):
     """Homotopy state of a block of ``B`` samples; the active set lives in ``K`` slots."""
 
     codes: jax.Array  # (B, K) codes of the atoms in the slots
@@ -41,14 +37,14 @@ class _Path(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnames=("K", "nonneg"))
-def _path_init(X, W, reg, *, K: int, nonneg: bool) -> _Path:
+def path_init(X, W, reg, *, K: int, nonneg: bool) -> Path:
     """The start of the path, ``c = 0`` at ``τ = max_i g_i / λ_i`` (``g = W x``)."""
     B, F = X.shape[0], W.shape[0]
     g = X @ W.T
     excess = jnp.maximum(g, 0) if nonneg else jnp.abs(g)
     tau = jnp.max(excess / reg[None, :], axis=-1)
     zk = jnp.zeros((B, K), X.dtype)
-    return _Path(
+    return Path(
         codes=zk,
         atom=jnp.zeros((B, K), jnp.int32),
         occ=jnp.zeros((B, K), bool),
@@ -71,8 +67,34 @@ def _argmin(t: jax.Array) -> tuple[jax.Array, jax.Array]:
     return i, jnp.take_along_axis(t, i[:, None], 1)[:, 0]
 
 
-def _path_step(p: _Path, W, reg, *, nonneg: bool) -> _Path:
+def _full_direction(W: jax.Array):
+    """``a = G_{·A} d`` over the whole dictionary ``W (F, D)``: one product over all atoms."""
+
+    def direction(p: Path, d: jax.Array) -> jax.Array:
+        return jnp.einsum("bk,bkd->bd", d, W[p.atom]) @ W.T
+
+    def gram_row(p: Path, j: jax.Array) -> tuple[jax.Array, jax.Array]:
+        w_j = W[j]  # (B, D): the Gram row of j with the slots' atoms, on demand
+        return jnp.einsum("bkd,bd->bk", W[p.atom], w_j), jnp.sum(w_j * w_j, axis=-1), None
+
+    return direction, gram_row
+
+
+def gather_reg(reg: jax.Array, idx: jax.Array) -> jax.Array:
+    """``λ`` of the atoms ``idx (B, K)``, for ``reg`` of shape ``(1, F)`` or ``(B, F)``."""
+    if reg.shape[0] == 1:
+        return reg[0][idx]
+    return jnp.take_along_axis(reg, idx, axis=1)
+
+
+def path_step(p: Path, reg: jax.Array, *, nonneg: bool, direction, gram_row):
     """One kink of the lasso path of every running sample (Efron et al. 2004, lasso variant).
+
+    ``reg (1 or B, F)``; ``direction(p, d) -> a (B, F)`` and ``gram_row(p, j) -> (G_{j, slots}
+    (B, K), G_jj (B,))`` give the products with the dictionary (``_full_direction``, or a working
+    set's Gram rows; a third output of ``gram_row`` is passed back). Returns the new state, the
+    atom ``j`` considered for joining, the ``(B, K)`` mask of the slot it took (if it joined)
+    and that third output.
 
     On the active set ``A`` with signs ``s``, ``c_A(τ − δ) = c_A(τ) + δ d``, ``d = G_AA⁻¹ (λ s)_A``,
     and ``g(τ − δ) = g(τ) − δ a``, ``a = G_{·A} d``. ``δ`` is the first event: an inactive atom
@@ -80,24 +102,23 @@ def _path_step(p: _Path, W, reg, *, nonneg: bool) -> _Path:
     ``τ − δ = 1`` (the end). ``G_AA⁻¹`` and ``d`` are kept up to date by rank-one updates
     (one pass over ``G_AA⁻¹`` to update it, one to find the Schur complement of a new atom)."""
     B, K = p.occ.shape
-    F = W.shape[0]
+    F = p.corr.shape[1]
     dt = p.codes.dtype
     run = ~p.done & ~p.paused
     rows = jnp.arange(B)[:, None]
     d = jnp.where(p.occ, p.d, 0)
-    W_act = W[p.atom]  # (B, K, D) the atoms in the slots: no Gram matrix is formed
-    a = jnp.einsum("bk,bkd->bd", d, W_act) @ W.T  # (B, F): the one product over all atoms
+    a = direction(p, d)
     # joins: the first δ ≥ 0 at which g_j − δ a_j = ±(τ − δ) λ_j
     inf = jnp.asarray(jnp.inf, dt)
-    tr = p.tau[:, None] * reg[None, :]
+    tr = p.tau[:, None] * reg
 
     def first(num, den):
         pos = den > 0
         return jnp.where(pos, jnp.maximum(num, 0) / jnp.where(pos, den, 1), inf)
 
-    t_join = first(tr - p.corr, reg[None, :] - a)
+    t_join = first(tr - p.corr, reg - a)
     if not nonneg:
-        t_join = jnp.minimum(t_join, first(tr + p.corr, reg[None, :] + a))
+        t_join = jnp.minimum(t_join, first(tr + p.corr, reg + a))
     fresh = jnp.arange(F, dtype=jnp.int32)[None, :] == p.last_drop[:, None]
     t_join = jnp.where(p.active | fresh, inf, t_join)
     j, dj = _argmin(t_join)
@@ -120,10 +141,9 @@ def _path_step(p: _Path, W, reg, *, nonneg: bool) -> _Path:
     free = ~p.occ
     slot = jnp.argmax(free, axis=-1)
     has_slot = jnp.any(free, axis=-1)
-    w_j = W[j]  # (B, D)
-    b = jnp.where(p.occ, jnp.einsum("bkd,bd->bk", W_act, w_j), 0)  # Gram row of j, on demand
+    b, gjj, extra = gram_row(p, j)
+    b = jnp.where(p.occ, b, 0)
     u = jnp.einsum("bij,bj->bi", p.H, b)
-    gjj = jnp.sum(w_j * w_j, axis=-1)
     schur = gjj - jnp.sum(b * u, axis=-1)
     ok = schur > 64 * jnp.finfo(dt).eps * gjj
     add = run & join & has_slot & ok
@@ -150,13 +170,13 @@ def _path_step(p: _Path, W, reg, *, nonneg: bool) -> _Path:
     sign = jnp.where(new, jnp.where(up, 1, -1)[:, None].astype(dt), p.sign)
     # the new direction H' w' without a pass over H: H w' = d (+ nothing for a free slot,
     # − w_i h for a dropped slot i), then the rank-one term
-    w_new = jnp.where(occ, reg[atom] * sign, 0)
-    w_i = jnp.take_along_axis(reg[p.atom] * p.sign, i[:, None], 1)[:, 0]
+    w_new = jnp.where(occ, gather_reg(reg, atom) * sign, 0)
+    w_i = jnp.take_along_axis(gather_reg(reg, p.atom) * p.sign, i[:, None], 1)[:, 0]
     base = d - jnp.where(rem, w_i, 0)[:, None] * h
     d_new = jnp.where(keep, base + (coef * jnp.sum(v * w_new, axis=-1))[:, None] * v, 0)
     active = p.active.at[rows[:, 0], jnp.where(rem, atom_i, F)].set(False, mode="drop")
     active = active.at[rows[:, 0], jnp.where(add, j, F)].set(True, mode="drop")
-    return p._replace(
+    p = p._replace(
         codes=codes,
         atom=atom,
         occ=occ,
@@ -171,10 +191,11 @@ def _path_step(p: _Path, W, reg, *, nonneg: bool) -> _Path:
         last_drop=jnp.where(rem, atom_i, jnp.where(add, -1, p.last_drop)),
         steps=p.steps + 1,
     )
+    return p, j, new, extra
 
 
 @functools.partial(jax.jit, static_argnames="nonneg")
-def _path_block(X, W, reg, p: _Path, min_running, max_steps, *, nonneg: bool) -> _Path:
+def path_block(X, W, reg, p: Path, min_running, max_steps, *, nonneg: bool) -> Path:
     """Follow the path until at most ``min_running`` samples are running (or ``max_steps``
     kinks in all)."""
 
@@ -182,12 +203,16 @@ def _path_block(X, W, reg, p: _Path, min_running, max_steps, *, nonneg: bool) ->
         running = jnp.sum(~q.done & ~q.paused)
         return (q.steps < max_steps) & (running > min_running)
 
-    step = functools.partial(_path_step, W=W, reg=reg, nonneg=nonneg)
+    direction, gram_row = _full_direction(W)
+
+    def step(q):
+        return path_step(q, reg[None, :], nonneg=nonneg, direction=direction, gram_row=gram_row)[0]
+
     return jax.lax.while_loop(cond, step, p)
 
 
 @functools.partial(jax.jit, static_argnames=("nonneg", "refine"))
-def _path_finish(X, W, reg, p: _Path, take, *, nonneg: bool, refine: int):
+def path_finish(X, W, reg, p: Path, take, *, nonneg: bool, refine: int):
     """The codes of the rows ``take`` of a block; those of the samples at ``τ = 1`` refined by
     Newton steps on their active set (``c_A += G_AA⁻¹ (W_A r − λ_A s_A)``, undoing the drift of
     the incremental updates), and the duality gaps in the highest available precision (float64
@@ -225,7 +250,7 @@ def follow_paths(X, W, reg, tol, *, nonneg: bool, max_slots: int, max_kinks: int
     start for the iterations."""
     B, F = X.shape[0], W.shape[0]
     K = min(32, max_slots)
-    p = _path_init(X, W, reg, K=K, nonneg=nonneg)
+    p = path_init(X, W, reg, K=K, nonneg=nonneg)
     codes = np.zeros((B, F), X.dtype)
     gap = np.zeros((B,), X.dtype)
     obj = np.zeros((B,), X.dtype)
@@ -235,7 +260,7 @@ def follow_paths(X, W, reg, tol, *, nonneg: bool, max_slots: int, max_kinks: int
     while True:
         n = Xb.shape[0]
         min_running = n // 2 if n >= COMPACT_MIN else 0
-        p = _path_block(
+        p = path_block(
             Xb,
             W,
             reg,
@@ -255,7 +280,7 @@ def follow_paths(X, W, reg, tol, *, nonneg: bool, max_slots: int, max_kinks: int
         out = np.flatnonzero(~stay)
         if len(out):
             take = pad_index(out, bucket(len(out)))
-            Cb, gb, ob = _path_finish(Xb, W, reg, p, jnp.asarray(take), nonneg=nonneg, refine=1)
+            Cb, gb, ob = path_finish(Xb, W, reg, p, jnp.asarray(take), nonneg=nonneg, refine=1)
             n_out, r = len(out), rows[out]
             codes[r], gap[r], obj[r] = (
                 np.asarray(Cb)[:n_out],
@@ -276,7 +301,7 @@ def follow_paths(X, W, reg, tol, *, nonneg: bool, max_slots: int, max_kinks: int
 
 
 @functools.partial(jax.jit, static_argnames=("n", "K"))
-def _path_take(X, p: _Path, take, n: int, *, K: int) -> tuple[jax.Array, _Path]:
+def _path_take(X, p: Path, take, n: int, *, K: int) -> tuple[jax.Array, Path]:
     """The rows ``take`` of a block (the first ``n`` real, the rest frozen padding), with ``K``
     slots (zero padding); paused samples resume."""
     p = jax.tree_util.tree_map(lambda x: x[take] if x.ndim else x, p)
@@ -294,59 +319,3 @@ def _path_take(X, p: _Path, take, n: int, *, K: int) -> tuple[jax.Array, _Path]:
         paused=jnp.zeros_like(p.paused),
     )
     return X[take], p
-
-
-def solve_from_path(X, W, reg, step_size, tol, max_steps: int, **static) -> Solution:
-    """The homotopy for every sample, then the iterations (``solve_compacted`` or one block,
-    zero-padded to a power of two) for the samples it did not certify, from its codes.
-    ``step_size``: ``None`` for ``1 / L``, computed only if iterations are needed."""
-    F, D = W.shape
-    max_slots = min(128, F, D)
-    codes, gap, obj, certified, kinks = follow_paths(
-        X,
-        W,
-        reg,
-        float(tol),
-        nonneg=static["nonneg"],
-        max_slots=max_slots,
-        max_kinks=4 * max_slots + 64,
-    )
-    left = np.flatnonzero(~certified)
-    steps = kinks
-    if len(left):
-        n = len(left)
-        size = n if n >= COMPACT_MIN else bucket(n)
-        take = pad_index(left, size)
-        real = (np.arange(size) < n)[:, None]
-        eta = default_step(W, X.dtype) if step_size is None else step_size
-        sub = (
-            jnp.asarray(np.where(real, np.asarray(X)[take], 0)),
-            W,
-            reg,
-            jnp.asarray(np.where(real, codes[take], 0)),
-            eta,
-            tol,
-        )
-        if size >= COMPACT_MIN:
-            rest = solve_compacted(*sub, max_steps=max_steps, **static)
-        else:
-            rest, _ = solve_core(
-                *sub[:4],
-                None,
-                *sub[4:],
-                jnp.asarray(max_steps, jnp.int32),
-                jnp.asarray(0, jnp.int32),
-                **static,
-            )
-        codes[left] = np.asarray(rest.codes)[:n]
-        gap[left] = np.asarray(rest.gap)[:n]
-        obj[left] = np.asarray(rest.objective)[:n]
-        steps += int(rest.num_steps)
-    gap, obj = jnp.asarray(gap), jnp.asarray(obj)
-    return Solution(
-        codes=jnp.asarray(codes),
-        num_steps=jnp.asarray(steps, jnp.int32),
-        converged=jnp.all(relative_gap(gap, obj) <= tol),
-        objective=obj,
-        gap=gap,
-    )
