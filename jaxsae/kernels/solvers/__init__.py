@@ -20,17 +20,38 @@ penalty, so a sample whose support ends with ``k`` atoms needs about ``k`` kinks
 matmul pair over ``F`` (the correlations) where FISTA needs tens to hundreds of iterations.
 Samples the path certifies (duality gap ``≤ tol``) are final; the others (active set out of
 slots, singular Gram, too many kinks) continue by FISTA from the path's codes
-(``solve_from_path``).
+(``solve_from_path``). For dictionaries of at least ``working_set.MIN_ATOMS`` (8,192) atoms the
+path first runs on per-sample *working sets* of a few dozen to a few hundred atoms, checked
+against the whole dictionary by one product per round (``working_set``); only the samples they
+do not certify take the path over all atoms.
+
+Which method the default call starts with depends on the backend (``default_method``): the
+paths on a CPU, where doing less work wins; FISTA + restart + polish on GPU/TPU, where large
+dense matmuls run near peak and the paths' many small dependent steps would leave the device
+idle. ``homotopy=True``/``False`` overrides it.
+
+Memory: no ``F × F`` matrix is formed above a 64 MiB budget (``proximal.GRAM_BUDGET``; the Gram
+*form* of the iterations is used only when ``F < 2D``, i.e. ``F² < 2FD``). Peak memory is
+``O(F·D + B·F)`` — the dictionary (and a float64 copy when x64 is on), codes and correlations —
+plus per sample ``O(K² + K·D)`` of path state (``K ≤ 128`` slots) or ``O(k·D + K·k)`` for a
+working set of ``k`` atoms, in chunks of samples with ``n·k·D ≤ 2²⁵``.
+
+Modules: ``api`` (the public functions and their checks), ``proximal`` (the ISTA/FISTA driver,
+its gap checks and polish, and the trace mode), ``compaction`` (blocks that shrink as samples
+finish), ``homotopy`` (the batched path over the whole dictionary), ``working_set`` (paths on
+working sets), ``pipeline`` (the default: working sets, path, iterations), ``implicit``
+(gradients of the codes), ``common`` (results and shared helpers).
 
 Implementation notes:
-  * Homotopy (``_path_step``): per sample, the active set lives in ``K`` slots with the inverse
-    of its Gram matrix ``G_AA⁻¹ (B, K, K)`` and the direction ``d = G_AA⁻¹ (λ s)_A``, both
-    updated by rank-one formulas when an atom joins (Schur complement) or leaves; each kink
-    costs ``(d W) Wᵀ`` for the correlations' direction and ``O(F + K²)`` per sample besides.
+  * Homotopy (``homotopy.path_step``): per sample, the active set lives in ``K`` slots with the
+    inverse of its Gram matrix ``G_AA⁻¹ (B, K, K)`` and the direction ``d = G_AA⁻¹ (λ s)_A``,
+    both updated by rank-one formulas when an atom joins (Schur complement) or leaves; each kink
+    costs ``(d W_A) Wᵀ`` for the correlations' direction (one product over all atoms; the Gram
+    row of a joining atom is formed from its atoms, ``O(K D)``) and ``O(F + K²)`` per sample.
     Blocks shrink as samples finish and ``K`` doubles (from 32, up to ``min(128, D, F)``) for
     the samples whose support outgrows it (``follow_paths``). The codes of a finished sample get
     one Newton step on their support (undoing the drift of the incremental updates) and are
-    certified by the duality gap in float64 when x64 is enabled (``_path_finish``).
+    certified by the duality gap in float64 when x64 is enabled (``homotopy.path_finish``).
   * The iteration is written on the products ``C W`` (*direct* form, ``4·B·D·F`` flops per
     iteration) or ``C G`` with ``G = W Wᵀ`` (*Gram* form, ``2·B·F²``); ``form="auto"`` takes the
     cheaper (Gram iff ``F < 2D``). The product of ``Y`` is a linear combination of those of
