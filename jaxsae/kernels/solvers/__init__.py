@@ -30,7 +30,7 @@ paths on a CPU, where doing less work wins; FISTA + restart + polish on GPU/TPU,
 dense matmuls run near peak and the paths' many small dependent steps would leave the device
 idle. ``homotopy=True``/``False`` overrides it.
 
-Memory: no ``F × F`` matrix is formed above a 64 MiB budget (``proximal.GRAM_BUDGET``; the Gram
+Memory: no ``F × F`` matrix is formed above a 64 MiB budget (``common.GRAM_BUDGET``; the Gram
 *form* of the iterations is used only when ``F < 2D``, i.e. ``F² < 2FD``). Peak memory is
 ``O(F·D + B·F)`` — the dictionary (and a float64 copy when x64 is on), codes and correlations —
 plus per sample ``O(K² + K·D)`` of path state (``K ≤ 128`` slots) or ``O(k·D + K·k)`` for a

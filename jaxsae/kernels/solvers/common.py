@@ -13,6 +13,10 @@ from jaxsae.kernels.lasso import lipschitz_constant
 # batches of at least this many samples are compacted as samples finish
 COMPACT_MIN = 256
 
+# a dictionary's Gram matrix W Wᵀ is kept only up to this many bytes (64 MiB); above it, Gram
+# rows are formed from the atoms that need them
+GRAM_BUDGET = 1 << 26
+
 Restart = Literal["gradient", "function"] | None
 Form = Literal["auto", "gram", "direct"]
 

@@ -12,6 +12,7 @@ import numpy as np
 from jaxsae.kernels.lasso import gap_from_residual
 from jaxsae.kernels.solvers.common import (
     COMPACT_MIN,
+    GRAM_BUDGET,
     bucket,
     high_dtype,
     pad_index,
@@ -67,14 +68,22 @@ def _argmin(t: jax.Array) -> tuple[jax.Array, jax.Array]:
     return i, jnp.take_along_axis(t, i[:, None], 1)[:, 0]
 
 
-def _full_direction(W: jax.Array):
-    """``a = G_{·A} d`` over the whole dictionary ``W (F, D)``: one product over all atoms."""
+def _full_direction(W: jax.Array, G: jax.Array | None):
+    """``a = G_{·A} d`` over the whole dictionary ``W (F, D)`` as ``(d W) Wᵀ`` with ``d`` spread
+    over all atoms (on XLA:CPU two dense products beat gathering the slots' atoms), and Gram
+    rows from ``G = W Wᵀ`` when given, else formed from the slots' atoms (``O(K D)``)."""
+    F = W.shape[0]
 
     def direction(p: Path, d: jax.Array) -> jax.Array:
-        return jnp.einsum("bk,bkd->bd", d, W[p.atom]) @ W.T
+        B = d.shape[0]
+        idx = jnp.where(p.occ, p.atom, F)
+        full = jnp.zeros((B, F), d.dtype).at[jnp.arange(B)[:, None], idx].set(d, mode="drop")
+        return (full @ W) @ W.T
 
-    def gram_row(p: Path, j: jax.Array) -> tuple[jax.Array, jax.Array]:
-        w_j = W[j]  # (B, D): the Gram row of j with the slots' atoms, on demand
+    def gram_row(p: Path, j: jax.Array) -> tuple[jax.Array, jax.Array, None]:
+        if G is not None:
+            return G[j[:, None], p.atom], G[j, j], None
+        w_j = W[j]  # (B, D)
         return jnp.einsum("bkd,bd->bk", W[p.atom], w_j), jnp.sum(w_j * w_j, axis=-1), None
 
     return direction, gram_row
@@ -195,15 +204,15 @@ def path_step(p: Path, reg: jax.Array, *, nonneg: bool, direction, gram_row):
 
 
 @functools.partial(jax.jit, static_argnames="nonneg")
-def path_block(X, W, reg, p: Path, min_running, max_steps, *, nonneg: bool) -> Path:
+def path_block(X, W, G, reg, p: Path, min_running, max_steps, *, nonneg: bool) -> Path:
     """Follow the path until at most ``min_running`` samples are running (or ``max_steps``
-    kinks in all)."""
+    kinks in all). ``G``: ``W Wᵀ`` or None (see ``_full_direction``)."""
 
     def cond(q):
         running = jnp.sum(~q.done & ~q.paused)
         return (q.steps < max_steps) & (running > min_running)
 
-    direction, gram_row = _full_direction(W)
+    direction, gram_row = _full_direction(W, G)
 
     def step(q):
         return path_step(q, reg[None, :], nonneg=nonneg, direction=direction, gram_row=gram_row)[0]
@@ -250,6 +259,7 @@ def follow_paths(X, W, reg, tol, *, nonneg: bool, max_slots: int, max_kinks: int
     start for the iterations."""
     B, F = X.shape[0], W.shape[0]
     K = min(32, max_slots)
+    G = _gram(W) if F * F * W.dtype.itemsize <= GRAM_BUDGET else None
     p = path_init(X, W, reg, K=K, nonneg=nonneg)
     codes = np.zeros((B, F), X.dtype)
     gap = np.zeros((B,), X.dtype)
@@ -263,6 +273,7 @@ def follow_paths(X, W, reg, tol, *, nonneg: bool, max_slots: int, max_kinks: int
         p = path_block(
             Xb,
             W,
+            G,
             reg,
             p,
             jnp.asarray(min_running, jnp.int32),
@@ -319,3 +330,8 @@ def _path_take(X, p: Path, take, n: int, *, K: int) -> tuple[jax.Array, Path]:
         paused=jnp.zeros_like(p.paused),
     )
     return X[take], p
+
+
+@jax.jit
+def _gram(W):
+    return W @ W.T

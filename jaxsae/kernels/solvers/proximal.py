@@ -13,6 +13,7 @@ from jaxsae.kernels.lasso import batch_objective, gap_from_residual, relative_ga
 from jaxsae.kernels.prox import prox_l1
 from jaxsae.kernels.solvers.common import (
     COMPACT_MIN,
+    GRAM_BUDGET,
     Form,
     Restart,
     Solution,
@@ -24,9 +25,6 @@ from jaxsae.kernels.solvers.common import (
 POLISH_FRACTION = 4
 # support size of the cheaper polish system tried first
 SMALL_SUPPORT = 24
-# the polish keeps the dictionary's Gram matrix W Wᵀ (high precision) only up to this many bytes;
-# above it, each support's Gram block is formed from its atoms
-GRAM_BUDGET = 1 << 26
 
 
 class _State(NamedTuple):
