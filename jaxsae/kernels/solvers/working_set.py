@@ -45,7 +45,6 @@ CHUNK_ELEMENTS = 1 << 25
 # (measured on a 2-core CPU: at F = 4,096 and ~10 atoms per code the path over the whole
 # dictionary was 3× faster; at F = 10,240 and ~40 atoms the working sets were 2× faster)
 MIN_ATOMS = 8192
-DEBUG = False
 
 
 class WorkingSetResult(NamedTuple):
@@ -232,8 +231,6 @@ def solve_working_sets(
             rel = np.where(obj_r > 0, gap_r / np.where(obj_r > 0, obj_r, 1), gap_r > 0)
             ok = done_r & (rel <= tol)
             certified[rows] = ok
-            if DEBUG:
-                print("round", k, len(rows), ok.sum(), steps, (C_r != 0).sum(1).max())
             # the others go round again, with twice the atoms where the support fills half
             grow = (2 * (C_r != 0).sum(axis=1) > k) | ~done_r
             same = np.flatnonzero(~ok & ~grow)
