@@ -26,6 +26,16 @@ duality gap (≤ 1e-13). How each method is brought there (calibrated once, unti
 * SPAMS ``lasso`` (``spams-bin``, LARS, float64, 2 threads) and celer ``Lasso`` (one fit per
   input, ``alpha = λ/D``, ``tol=1e-10``), when installed.
 
+SAE-scale points (``--sae``): dictionaries the size of real SAE decoders, ``D320 F10240 B4096``,
+``D1280 F10240 B1024`` and ``D1280 F40960 B1024``, signed and non-negative, at about 50 and about
+200 non-zeros per code (``sae_problem``: each input mixes ``k`` random unit-norm atoms, with
+non-negative weights for the non-negative problems, plus 20 dB noise; ``λ`` a fixed fraction of
+the mean ``‖W x‖∞``). Only the jaxsae default and SPAMS (float64, ``pos=True`` for the
+non-negative problems) run there, each once after a warm-up, alternated; both are checked by the
+float64 relative duality gap of their codes (``≤ 1e-6``). The process's peak RSS is printed
+after jaxsae's runs, before SPAMS runs (SPAMS precomputes the ``F × F`` Gram matrix below 50,000
+atoms: 13 GB at ``F = 40,960``, so ``--no-spams-above F`` skips it there).
+
 A method whose calibration or warm-up call exceeds ``--budget`` seconds is reported
 ``> budget``. Times are medians over rounds that alternate methods, after a warm-up, including
 ``block_until_ready``. ``ratio`` is time / the jaxsae default's time. The last line gives the
@@ -50,7 +60,7 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 
 from jaxsae.bench import make_lasso_problem  # noqa: E402
-from jaxsae.kernels.lasso import lasso_objective, lipschitz_constant  # noqa: E402
+from jaxsae.kernels.lasso import duality_gap, lasso_objective, lipschitz_constant  # noqa: E402
 from jaxsae.kernels.solvers import fista, fista_trace, ista, ista_trace, solve_lasso  # noqa: E402
 
 TARGET = 1e-6
@@ -263,6 +273,92 @@ def run_point(D, F, B, budget, seed=0, core=False):
     return rows, times, iters
 
 
+# (D, F, B, atoms mixed per input, λ fraction): about 50 and about 200 non-zeros per code
+SAE_POINTS = {
+    "D320F10240B4096-L50": (320, 10240, 4096, 30, 0.12),
+    "D320F10240B4096-L200": (320, 10240, 4096, 150, 0.03),
+    "D1280F10240B1024-L50": (1280, 10240, 1024, 30, 0.12),
+    "D1280F10240B1024-L200": (1280, 10240, 1024, 150, 0.05),
+    "D1280F40960B1024-L50": (1280, 40960, 1024, 30, 0.12),
+    "D1280F40960B1024-L200": (1280, 40960, 1024, 150, 0.05),
+}
+
+
+def sae_problem(seed, B, D, F, k, reg_frac, nonneg):
+    """``(X (B, D), W (F, D), λ)`` float32: inputs mixing ``k`` random unit-norm atoms
+    (non-negative weights if ``nonneg``) plus 20 dB noise; ``λ = reg_frac · mean‖W x‖∞``."""
+    rng = np.random.default_rng(seed)
+    W = rng.standard_normal((F, D), dtype=np.float32)
+    W /= np.linalg.norm(W, axis=1, keepdims=True)
+    idx = np.stack([rng.choice(F, k, replace=False) for _ in range(B)])
+    w = rng.standard_normal((B, k)).astype(np.float32)
+    w = np.abs(w) if nonneg else w
+    X = np.einsum("bk,bkd->bd", w, W[idx])
+    noise = rng.standard_normal((B, D)).astype(np.float32)
+    noise *= np.linalg.norm(X, axis=1, keepdims=True) / np.linalg.norm(noise, axis=1, keepdims=True)
+    X += noise * 10 ** (-20 / 20)
+    G = X @ W.T
+    peak = np.max(np.maximum(G, 0) if nonneg else np.abs(G), axis=1)
+    return X, W, reg_frac * float(np.mean(peak))
+
+
+def peak_rss_gb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def max_rel_gap64(X, W, reg, codes, nonneg):
+    """Largest float64 relative duality gap of ``codes`` (blocks of 256 rows)."""
+    worst = 0.0
+    W64 = np.asarray(W, np.float64)
+    for s in range(0, X.shape[0], 256):
+        C = np.asarray(codes[s : s + 256], np.float64)
+        Xs = np.asarray(X[s : s + 256], np.float64)
+        rel = duality_gap(Xs, W64, C, reg, nonneg=nonneg, relative=True)
+        worst = max(worst, float(np.max(np.asarray(rel))))
+    return worst
+
+
+def run_sae_point(name, nonneg, spams_max_f, batch=None):
+    D, n_atoms, B, k, frac = SAE_POINTS[name]
+    B = batch or B
+    X, W, reg = sae_problem(0, B, D, n_atoms, k, frac, nonneg)
+    Xj, Wj = jnp.asarray(X), jnp.asarray(W)
+    label = f"{name} {'nonneg' if nonneg else 'signed'}" + (f" (B {B})" if batch else "")
+
+    def jx():
+        return solve_lasso(Xj, Wj, reg, nonneg=nonneg, tol=TARGET, max_steps=20000)
+
+    first = time_once(jx)
+    sol = jx()
+    codes = np.asarray(sol.codes)
+    l0 = float(np.mean(np.sum(codes != 0, axis=1)))
+    gap_j = max_rel_gap64(X, W, reg, codes, nonneg)
+    rss = peak_rss_gb()
+    fns = {"jaxsae": jx}
+    if n_atoms <= spams_max_f:
+        import spams
+
+        Xf = np.asfortranarray(X.T.astype(np.float64))
+        Df = np.asfortranarray(W.T.astype(np.float64))
+
+        def sp():
+            return spams.lasso(Xf, D=Df, lambda1=reg, mode=2, numThreads=-1, pos=nonneg)
+
+        fns["SPAMS"] = sp
+    times = time_rounds(fns, rounds=1, warmup=1 if len(fns) > 1 else 0)
+    line = f"| {label} | {l0:.0f} | {fmt_time(times['jaxsae'])} (first {fmt_time(first)}) | "
+    if "SPAMS" in fns:
+        sp_codes = fns["SPAMS"]().T.toarray()
+        gap_s = max_rel_gap64(X, W, reg, sp_codes, nonneg)
+        line += f"{fmt_time(times['SPAMS'])} | {times['SPAMS'] / times['jaxsae']:.2f}× | "
+        line += f"{gap_j:.1e} / {gap_s:.1e} | {rss:.2f} GB |"
+    else:
+        line += f"not run (F > {spams_max_f}) | — | {gap_j:.1e} / — | {rss:.2f} GB |"
+    print(line, flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smallest grid point only")
@@ -273,7 +369,42 @@ def main():
         action="store_true",
         help="only the default solver, jaxopt FISTA, lasso_cd and SPAMS",
     )
+    parser.add_argument(
+        "--sae",
+        nargs="*",
+        default=None,
+        metavar="POINT",
+        help=f"SAE-scale points instead of the grid (default all: {', '.join(SAE_POINTS)})",
+    )
+    parser.add_argument(
+        "--sign",
+        choices=("both", "signed", "nonneg"),
+        default="both",
+        help="SAE-scale points: signed, non-negative or both",
+    )
+    parser.add_argument(
+        "--no-spams-above",
+        type=int,
+        default=20480,
+        metavar="F",
+        help="SAE-scale points: skip SPAMS for dictionaries larger than F atoms",
+    )
+    parser.add_argument(
+        "--batch", type=int, default=None, help="SAE-scale points: this many inputs instead"
+    )
     args = parser.parse_args()
+    if args.sae is not None:
+        print(machine_line())
+        print(
+            "| point | L0 | jaxsae default | SPAMS f64 | SPAMS / jaxsae | max rel. gap "
+            "(jaxsae / SPAMS) | peak RSS after jaxsae |"
+        )
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        signs = {"both": (False, True), "signed": (False,), "nonneg": (True,)}[args.sign]
+        for name in args.sae or SAE_POINTS:
+            for nonneg in signs:
+                run_sae_point(name, nonneg, args.no_spams_above, args.batch)
+        return
     if args.points:
         grid = [tuple(int(v) for v in p.split(",")) for p in args.points]
     else:

@@ -27,7 +27,7 @@ COMMANDS: dict[str, str] = {
     "extract": "jaxsae.protein.cli",
     "train": "jaxsae.training.cli",
     "interpret": "jaxsae.interpret.cli",
-    "solve": "jaxsae.kernels.cli",
+    "solve": "jaxsae.solve_cli",
     "bench": "jaxsae.bench",
 }
 

@@ -278,7 +278,7 @@ def test_train_warns_resumes_and_exports_with_the_usual_modes(env, tmp_path, cap
 
 
 def test_ctrl_c_bugs_and_debug(env, tmp_path, monkeypatch, capsys):
-    from jaxsae.kernels import cli as solve_cli
+    from jaxsae import solve_cli
 
     argv = ["solve", f"{env}/X.npy", f"{env}/W.npy", "--reg", "0.1", "-o", f"{tmp_path}/c.npy"]
 

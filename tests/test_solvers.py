@@ -4,10 +4,20 @@ import numpy as np
 import pytest
 from helpers import fista_np, ista_np, lasso_objective_np, make_lasso_problem, sklearn_lasso
 
-from jaxsae.kernels import solvers
 from jaxsae.kernels.lasso import duality_gap, lasso_objective, lipschitz_constant
 from jaxsae.kernels.prox import soft_threshold
-from jaxsae.kernels.solvers import fista, fista_trace, ista, ista_trace, solve_lasso
+from jaxsae.kernels.solvers import (
+    default_method,
+    fista,
+    fista_trace,
+    homotopy,
+    ista,
+    ista_trace,
+    proximal,
+    solve_lasso,
+    working_set,
+)
+from jaxsae.kernels.solvers.common import COMPACT_MIN
 
 # one small problem shared by most tests (float64)
 X, W, REG = make_lasso_problem(0, B=12, D=16, F=40)
@@ -195,10 +205,10 @@ def test_jit_vmap_and_one_trace_per_configuration():
     for i in range(2):
         np.testing.assert_allclose(batched[i], fista(Xs[i], Ws[i], REG, **opts).codes, atol=1e-8)
     # same shapes and static options, new data / reg / tol / max_steps: no new trace
-    before = solvers._solve_core._cache_size()
+    before = proximal.solve_core._cache_size()
     for i in range(3):
         fista(X * (1 + i), W, REG * (1 + i), tol=10.0 ** (-6 - i), max_steps=100 + i)
-    assert solvers._solve_core._cache_size() - before <= 1
+    assert proximal.solve_core._cache_size() - before <= 1
 
 
 def _directional_fd(f, x, d, eps=1e-6):
@@ -283,6 +293,40 @@ def test_bad_inputs_raise_elsewhere():
 # --------------------------------------------------------------------------- command line
 
 
+def test_cli_solve_fills_the_compile_cache(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "x.npy", X.astype(np.float32))
+    np.save(tmp_path / "w.npy", W.astype(np.float32))
+    cache = tmp_path / "cache"
+    args = [str(tmp_path / "x.npy"), str(tmp_path / "w.npy"), "--reg", str(REG)]
+    args += ["-o", str(tmp_path / "c.npy"), "--compile-cache", str(cache)]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    done = subprocess.run(
+        [sys.executable, "-m", "jaxsae", "solve", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert any(cache.iterdir())
+
+
+def test_compile_cache_dir(monkeypatch, tmp_path):
+    from jaxsae.solve_cli import CACHE_ENV, compile_cache_dir
+
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert compile_cache_dir(None) == tmp_path / "jaxsae" / "jax"
+    assert compile_cache_dir("off") is None
+    monkeypatch.setenv(CACHE_ENV, "0")
+    assert compile_cache_dir(None) is None
+    assert compile_cache_dir(str(tmp_path / "c")) == tmp_path / "c"
+
+
 def test_cli_solve(tmp_path, capsys):
     from jaxsae import cli
 
@@ -300,6 +344,8 @@ def test_cli_solve(tmp_path, capsys):
             str(out),
             "--batch-size",
             "12",
+            "--compile-cache",
+            "off",
         ]
     )
     assert rc == 0
@@ -325,7 +371,7 @@ def test_cli_solve(tmp_path, capsys):
 
 def test_compacted_batch_matches_reference():
     # a batch of >= COMPACT_MIN samples is solved in blocks that shrink as samples finish
-    Xb, Wb, reg = make_lasso_problem(8, B=solvers.COMPACT_MIN + 44, D=16, F=40)
+    Xb, Wb, reg = make_lasso_problem(8, B=COMPACT_MIN + 44, D=16, F=40)
     # (the static options of test_restart_never_needs_more_iterations: no polish to compile)
     sol = fista(Xb, Wb, reg, tol=1e-10, max_steps=20000, polish=False, check_every=1)
     assert bool(sol.converged)
@@ -365,7 +411,7 @@ def _check_optimal(sol, Xp, Wp, reg, tol, nonneg=False, ref=None):
 def test_homotopy_matches_iterations_and_sklearn(dtype, nonneg):
     # the default path (homotopy, then iterations for what it does not certify) against the
     # iterations alone, on a batch large enough to be compacted
-    Xb, Wb, reg = make_lasso_problem(3, B=solvers.COMPACT_MIN + 20, D=24, F=64)
+    Xb, Wb, reg = make_lasso_problem(3, B=COMPACT_MIN + 20, D=24, F=64)
     tol = 1e-6 if dtype == np.float32 else 1e-10
     args = (Xb.astype(dtype), Wb.astype(dtype), reg)
     sol = solve_lasso(*args, nonneg=nonneg, tol=tol)
@@ -379,7 +425,7 @@ def test_homotopy_matches_iterations_and_sklearn(dtype, nonneg):
 def test_homotopy_grows_its_active_set_slots():
     # supports larger than the first block's 32 slots: the samples move to 64 slots
     Xb, Wb, reg = make_lasso_problem(4, B=40, D=64, F=128, nnz=(40, 60), reg_frac=0.01)
-    *_, certified, kinks = solvers._homotopy(
+    *_, certified, kinks = homotopy.follow_paths(
         jnp.asarray(Xb),
         jnp.asarray(Wb),
         jnp.full((128,), reg),
@@ -402,7 +448,7 @@ def test_homotopy_hands_over_to_the_iterations():
     Xb, Wb, reg = make_lasso_problem(5, B=30, D=16, F=40)
     Wd = np.concatenate([Wb, Wb[:1]])
     lam = np.full((41,), reg)
-    *_, certified, _ = solvers._homotopy(
+    *_, certified, _ = homotopy.follow_paths(
         jnp.asarray(Xb),
         jnp.asarray(Wd),
         jnp.asarray(lam),
@@ -419,3 +465,64 @@ def test_homotopy_hands_over_to_the_iterations():
     sol = solve_lasso(Xb, Wd, lam, tol=1e-10)
     ref = fista(Xb, Wd, lam, tol=1e-10, homotopy=False)
     np.testing.assert_allclose(sol.codes, ref.codes)
+
+
+# --------------------------------------------------------------------------- working sets
+
+
+@pytest.mark.parametrize(("dtype", "nonneg"), [(np.float64, False), (np.float32, True)])
+def test_working_sets_match_sklearn(monkeypatch, dtype, nonneg):
+    # small working sets (8 atoms of 96), so that rounds add violators and sets grow; then the
+    # default pipeline with working sets on, against scikit-learn and the iterations
+    monkeypatch.setattr(working_set, "MIN_SIZE", 8)
+    Xb, Wb, reg = make_lasso_problem(6, B=24, D=20, F=96, nnz=(3, 9))
+    tol = 1e-6 if dtype == np.float32 else 1e-10
+    args = (jnp.asarray(Xb, dtype), jnp.asarray(Wb, dtype), jnp.full((96,), reg, dtype))
+    res = working_set.solve_working_sets(*args, tol, nonneg=nonneg)
+    assert res.certified.all() and res.kinks > 0
+    assert np.all(res.gap <= tol * res.objective)
+    assert np.max(np.sum(res.codes != 0, axis=1)) > 4  # some sets had to grow past 8
+    monkeypatch.setattr(working_set, "MIN_ATOMS", 0)
+    sol = solve_lasso(Xb.astype(dtype), Wb.astype(dtype), reg, nonneg=nonneg, tol=tol)
+    _check_optimal(sol, Xb, Wb, reg, tol, nonneg)
+    np.testing.assert_allclose(sol.codes, res.codes, atol=1e-6 if dtype == np.float32 else 1e-9)
+
+
+def test_working_sets_hand_over_to_the_full_path(monkeypatch):
+    # one round only: what it does not certify goes on to the path over all atoms
+    monkeypatch.setattr(working_set, "MIN_SIZE", 8)
+    monkeypatch.setattr(working_set, "MIN_ATOMS", 0)
+    Xb, Wb, reg = make_lasso_problem(7, B=24, D=20, F=96, nnz=(3, 9))
+    res = working_set.solve_working_sets(
+        jnp.asarray(Xb), jnp.asarray(Wb), jnp.full((96,), reg), 1e-10, nonneg=False, rounds=1
+    )
+    assert not res.certified.all()
+    _check_optimal(solve_lasso(Xb, Wb, reg, tol=1e-10), Xb, Wb, reg, 1e-10)
+
+
+# --------------------------------------------------------------------------- accelerators
+
+
+def test_default_method_per_backend():
+    assert default_method("cpu") == "homotopy"
+    assert default_method("gpu") == "fista" and default_method("tpu") == "fista"
+
+
+def test_accelerator_default_runs_fista_on_cpu(monkeypatch):
+    # the method the default call picks on GPU/TPU, run here: FISTA + restart + polish
+    from jaxsae.kernels.solvers import api
+
+    monkeypatch.setattr(api, "default_method", lambda backend=None: "fista")
+    sol = solve_lasso(X, W, REG, tol=1e-10)
+    assert int(sol.num_steps) % 10 == 0  # whole blocks of iterations between gap checks
+    ref = fista(X, W, REG, tol=1e-10, homotopy=True)
+    _check_optimal(sol, X, W, REG, 1e-10, ref=ref.codes)
+    np.testing.assert_allclose(sol.codes, ref.codes, atol=1e-8)
+
+
+def test_polish_without_the_gram_matrix(monkeypatch):
+    # above the Gram budget the polish forms each support's Gram block from its atoms
+    monkeypatch.setattr(proximal, "GRAM_BUDGET", 0)
+    Xb, Wb, reg = make_lasso_problem(8, B=10, D=12, F=44)  # a shape of its own: a new trace
+    sol = fista(Xb, Wb, reg, tol=1e-10, homotopy=False)
+    _check_optimal(sol, Xb, Wb, reg, 1e-10)

@@ -19,13 +19,15 @@ the table. ``amortisation_gap`` reports it with the sparsity and reconstruction 
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
-from jaxsae.kernels._checks import check_nonnegative
+from jaxsae.kernels._checks import check_nonnegative, is_concrete
 from jaxsae.kernels.sae import SAEParams, check_inputs, decode, decoder_norms, encode, sae_objective
 
 __all__ = ["AmortisationGap", "amortisation_gap", "optimal_codes"]
@@ -84,7 +86,11 @@ def optimal_codes(
     """Minimise the SAE objective ``J(f; x)`` over ``f ≥ 0`` exactly, on the SAE's decoder.
 
     Solves the non-negative lasso ``½‖(x − b_dec) − c W_dec‖² + Σ_i (λ/2)‖W_dec[i]‖ c_i`` by
-    FISTA (``jaxsae.kernels.solvers.fista``), whose minimiser is that of ``J`` (``J = 2P``).
+    ``jaxsae.kernels.solvers.fista`` (with its defaults and no ``init``: the exact path, then
+    FISTA for what it does not certify), whose minimiser is that of ``J`` (``J = 2P``). Dead
+    features (zero decoder rows) do not change the reconstruction and get code 0; outside
+    ``jit`` they are left out of the solve, so that every remaining ``λ_i > 0`` (the exact path
+    needs it).
 
     Args:
       params: the SAE.
@@ -104,16 +110,25 @@ def optimal_codes(
     check_nonnegative("l1_coeff", l1_coeff)
     reg = 0.5 * jnp.asarray(l1_coeff, x.dtype) * decoder_norms(params)
     xc = x - params.b_dec.reshape((1,) * (x.ndim - 1) + (params.d_in,))
-    return fista(
-        xc,
-        params.W_dec,
-        reg,
-        nonneg=True,
-        init=init,
-        max_steps=max_steps,
-        tol=tol,
-        **solver_options,
-    )
+    solve = functools.partial(fista, nonneg=True, max_steps=max_steps, tol=tol, **solver_options)
+    live = _live_features(reg, lam=l1_coeff)
+    if live is None:
+        return solve(xc, params.W_dec, reg, init=init)
+    keep = jnp.asarray(live)
+    sub_init = None if init is None else jnp.asarray(init)[..., keep]
+    sol = solve(xc, params.W_dec[keep], reg[keep], init=sub_init)
+    codes = jnp.zeros(sol.codes.shape[:-1] + (params.d_sae,), sol.codes.dtype)
+    return sol._replace(codes=codes.at[..., keep].set(sol.codes))
+
+
+def _live_features(reg: jax.Array, lam: ArrayLike) -> np.ndarray | None:
+    """Indices of the features with ``reg_i > 0`` when some have ``reg_i = 0`` and ``λ > 0``
+    (concrete values only), else None (solve on the whole decoder)."""
+    if not (is_concrete(reg) and is_concrete(lam)) or not float(np.asarray(lam)) > 0:
+        return None
+    r = np.asarray(reg)
+    live = np.flatnonzero(r > 0)
+    return live if 0 < len(live) < len(r) else None
 
 
 def amortisation_gap(

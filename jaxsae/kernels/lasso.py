@@ -87,7 +87,9 @@ def _penalty(C: jax.Array, reg: jax.Array) -> jax.Array:
     return jnp.abs(C) @ reg
 
 
-def _objective(X: jax.Array, W: jax.Array, C: jax.Array, reg: jax.Array, nonneg: bool) -> jax.Array:
+def batch_objective(
+    X: jax.Array, W: jax.Array, C: jax.Array, reg: jax.Array, nonneg: bool
+) -> jax.Array:
     R = X - C @ W
     val = 0.5 * jnp.sum(R * R, axis=-1) + _penalty(C, reg)
     if nonneg:
@@ -115,7 +117,7 @@ def _dual_scale(
     return jnp.clip(s_free, 0, s_max)
 
 
-def _gap_from_residual(
+def gap_from_residual(
     C: jax.Array, R: jax.Array, G: jax.Array, reg: jax.Array, nonneg: bool
 ) -> tuple[jax.Array, jax.Array]:
     """``(gap, objective)``, both ``(B,)``, from the codes, the residual ``R = X − C W`` and
@@ -138,7 +140,7 @@ def _gap(
     X: jax.Array, W: jax.Array, C: jax.Array, reg: jax.Array, nonneg: bool
 ) -> tuple[jax.Array, jax.Array]:
     R = X - C @ W
-    return _gap_from_residual(C, R, R @ W.T, reg, nonneg)
+    return gap_from_residual(C, R, R @ W.T, reg, nonneg)
 
 
 def _power_iteration(W: jax.Array, tol: jax.Array, max_steps: int) -> jax.Array:
@@ -187,8 +189,8 @@ def lasso_objective(
     """
     X, W, reg, C = check_problem(X, W, reg, C)
     if X.ndim == 1:
-        return _objective(X[None, :], W, C[None, :], reg, nonneg)[0]
-    return _objective(X, W, C, reg, nonneg)
+        return batch_objective(X[None, :], W, C[None, :], reg, nonneg)[0]
+    return batch_objective(X, W, C, reg, nonneg)
 
 
 def duality_gap(

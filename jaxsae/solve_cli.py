@@ -6,11 +6,19 @@
 layout of an SAE's ``W_dec``); ``codes.npy`` gets ``(B, F)`` codes of
 ``min_c ½‖x − c W‖² + λ‖c‖₁`` (with ``--nonneg``: ``c ≥ 0``). Inputs are solved in blocks of
 ``--batch-size`` rows (the last block zero-padded, so one compilation serves all).
+
+Compiled solvers are kept across runs in JAX's persistent compilation cache, so that only the
+first run on a machine (per problem shape) pays the compilation (tens of seconds for large
+batches). The cache lives in ``$XDG_CACHE_HOME/jaxsae/jax`` (default ``~/.cache/jaxsae/jax``);
+``--compile-cache DIR`` or the environment variable ``JAXSAE_COMPILE_CACHE=DIR`` moves it, and
+``--compile-cache off`` (or ``JAXSAE_COMPILE_CACHE=off``) turns it off.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 from jaxsae.errors import positive_int
 
@@ -40,6 +48,37 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=positive_int, default=4096, help="rows solved at once")
     parser.add_argument("--float64", action="store_true", help="solve in float64")
+    parser.add_argument(
+        "--compile-cache",
+        default=None,
+        metavar="DIR",
+        help=f"JAX persistent compilation cache directory, or 'off' (default ${CACHE_ENV}, else "
+        "$XDG_CACHE_HOME/jaxsae/jax)",
+    )
+
+
+CACHE_ENV = "JAXSAE_COMPILE_CACHE"
+_OFF = ("", "0", "off", "none", "false")
+
+
+def compile_cache_dir(option: str | None) -> Path | None:
+    """The persistent compilation cache directory: ``option``, else ``$JAXSAE_COMPILE_CACHE``,
+    else ``$XDG_CACHE_HOME/jaxsae/jax`` (``~/.cache`` without it); None when turned off."""
+    value = option if option is not None else os.environ.get(CACHE_ENV)
+    if value is None:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        return Path(base) / "jaxsae" / "jax"
+    return None if value.strip().lower() in _OFF else Path(value).expanduser()
+
+
+def enable_compile_cache(path: Path) -> None:
+    """Keep every compiled executable of this process in JAX's persistent cache at ``path``."""
+    import jax
+
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def load_solve_inputs(inputs: str, dictionary: str, out: str, dtype: type) -> tuple:
@@ -75,6 +114,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.float64:
         jax.config.update("jax_enable_x64", True)
+    cache = compile_cache_dir(args.compile_cache)
+    if cache is not None:
+        enable_compile_cache(cache)
     from jaxsae.errors import InputError
     from jaxsae.kernels.solvers import fista, ista
 

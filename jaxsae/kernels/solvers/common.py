@@ -1,0 +1,76 @@
+"""Types and helpers shared by the solvers: results, option literals, block sizes, step size."""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsae.kernels.lasso import lipschitz_constant
+
+# batches of at least this many samples are compacted as samples finish
+COMPACT_MIN = 256
+
+# a dictionary's Gram matrix W Wᵀ is kept only up to this many bytes (64 MiB); above it, Gram
+# rows are formed from the atoms that need them
+GRAM_BUDGET = 1 << 26
+
+Restart = Literal["gradient", "function"] | None
+Form = Literal["auto", "gram", "direct"]
+
+
+class Solution(NamedTuple):
+    """Result of a batched lasso solve.
+
+    Attributes:
+      codes: ``(B, F)`` codes (``(F,)`` for a single input). Differentiable w.r.t. ``X``, ``W``
+        and ``reg`` by implicit differentiation (reverse mode).
+      num_steps: scalar int, iterations run (the same for the whole batch); with the homotopy,
+        the kinks of the longest path plus the FISTA iterations that followed, if any.
+      converged: scalar bool, every sample's relative duality gap ``gap / objective ≤ tol``.
+      objective: ``(B,)`` per-sample ``½‖x − c W‖² + Σ_i λ_i |c_i|``.
+      gap: ``(B,)`` per-sample *absolute* duality gap, a certified bound on
+        ``objective − optimum``; the relative gap is ``gap / objective``.
+    """
+
+    codes: jax.Array
+    num_steps: jax.Array
+    converged: jax.Array
+    objective: jax.Array
+    gap: jax.Array
+
+
+class SolverTrace(NamedTuple):
+    """Result of a fixed-length solve (``fista_trace`` / ``ista_trace``).
+
+    Attributes:
+      codes: ``(B, F)`` codes after the last iteration.
+      objective: ``(num_steps + 1, B)`` objective of the iterate ``C_k`` for ``k = 0..num_steps``
+        (row 0 is the initial point).
+    """
+
+    codes: jax.Array
+    objective: jax.Array
+
+
+def bucket(n: int) -> int:
+    """The static block size for ``n`` running samples: a power of two ``≥ n``."""
+    return max(COMPACT_MIN // 4, 1 << max(n - 1, 0).bit_length())
+
+
+def pad_index(rows: np.ndarray, size: int) -> np.ndarray:
+    """``rows`` (non-empty) padded to ``size`` entries by repeating its first entry: the gather
+    index of a block whose first ``len(rows)`` rows are real."""
+    return np.concatenate([rows, np.full(size - len(rows), rows[0])])
+
+
+def high_dtype(dtype) -> jnp.dtype:
+    """The precision certificates run in: float64 when x64 is enabled, else ``dtype``."""
+    return jnp.dtype(jnp.float64) if jax.config.read("jax_enable_x64") else jnp.dtype(dtype)
+
+
+def default_step(W: jax.Array, dtype) -> jax.Array:
+    """``1 / L``, the default step size."""
+    return jnp.asarray(1 / lipschitz_constant(jax.lax.stop_gradient(W)), dtype)

@@ -1,0 +1,337 @@
+"""Homotopy (LARS-lasso): every sample's lasso path from ``c = 0`` down to ``λ``, batched."""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsae.kernels.lasso import gap_from_residual
+from jaxsae.kernels.solvers.common import (
+    COMPACT_MIN,
+    GRAM_BUDGET,
+    bucket,
+    high_dtype,
+    pad_index,
+)
+
+
+class Path(NamedTuple):
+    """Homotopy state of a block of ``B`` samples; the active set lives in ``K`` slots."""
+
+    codes: jax.Array  # (B, K) codes of the atoms in the slots
+    atom: jax.Array  # (B, K) int32 atom of each slot
+    occ: jax.Array  # (B, K) bool, slot occupied
+    sign: jax.Array  # (B, K) sign of the slot's code on the current segment of the path
+    H: jax.Array  # (B, K, K) inverse Gram of the occupied slots, zero elsewhere
+    d: jax.Array  # (B, K) direction H (λ s) of the codes in the slots
+    corr: jax.Array  # (B, F) correlations W r of the residual
+    active: jax.Array  # (B, F) bool, atom in the active set
+    tau: jax.Array  # (B,) path parameter: the penalty is τ λ, from max_i |g_i|/λ_i down to 1
+    done: jax.Array  # (B,) reached τ = 1
+    paused: jax.Array  # (B,) needs a slot it does not have (or a singular Gram): stopped
+    last_drop: jax.Array  # (B,) int32 atom dropped at the previous kink, or -1
+    steps: jax.Array  # scalar int32, kinks computed
+
+
+@functools.partial(jax.jit, static_argnames=("K", "nonneg"))
+def path_init(X, W, reg, *, K: int, nonneg: bool) -> Path:
+    """The start of the path, ``c = 0`` at ``τ = max_i g_i / λ_i`` (``g = W x``)."""
+    B, F = X.shape[0], W.shape[0]
+    g = X @ W.T
+    excess = jnp.maximum(g, 0) if nonneg else jnp.abs(g)
+    tau = jnp.max(excess / reg[None, :], axis=-1)
+    zk = jnp.zeros((B, K), X.dtype)
+    return Path(
+        codes=zk,
+        atom=jnp.zeros((B, K), jnp.int32),
+        occ=jnp.zeros((B, K), bool),
+        sign=zk,
+        H=jnp.zeros((B, K, K), X.dtype),
+        d=zk,
+        corr=g,
+        active=jnp.zeros((B, F), bool),
+        tau=jnp.maximum(tau, 1),
+        done=tau <= 1,  # c = 0 is optimal
+        paused=jnp.zeros((B,), bool),
+        last_drop=jnp.full((B,), -1, jnp.int32),
+        steps=jnp.zeros((), jnp.int32),
+    )
+
+
+def _argmin(t: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(argmin, min)`` of ``t (B, n)`` over the last axis."""
+    i = jnp.argmin(t, axis=-1).astype(jnp.int32)
+    return i, jnp.take_along_axis(t, i[:, None], 1)[:, 0]
+
+
+def _full_direction(W: jax.Array, G: jax.Array | None):
+    """``a = G_{·A} d`` over the whole dictionary ``W (F, D)`` as ``(d W) Wᵀ`` with ``d`` spread
+    over all atoms (on XLA:CPU two dense products beat gathering the slots' atoms), and Gram
+    rows from ``G = W Wᵀ`` when given, else formed from the slots' atoms (``O(K D)``)."""
+    F = W.shape[0]
+
+    def direction(p: Path, d: jax.Array) -> jax.Array:
+        B = d.shape[0]
+        idx = jnp.where(p.occ, p.atom, F)
+        full = jnp.zeros((B, F), d.dtype).at[jnp.arange(B)[:, None], idx].set(d, mode="drop")
+        return (full @ W) @ W.T
+
+    def gram_row(p: Path, j: jax.Array) -> tuple[jax.Array, jax.Array, None]:
+        if G is not None:
+            return G[j[:, None], p.atom], G[j, j], None
+        w_j = W[j]  # (B, D)
+        return jnp.einsum("bkd,bd->bk", W[p.atom], w_j), jnp.sum(w_j * w_j, axis=-1), None
+
+    return direction, gram_row
+
+
+def gather_reg(reg: jax.Array, idx: jax.Array) -> jax.Array:
+    """``λ`` of the atoms ``idx (B, K)``, for ``reg`` of shape ``(1, F)`` or ``(B, F)``."""
+    if reg.shape[0] == 1:
+        return reg[0][idx]
+    return jnp.take_along_axis(reg, idx, axis=1)
+
+
+def path_step(p: Path, reg: jax.Array, *, nonneg: bool, direction, gram_row):
+    """One kink of the lasso path of every running sample (Efron et al. 2004, lasso variant).
+
+    ``reg (1 or B, F)``; ``direction(p, d) -> a (B, F)`` and ``gram_row(p, j) -> (G_{j, slots}
+    (B, K), G_jj (B,))`` give the products with the dictionary (``_full_direction``, or a working
+    set's Gram rows; a third output of ``gram_row`` is passed back). Returns the new state, the
+    atom ``j`` considered for joining, the ``(B, K)`` mask of the slot it took (if it joined)
+    and that third output.
+
+    On the active set ``A`` with signs ``s``, ``c_A(τ − δ) = c_A(τ) + δ d``, ``d = G_AA⁻¹ (λ s)_A``,
+    and ``g(τ − δ) = g(τ) − δ a``, ``a = G_{·A} d``. ``δ`` is the first event: an inactive atom
+    reaches ``|g_j| = (τ − δ) λ_j`` (it joins), an active code reaches zero (it leaves), or
+    ``τ − δ = 1`` (the end). ``G_AA⁻¹`` and ``d`` are kept up to date by rank-one updates
+    (one pass over ``G_AA⁻¹`` to update it, one to find the Schur complement of a new atom)."""
+    B, K = p.occ.shape
+    F = p.corr.shape[1]
+    dt = p.codes.dtype
+    run = ~p.done & ~p.paused
+    rows = jnp.arange(B)[:, None]
+    d = jnp.where(p.occ, p.d, 0)
+    a = direction(p, d)
+    # joins: the first δ ≥ 0 at which g_j − δ a_j = ±(τ − δ) λ_j
+    inf = jnp.asarray(jnp.inf, dt)
+    tr = p.tau[:, None] * reg
+
+    def first(num, den):
+        pos = den > 0
+        return jnp.where(pos, jnp.maximum(num, 0) / jnp.where(pos, den, 1), inf)
+
+    t_join = first(tr - p.corr, reg - a)
+    if not nonneg:
+        t_join = jnp.minimum(t_join, first(tr + p.corr, reg + a))
+    fresh = jnp.arange(F, dtype=jnp.int32)[None, :] == p.last_drop[:, None]
+    t_join = jnp.where(p.active | fresh, inf, t_join)
+    j, dj = _argmin(t_join)
+    # the sign it joins with: that of g_j − δ a_j = ±(τ − δ) λ_j
+    gj = jnp.take_along_axis(p.corr, j[:, None], 1)[:, 0]
+    aj = jnp.take_along_axis(a, j[:, None], 1)[:, 0]
+    up = (gj - jnp.where(jnp.isfinite(dj), dj, 0) * aj) >= 0
+    # drops: an active code crossing zero
+    t_drop = jnp.where(p.occ & (p.codes * d < 0), -p.codes / jnp.where(d != 0, d, 1), inf)
+    i, di = _argmin(t_drop)
+    d_end = p.tau - 1
+    end = d_end <= jnp.minimum(dj, di)
+    drop = ~end & (di < dj)
+    join = ~end & ~drop
+    delta = jnp.where(run, jnp.minimum(d_end, jnp.minimum(dj, di)), 0)
+    codes = p.codes + delta[:, None] * d
+    corr = p.corr - delta[:, None] * a
+    tau = jnp.where(run & end, 1, p.tau - delta)
+    # the new slot: Schur complement of the joining atom
+    free = ~p.occ
+    slot = jnp.argmax(free, axis=-1)
+    has_slot = jnp.any(free, axis=-1)
+    b, gjj, extra = gram_row(p, j)
+    b = jnp.where(p.occ, b, 0)
+    u = jnp.einsum("bij,bj->bi", p.H, b)
+    schur = gjj - jnp.sum(b * u, axis=-1)
+    ok = schur > 64 * jnp.finfo(dt).eps * gjj
+    add = run & join & has_slot & ok
+    rem = run & drop
+    e_p = jax.nn.one_hot(slot, K, dtype=dt)
+    h = jnp.take_along_axis(p.H, i[:, None, None], axis=1)[:, 0, :]  # (symmetric) column i
+    hii = jnp.take_along_axis(h, i[:, None], 1)[:, 0]
+    v = jnp.where(add[:, None], u - e_p, jnp.where(rem[:, None], h, 0))
+    coef = jnp.where(
+        add, 1 / jnp.where(add, schur, 1), jnp.where(rem, -1 / jnp.where(rem, hii, 1), 0)
+    )
+    gone = (jnp.arange(K)[None, :] == i[:, None]) & rem[:, None]  # (B, K)
+    keep = ~gone
+    H = jnp.where(
+        keep[:, :, None] & keep[:, None, :],
+        p.H + coef[:, None, None] * v[:, :, None] * v[:, None, :],
+        0,
+    )
+    new = (jnp.arange(K)[None, :] == slot[:, None]) & add[:, None]
+    codes = jnp.where(gone | new, 0, codes)
+    atom_i = jnp.take_along_axis(p.atom, i[:, None], 1)[:, 0]
+    occ = (p.occ & keep) | new
+    atom = jnp.where(new, j[:, None], p.atom)
+    sign = jnp.where(new, jnp.where(up, 1, -1)[:, None].astype(dt), p.sign)
+    # the new direction H' w' without a pass over H: H w' = d (+ nothing for a free slot,
+    # − w_i h for a dropped slot i), then the rank-one term
+    w_new = jnp.where(occ, gather_reg(reg, atom) * sign, 0)
+    w_i = jnp.take_along_axis(gather_reg(reg, p.atom) * p.sign, i[:, None], 1)[:, 0]
+    base = d - jnp.where(rem, w_i, 0)[:, None] * h
+    d_new = jnp.where(keep, base + (coef * jnp.sum(v * w_new, axis=-1))[:, None] * v, 0)
+    active = p.active.at[rows[:, 0], jnp.where(rem, atom_i, F)].set(False, mode="drop")
+    active = active.at[rows[:, 0], jnp.where(add, j, F)].set(True, mode="drop")
+    p = p._replace(
+        codes=codes,
+        atom=atom,
+        occ=occ,
+        sign=sign,
+        H=H,
+        d=d_new,
+        corr=corr,
+        active=active,
+        tau=tau,
+        done=p.done | (run & end),
+        paused=p.paused | (run & join & ~(has_slot & ok)),
+        last_drop=jnp.where(rem, atom_i, jnp.where(add, -1, p.last_drop)),
+        steps=p.steps + 1,
+    )
+    return p, j, new, extra
+
+
+@functools.partial(jax.jit, static_argnames="nonneg")
+def path_block(X, W, G, reg, p: Path, min_running, max_steps, *, nonneg: bool) -> Path:
+    """Follow the path until at most ``min_running`` samples are running (or ``max_steps``
+    kinks in all). ``G``: ``W Wᵀ`` or None (see ``_full_direction``)."""
+
+    def cond(q):
+        running = jnp.sum(~q.done & ~q.paused)
+        return (q.steps < max_steps) & (running > min_running)
+
+    direction, gram_row = _full_direction(W, G)
+
+    def step(q):
+        return path_step(q, reg[None, :], nonneg=nonneg, direction=direction, gram_row=gram_row)[0]
+
+    return jax.lax.while_loop(cond, step, p)
+
+
+@functools.partial(jax.jit, static_argnames=("nonneg", "refine"))
+def path_finish(X, W, reg, p: Path, take, *, nonneg: bool, refine: int):
+    """The codes of the rows ``take`` of a block; those of the samples at ``τ = 1`` refined by
+    Newton steps on their active set (``c_A += G_AA⁻¹ (W_A r − λ_A s_A)``, undoing the drift of
+    the incremental updates), and the duality gaps in the highest available precision (float64
+    when x64 is enabled).
+
+    Returns ``(codes (n, F), gap (n,), objective (n,))`` in ``X.dtype``, ``n = len(take)``."""
+    X = X[take]
+    cs0, atom, occ, sign, H, done = (x[take] for x in (p.codes, p.atom, p.occ, p.sign, p.H, p.done))
+    B, F = X.shape[0], W.shape[0]
+    hi = high_dtype(X.dtype)
+    # in the highest available precision, with products over the active atoms only
+    W_act, Xh = W[atom].astype(hi), X.astype(hi)
+    cs = jnp.where(occ, cs0, 0).astype(hi)
+    for _ in range(refine):  # W_A r = λ_A s_A on the active set
+        r = Xh - jnp.einsum("bk,bkd->bd", cs, W_act)
+        g = jnp.einsum("bkd,bd->bk", W_act, r)
+        e = jnp.where(occ, g - reg[atom].astype(hi) * sign.astype(hi), 0)
+        step = jnp.einsum("bij,bj->bi", H.astype(hi), e)
+        cs = jnp.where(done[:, None] & occ, cs + step, cs)
+    cs = cs.astype(X.dtype)
+    idx = jnp.where(occ, atom, F)
+    C = jnp.zeros((B, F), X.dtype).at[jnp.arange(B)[:, None], idx].set(cs, mode="drop")
+    R = Xh - jnp.einsum("bk,bkd->bd", cs.astype(hi), W_act)
+    gap, obj = gap_from_residual(C.astype(hi), R, R @ W.T.astype(hi), reg.astype(hi), nonneg)
+    return C, gap.astype(X.dtype), obj.astype(X.dtype)
+
+
+def follow_paths(X, W, reg, tol, *, nonneg: bool, max_slots: int, max_kinks: int):
+    """The lasso path of every sample from ``c = 0`` down to ``λ`` (outside ``jit``), in blocks
+    that shrink as samples finish (as ``solve_compacted``) and whose slot count ``K`` doubles,
+    from ``min(32, max_slots)``, for the samples whose active set outgrows it.
+
+    Returns ``(codes (B, F), gap (B,), objective (B,), certified (B,) bool, kinks)`` as NumPy
+    arrays and an int: the codes of a sample not certified (relative gap > ``tol``) are a warm
+    start for the iterations."""
+    B, F = X.shape[0], W.shape[0]
+    K = min(32, max_slots)
+    G = _gram(W) if F * F * W.dtype.itemsize <= GRAM_BUDGET else None
+    p = path_init(X, W, reg, K=K, nonneg=nonneg)
+    codes = np.zeros((B, F), X.dtype)
+    gap = np.zeros((B,), X.dtype)
+    obj = np.zeros((B,), X.dtype)
+    certified = np.zeros((B,), bool)
+    rows = np.arange(B)
+    Xb, kinks = X, 0
+    while True:
+        n = Xb.shape[0]
+        min_running = n // 2 if n >= COMPACT_MIN else 0
+        p = path_block(
+            Xb,
+            W,
+            G,
+            reg,
+            p,
+            jnp.asarray(min_running, jnp.int32),
+            jnp.asarray(max_kinks, jnp.int32),
+            nonneg=nonneg,
+        )
+        m = len(rows)
+        kinks, done, paused = int(p.steps), np.asarray(p.done)[:m], np.asarray(p.paused)[:m]
+        grow = paused & ~done if max_slots > K else np.zeros_like(done)
+        left = np.flatnonzero(~done & (~paused | grow))
+        last = len(left) == 0 or kinks >= max_kinks
+        # the codes of the samples that leave: done, out of slots, or after the last block
+        stay = np.zeros((m,), bool)
+        stay[left] = not last
+        out = np.flatnonzero(~stay)
+        if len(out):
+            take = pad_index(out, bucket(len(out)))
+            Cb, gb, ob = path_finish(Xb, W, reg, p, jnp.asarray(take), nonneg=nonneg, refine=1)
+            n_out, r = len(out), rows[out]
+            codes[r], gap[r], obj[r] = (
+                np.asarray(Cb)[:n_out],
+                np.asarray(gb)[:n_out],
+                np.asarray(ob)[:n_out],
+            )
+            rel = np.where(obj[r] > 0, gap[r] / np.where(obj[r] > 0, obj[r], 1), gap[r] > 0)
+            certified[r] = done[out] & (rel <= tol)
+        if last:
+            break
+        if grow.any():
+            K = min(2 * K, max_slots)
+        size = bucket(len(left))
+        take = pad_index(left, size)
+        rows = rows[left]
+        Xb, p = _path_take(Xb, p, jnp.asarray(take), len(left), K=K)
+    return codes, gap, obj, certified, kinks
+
+
+@functools.partial(jax.jit, static_argnames=("n", "K"))
+def _path_take(X, p: Path, take, n: int, *, K: int) -> tuple[jax.Array, Path]:
+    """The rows ``take`` of a block (the first ``n`` real, the rest frozen padding), with ``K``
+    slots (zero padding); paused samples resume."""
+    p = jax.tree_util.tree_map(lambda x: x[take] if x.ndim else x, p)
+    k = p.occ.shape[1]
+    pad2 = ((0, 0), (0, K - k))
+    pad = jnp.arange(take.shape[0]) >= n
+    p = p._replace(
+        codes=jnp.pad(p.codes, pad2),
+        d=jnp.pad(p.d, pad2),
+        atom=jnp.pad(p.atom, pad2),
+        occ=jnp.pad(p.occ, pad2),
+        sign=jnp.pad(p.sign, pad2),
+        H=jnp.pad(p.H, ((0, 0), (0, K - k), (0, K - k))),
+        done=p.done | pad,
+        paused=jnp.zeros_like(p.paused),
+    )
+    return X[take], p
+
+
+@jax.jit
+def _gram(W):
+    return W @ W.T

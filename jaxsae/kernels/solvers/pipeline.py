@@ -1,0 +1,93 @@
+"""The default pipeline: working sets, the full path, then FISTA for what is left."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsae.kernels.lasso import relative_gap
+from jaxsae.kernels.solvers import working_set
+from jaxsae.kernels.solvers.common import (
+    COMPACT_MIN,
+    Solution,
+    bucket,
+    default_step,
+    pad_index,
+)
+from jaxsae.kernels.solvers.compaction import solve_compacted
+from jaxsae.kernels.solvers.homotopy import follow_paths
+from jaxsae.kernels.solvers.proximal import solve_core
+
+
+def solve_from_path(X, W, reg, step_size, tol, max_steps: int, **static) -> Solution:
+    """Exact paths on working sets for every sample (``solve_working_sets``), the path over the
+    whole dictionary for the samples they did not certify (``follow_paths``), then the
+    iterations (``solve_compacted`` or one block, zero-padded to a power of two) for any sample
+    still not certified, from the best codes so far. ``step_size``: ``None`` for ``1 / L``,
+    computed only if iterations are needed."""
+    F, D = W.shape
+    nonneg = static["nonneg"]
+    if F >= working_set.MIN_ATOMS:
+        codes, gap, obj, certified, steps = working_set.solve_working_sets(
+            X, W, reg, float(tol), nonneg=nonneg
+        )
+    else:
+        B = X.shape[0]
+        codes = np.zeros((B, F), X.dtype)
+        gap, obj = np.full((B,), np.inf, X.dtype), np.zeros((B,), X.dtype)
+        certified, steps = np.zeros((B,), bool), 0
+    left = np.flatnonzero(~certified)
+    if len(left):
+        max_slots = min(128, F, D)
+        path = follow_paths(
+            jnp.asarray(np.asarray(X)[left]),
+            W,
+            reg,
+            float(tol),
+            nonneg=nonneg,
+            max_slots=max_slots,
+            max_kinks=4 * max_slots + 64,
+        )
+        better = path[1] < gap[left]
+        sel = left[better]
+        codes[sel], gap[sel], obj[sel] = path[0][better], path[1][better], path[2][better]
+        certified[left] = path[3]
+        steps += path[4]
+    left = np.flatnonzero(~certified)
+    if len(left):
+        n = len(left)
+        size = n if n >= COMPACT_MIN else bucket(n)
+        take = pad_index(left, size)
+        real = (np.arange(size) < n)[:, None]
+        eta = default_step(W, X.dtype) if step_size is None else step_size
+        sub = (
+            jnp.asarray(np.where(real, np.asarray(X)[take], 0)),
+            W,
+            reg,
+            jnp.asarray(np.where(real, codes[take], 0)),
+            eta,
+            tol,
+        )
+        if size >= COMPACT_MIN:
+            rest = solve_compacted(*sub, max_steps=max_steps, **static)
+        else:
+            rest, _ = solve_core(
+                *sub[:4],
+                None,
+                *sub[4:],
+                jnp.asarray(max_steps, jnp.int32),
+                jnp.asarray(0, jnp.int32),
+                **static,
+            )
+        codes[left] = np.asarray(rest.codes)[:n]
+        gap[left] = np.asarray(rest.gap)[:n]
+        obj[left] = np.asarray(rest.objective)[:n]
+        steps += int(rest.num_steps)
+    gap, obj = jnp.asarray(gap), jnp.asarray(obj)
+    return Solution(
+        codes=jnp.asarray(codes),
+        num_steps=jnp.asarray(steps, jnp.int32),
+        converged=jnp.all(relative_gap(gap, obj) <= tol),
+        objective=obj,
+        gap=gap,
+    )
