@@ -61,7 +61,7 @@ def test_demo_quick_runs_reuses_and_interpret_reads_its_outputs(tmp_path, capsys
     for png in ("coverage.png", "density.png", "training.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     faith = summary["faithfulness"]  # core metrics and the contact score of the embedded head
-    assert 0 < faith["core"]["num_tokens"] and faith["splice"]["contacts"]["num_proteins"] > 0
+    assert faith["core"]["num_tokens"] > 0 and faith["splice"]["contacts"]["num_proteins"] > 0
     assert "splicing, contacts: contact score" in first
 
     stores = sorted(out.glob("store_*/layer_*/meta.json"))
