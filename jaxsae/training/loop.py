@@ -41,6 +41,7 @@ import numpy as np
 
 from jaxsae.data.loader import Loader, Normalisation, as_source, compute_normalisation
 from jaxsae.data.store import atomic_save_text
+from jaxsae.kernels.architectures import from_config
 from jaxsae.kernels.sae import SAEParams, fold_normalisation
 from jaxsae.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from jaxsae.training.checkpoint import save_checkpoint as _save
@@ -148,9 +149,10 @@ def train(
             "train: expected checkpoint_every, log_every and keep_checkpoints >= 1, found "
             f"{checkpoint_every}, {log_every}, {keep_checkpoints}"
         )
-    if resample_steps and cfg.arch != "l1":
+    if resample_steps and not from_config(cfg).resamples:
         raise ValueError(
-            f"train: resampling is for arch='l1' (TopK uses AuxK), found arch={cfg.arch!r}"
+            f"train: resampling is for arch='l1' (the others have their own dead-feature loss), "
+            f"found arch={cfg.arch!r}"
         )
     end = cfg.total_steps if until_step is None else min(int(until_step), cfg.total_steps)
     out = Path(out_dir)
@@ -337,7 +339,13 @@ def train(
 
     host = _host_state(state, pmap)
     params = jax.tree.map(jnp.asarray, jax.device_get(host.params))
-    raw = fold_normalisation(params, norm.mean, norm.scale, apply_b_dec_to_input=cfg.arch == "topk")
+    arch = from_config(cfg)  # the returned and exported SAE is the inference form
+    raw = fold_normalisation(
+        arch.to_inference(params),
+        norm.mean,
+        norm.scale,
+        apply_b_dec_to_input=arch.apply_b_dec_to_input,
+    )
     if export and done == cfg.total_steps:
         from jaxsae.models.saelens import save_saelens
 
@@ -356,10 +364,9 @@ def _saelens_cfg(cfg: TrainConfig, src: Any, norm: Normalisation) -> dict:
         jaxsae_train_config=cfg.to_dict(),
         jaxsae_input_normalisation={"centred": bool(np.any(norm.mean)), "scale": norm.scale},
     )
-    out: dict[str, Any] = {"architecture": "topk" if cfg.arch == "topk" else "standard"}
-    if cfg.arch == "topk":
-        out["k"] = cfg.k
-    return {**out, "metadata": meta}
+    from jaxsae.models.saelens import saelens_fields
+
+    return {**saelens_fields(from_config(cfg)), "metadata": meta}
 
 
 class _DeferredInterrupt:
