@@ -74,13 +74,15 @@ def rectangle(u: jax.Array) -> jax.Array:
 
 def _sum_to(g: jax.Array, threshold: jax.Array) -> jax.Array:
     """Sum a ``(..., d_sae)`` cotangent over the leading axes to ``threshold``'s shape."""
-    return jnp.sum(g.reshape(-1, g.shape[-1]), axis=0).astype(threshold.dtype)
+    return (
+        jnp.sum(g.reshape(-1, g.shape[-1]), axis=0).reshape(threshold.shape).astype(threshold.dtype)
+    )
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
 def jumprelu(z: jax.Array, threshold: jax.Array, bandwidth: float) -> jax.Array:
     """``z · H(z − θ)`` with the straight-through pseudo-derivative in ``θ`` (module docstring)."""
-    return z * (z > threshold)
+    return z * (z > bias_row(threshold, z))
 
 
 def _jumprelu_fwd(z, threshold, bandwidth):
@@ -89,8 +91,9 @@ def _jumprelu_fwd(z, threshold, bandwidth):
 
 def _jumprelu_bwd(bandwidth, res, g):
     z, threshold = res
-    d_z = (z > threshold) * g
-    d_t = -(threshold / bandwidth) * rectangle((z - threshold) / bandwidth) * g
+    t = bias_row(threshold, z)
+    d_z = (z > t) * g
+    d_t = -(t / bandwidth) * rectangle((z - t) / bandwidth) * g
     return d_z.astype(z.dtype), _sum_to(d_t, threshold)
 
 
@@ -100,7 +103,7 @@ jumprelu.defvjp(_jumprelu_fwd, _jumprelu_bwd)
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
 def heaviside_step(z: jax.Array, threshold: jax.Array, bandwidth: float) -> jax.Array:
     """``H(z − θ)`` with the straight-through pseudo-derivative in ``θ`` (module docstring)."""
-    return (z > threshold).astype(z.dtype)
+    return (z > bias_row(threshold, z)).astype(z.dtype)
 
 
 def _step_fwd(z, threshold, bandwidth):
@@ -109,7 +112,7 @@ def _step_fwd(z, threshold, bandwidth):
 
 def _step_bwd(bandwidth, res, g):
     z, threshold = res
-    d_t = -(1.0 / bandwidth) * rectangle((z - threshold) / bandwidth) * g
+    d_t = -(1.0 / bandwidth) * rectangle((z - bias_row(threshold, z)) / bandwidth) * g
     return jnp.zeros_like(z), _sum_to(d_t, threshold)
 
 

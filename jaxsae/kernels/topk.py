@@ -68,6 +68,8 @@ __all__ = [
     "batch_cutoff",
     "topk_family_loss",
     "check_dead_mask",
+    "encoder_view",
+    "scale_cotangent",
     "topk_pre_acts",
     "topk_encode",
     "topk_decode",
@@ -389,6 +391,28 @@ def _fvu(target: jax.Array, err2: jax.Array) -> jax.Array:
     return jnp.sum(err2) / jnp.maximum(centred, jnp.finfo(target.dtype).tiny)
 
 
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def scale_cotangent(x: jax.Array, factor: float) -> jax.Array:
+    """``x`` itself, with its cotangent multiplied by ``factor`` in the backward pass."""
+    return x
+
+
+scale_cotangent.defvjp(lambda x, factor: (x, None), lambda factor, _, g: (g * factor,))
+
+
+def encoder_view(params: SAEParams, feature_axis: str | None) -> SAEParams:
+    """``params`` as the encoder of a feature slice reads them.
+
+    The encoder reads ``x − b_dec`` with ``b_dec`` replicated on every slice: the gradient of
+    ``b_dec`` through this slice's pre-activations is a partial sum over the slice's features,
+    while its gradient through the reconstruction is the same on every slice. The train step
+    averages ``b_dec``'s gradient over the slices (``pmean``); scaling the encoder's part by
+    the number of slices makes that average the total.
+    """
+    n = axis_size(feature_axis)
+    return params if n == 1 else params._replace(b_dec=scale_cotangent(params.b_dec, float(n)))
+
+
 def _combine(mine: jax.Array, feature_axis: str | None) -> jax.Array:
     """``mine`` + the other feature slices' partial reconstructions, held constant."""
     if axis_size(feature_axis) == 1:
@@ -470,14 +494,15 @@ def topk_family_loss(
     sparse = opts.sparse
     xf = x.reshape(-1, params.d_in)
     f_local = params.d_sae
-    pre = topk_pre_acts(params, xf)
+    pre = topk_pre_acts(encoder_view(params, feature_axis), xf)
     if sparse:
         pre = lax.stop_gradient(pre)
     sel = _select(lax.stop_gradient(pre), opts, feature_axis)
 
     def pre_at(p: SAEParams, ind: jax.Array) -> jax.Array:  # z at the given indices
         if sparse:
-            return _pre_acts_at(p.W_enc, p.b_enc, p.b_dec, xf, pre, ind)
+            e = encoder_view(p, feature_axis)
+            return _pre_acts_at(e.W_enc, e.b_enc, e.b_dec, xf, pre, ind)
         return jnp.take_along_axis(pre, ind, axis=1)
 
     def dec(p: SAEParams, vals: jax.Array, ind: jax.Array) -> jax.Array:  # no bias, local part
@@ -529,7 +554,7 @@ def _auxk(p, xf, pre, e, dead_mask, opts, feature_axis):
     f_local = p.d_sae
     d_sae = f_local * axis_size(feature_axis)
     aux_k = min(opts.aux_k, d_sae)
-    zero = jnp.zeros((), xf.dtype)
+    zero = jnp.zeros((), jnp.result_type(xf, p.W_dec))
     num_dead = psum(jnp.sum(dead_mask), feature_axis)
     if opts.sparse and axis_size(feature_axis) == 1:
         caps = _aux_buckets(d_sae, aux_k)
@@ -544,7 +569,8 @@ def _auxk(p, xf, pre, e, dead_mask, opts, feature_axis):
         sel = select_rows(dead_pre, aux_k, feature_axis)
         keep = sel.keep & (sel.top > -jnp.inf)
         if opts.sparse:
-            z = _pre_acts_at(q.W_enc, q.b_enc, q.b_dec, xf, pre, sel.local)
+            v = encoder_view(q, feature_axis)
+            z = _pre_acts_at(v.W_enc, v.b_enc, v.b_dec, xf, pre, sel.local)
             part = _sparse_decode(q.W_dec, jnp.where(keep, jnp.maximum(z, 0), 0), sel.local)
         else:
             z = jnp.take_along_axis(pre, sel.local, axis=1)
