@@ -18,9 +18,11 @@ their own (``x̂_w = Σ_{i < w} f_i W_dec[i] + b_dec``), and the loss is the sum
 ``fvu`` (Bussmann et al. 2025's nested losses with the codes shared by the levels; SAELens sums
 the prefix losses likewise).
 
-The sparse layout holds ``max_per_row`` slots per input (default ``4k``): an input may carry at
-most that many of the batch's ``k · B`` active codes. With ``max_per_row = d_sae`` the selection
-is exactly the batch's top ``k · B``.
+The sparse path keeps the batch's active codes as a flat list of ``k · B`` (input, feature)
+pairs (work ``k`` per input on average). Candidates are each input's top ``2k``, the batch's cut
+is found by bisection over them, and when an input has all its candidates above the cut the
+selection is redone over every feature, so the codes are exactly the batch's top ``k · B``.
+``max_per_row = m`` is a named variant that caps an input at ``m`` codes instead.
 
 References:
   Bussmann, Leask, Nanda, "BatchTopK Sparse Autoencoders", 2024 (arXiv:2412.06410).

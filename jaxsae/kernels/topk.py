@@ -39,6 +39,7 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import NamedTuple
@@ -239,6 +240,100 @@ def _pre_acts_at_bwd(res, g):
 _pre_acts_at.defvjp(_pre_acts_at_fwd, _pre_acts_at_bwd)
 
 
+# Flat layout: a list of (row, feature) pairs, processed in chunks of _FLAT_CHUNK pairs.
+
+#: pairs per step of the chunked flat gathers/scatters (as many as _CHUNK rows of k = 64)
+_FLAT_CHUNK = 512
+
+
+def _flat_chunked(*arrays: jax.Array) -> list[jax.Array]:
+    """Pad the leading axis to a multiple of ``_FLAT_CHUNK`` and split it into chunks."""
+    n_pad = -arrays[0].shape[0] % _FLAT_CHUNK
+    return [_pad_rows(a, n_pad).reshape(-1, _FLAT_CHUNK, *a.shape[1:]) for a in arrays]
+
+
+def _flat_combine(table, rows, idx, w, n_rows):
+    """``out[rows[p]] += w[p] table[idx[p]]``: ``(F, D), (P,), (P,), (P,) → (n_rows, D)``."""
+
+    def body(acc, a):
+        r, i, wt = a
+        return acc.at[r].add(wt[:, None] * table[i]), None
+
+    zero = jnp.zeros((n_rows, table.shape[-1]), jnp.result_type(table, w))
+    return lax.scan(body, zero, tuple(_flat_chunked(rows, idx, w)))[0]
+
+
+def _flat_dot(table, rows, idx, vectors):
+    """``out[p] = table[idx[p]] · vectors[rows[p]]``: ``→ (P,)``."""
+    rc, ic = _flat_chunked(rows, idx)
+    out = lax.map(lambda a: jnp.sum(table[a[1]] * vectors[a[0]], axis=-1), (rc, ic))
+    return out.reshape(-1)[: rows.shape[0]]
+
+
+def _flat_outer(w, rows, idx, vectors, n_out):
+    """``out[idx[p]] += w[p] vectors[rows[p]]``: ``→ (n_out, D)``."""
+
+    def body(acc, a):
+        r, i, wt = a
+        return acc.at[i].add(wt[:, None] * vectors[r]), None
+
+    zero = jnp.zeros((n_out, vectors.shape[-1]), jnp.result_type(w, vectors))
+    return lax.scan(body, zero, tuple(_flat_chunked(rows, idx, w)))[0]
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _flat_decode(W_dec, values, rows, idx, n_rows):
+    """``out[n] = Σ_{p: rows[p] = n} values[p] W_dec[idx[p]]``: ``→ (n_rows, D)``."""
+    return _flat_combine(W_dec, rows, idx, values, n_rows)
+
+
+def _flat_decode_fwd(W_dec, values, rows, idx, n_rows):
+    return _flat_decode(W_dec, values, rows, idx, n_rows), (W_dec, values, rows, idx)
+
+
+def _flat_decode_bwd(n_rows, res, g):
+    W_dec, values, rows, idx = res
+    d_values = _flat_dot(W_dec, rows, idx, g)
+    d_W_dec = _flat_outer(values, rows, idx, g, W_dec.shape[0])
+    return d_W_dec.astype(W_dec.dtype), d_values.astype(values.dtype), None, None
+
+
+_flat_decode.defvjp(_flat_decode_fwd, _flat_decode_bwd)
+
+
+@jax.custom_vjp
+def _flat_pre_acts_at(W_enc, b_enc, b_dec, x, pre, rows, idx):
+    """``z[rows[p], idx[p]]`` with ``z = (x − b_dec) W_enc + b_enc`` (``pre``), differentiated
+    sparsely (the flat counterpart of ``_pre_acts_at``)."""
+    return pre[rows, idx]
+
+
+def _flat_pre_acts_at_fwd(W_enc, b_enc, b_dec, x, pre, rows, idx):
+    out = _flat_pre_acts_at(W_enc, b_enc, b_dec, x, pre, rows, idx)
+    return out, (W_enc, b_dec, x, rows, idx)
+
+
+def _flat_pre_acts_at_bwd(res, g):
+    W_enc, b_dec, x, rows, idx = res
+    d_sae = W_enc.shape[1]
+    d_b_enc = jax.ops.segment_sum(g, idx, d_sae)
+    d_W_enc = _flat_outer(g, rows, idx, x - b_dec[None, :], d_sae).T
+    d_x = _flat_combine(W_enc.T, rows, idx, g, x.shape[0])  # dropped unless x is differentiated
+    d_b_dec = -(W_enc @ d_b_enc)
+    return (
+        d_W_enc.astype(W_enc.dtype),
+        d_b_enc.astype(W_enc.dtype),
+        d_b_dec.astype(b_dec.dtype),
+        d_x.astype(x.dtype),
+        None,
+        None,
+        None,
+    )
+
+
+_flat_pre_acts_at.defvjp(_flat_pre_acts_at_fwd, _flat_pre_acts_at_bwd)
+
+
 def topk_decode(params: SAEParams, values: ArrayLike, indices: ArrayLike) -> jax.Array:
     """Decode from the active features only: ``x̂ = Σ_j values_j W_dec[indices_j] + b_dec``.
 
@@ -332,9 +427,24 @@ def select_rows(pre: jax.Array, m: int, feature_axis: str | None = None) -> Sele
 
 
 def batch_cutoff(top: jax.Array, n_active: int) -> jax.Array:
-    """The ``n_active``-th largest entry of ``top`` (all rows together): BatchTopK's cut."""
-    flat = top.reshape(-1)
-    return jnp.sort(flat)[flat.shape[0] - n_active]
+    """The ``n_active``-th largest of the positive part of ``top`` (all rows): BatchTopK's cut.
+
+    Found exactly by bisection on the bit patterns of the non-negative values (which order like
+    the values): one count over ``top`` per bit, much cheaper on a CPU than sorting it.
+    """
+    v = jnp.where(top > 0, top, 0).reshape(-1)
+    itype = jnp.int64 if v.dtype == jnp.float64 else jnp.int32
+    bits = lax.bitcast_convert_type(v, itype)
+    nbits = jnp.finfo(v.dtype).bits - 1
+
+    def body(_, lohi):
+        lo, hi = lohi
+        mid = lo + (hi - lo) // 2
+        enough = jnp.sum(bits >= mid) >= n_active
+        return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid)
+
+    lo, _ = lax.fori_loop(0, nbits, body, (itype(0), jnp.iinfo(itype).max))
+    return lax.bitcast_convert_type(lo, v.dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -349,9 +459,11 @@ class TopKFamily:
       k: active features per input (per row for TopK, on average over the batch for BatchTopK).
       batch: ``False``: the top ``k`` of each input (TopK); ``True``: the top ``k · batch`` of
         the whole batch (BatchTopK).
-      max_per_row: slots per input of the sparse layout for BatchTopK (an input may hold at most
-        this many of the batch's top ``k · batch``); ``d_sae`` makes the selection exact
-        whatever the batch. Ignored for TopK (``k`` slots).
+      max_per_row: BatchTopK's candidates per input. ``0`` (default): exact: the top ``2k`` of
+        each input are the candidates, and when an input has all of its candidates among the
+        batch's top ``k · batch`` the selection is redone over every feature (``lax.cond``,
+        rare after the first steps). ``m > 0``: a named variant: an input holds at most ``m``
+        of the batch's active codes. Ignored for TopK (``k`` slots).
       levels: Matryoshka prefix widths, increasing, the last ``d_sae`` (``()``: one level).
       aux_k: dead features used by AuxK (clipped to ``d_sae``).
       sparse: sparse custom-VJP path (``True``) or the dense autodiff reference.
@@ -365,9 +477,12 @@ class TopKFamily:
     sparse: bool = True
 
     def slots(self, d_sae: int) -> int:
+        """Slots per input of the per-input layout (TopK: ``k``; BatchTopK: the candidates)."""
         if not self.batch:
             return self.k
-        return min(d_sae, self.max_per_row or 4 * self.k)
+        if self.max_per_row:
+            return min(d_sae, self.max_per_row)
+        return min(d_sae, 2 * self.k) if self.sparse else d_sae
 
 
 class FamilyOutput(NamedTuple):
@@ -420,14 +535,17 @@ def _combine(mine: jax.Array, feature_axis: str | None) -> jax.Array:
     return mine + lax.stop_gradient(psum(mine, feature_axis) - mine)
 
 
-def _select(pre: jax.Array, opts: TopKFamily, feature_axis: str | None) -> Selection:
-    """TopK: per-row top ``k``; BatchTopK: per-row candidates, then the batch's cut."""
-    d_sae = pre.shape[-1] * axis_size(feature_axis)
-    sel = select_rows(pre, opts.slots(d_sae), feature_axis)
+def _select(
+    pre: jax.Array, opts: TopKFamily, feature_axis: str | None, m: int
+) -> tuple[Selection, jax.Array]:
+    """TopK: per-row top ``m = k``. BatchTopK: per-row top ``m`` candidates, then the batch's
+    cut. Also returns whether some input had all ``m`` candidates kept (it may have more)."""
+    sel = select_rows(pre, m, feature_axis)
     if not opts.batch:
-        return sel
+        return sel, jnp.zeros((), jnp.bool_)
     cut = batch_cutoff(sel.top, opts.k * pre.shape[0])
-    return sel._replace(keep=sel.keep & (sel.top >= cut) & (sel.top > 0))
+    kept = (sel.top >= cut) & (sel.top > 0)
+    return sel._replace(keep=sel.keep & kept), jnp.any(kept[:, -1])
 
 
 def _aux_dense_compact(xf, pre, e, dead_mask, aux_k, p, *, cap):
@@ -451,6 +569,77 @@ def _aux_buckets(d_sae: int, aux_k: int) -> tuple[int, ...]:
         caps.append(c)
         c *= 2
     return (*caps, d_sae)
+
+
+class ActiveCodes(NamedTuple):
+    """The active codes of a batch in one of two sparse layouts, with how to use them.
+
+    Per input (TopK, and the dense reference): ``(batch, m)`` slots. Flat (BatchTopK's sparse
+    path): a list of ``k · batch`` (input, feature) pairs, so that the work is ``k`` per input on
+    average whatever the spread of the batch's active codes over its inputs.
+
+    Attributes:
+      local: this device's feature index of each slot/pair.
+      index: the global feature index of each slot/pair.
+      values: ``values(params) -> ReLU'd pre-activations`` of the kept slots (0 elsewhere).
+      decode: ``decode(params, values) -> (batch, d_in)`` this device's partial reconstruction.
+    """
+
+    local: jax.Array
+    index: jax.Array
+    values: Callable[[SAEParams], jax.Array]
+    decode: Callable[[SAEParams, jax.Array], jax.Array]
+
+
+def _active_codes(params, xf, pre, opts: TopKFamily, feature_axis) -> ActiveCodes:
+    """Select the active codes of the batch (``pre`` without gradient) as ``ActiveCodes``."""
+    n, f_local = xf.shape[0], params.d_sae
+    d_sae = f_local * axis_size(feature_axis)
+    m = opts.slots(d_sae)
+
+    if opts.sparse and opts.batch:
+        size = min(opts.k * n, n * m)
+
+        def flat(slots: int) -> tuple[jax.Array, ...]:
+            sel, saturated = _select(lax.stop_gradient(pre), opts, feature_axis, slots)
+            keep = sel.keep.reshape(-1)
+            pos = jnp.nonzero(keep, size=size, fill_value=0)[0]
+            rows = (pos // slots).astype(jnp.int32)
+            count = jnp.sum(keep)
+            return rows, sel.local.reshape(-1)[pos], sel.index.reshape(-1)[pos], count, saturated
+
+        rows, local, index, count, saturated = flat(m)
+        if not opts.max_per_row and m < d_sae:  # exact: redo over every feature if needed
+            rows, local, index, count = lax.cond(
+                saturated, lambda: flat(d_sae)[:4], lambda: (rows, local, index, count)
+            )
+        valid = jnp.arange(size) < count
+
+        def flat_values(p: SAEParams) -> jax.Array:
+            e = encoder_view(p, feature_axis)
+            z = _flat_pre_acts_at(e.W_enc, e.b_enc, e.b_dec, xf, pre, rows, local)
+            return jnp.where(valid, jnp.maximum(z, 0), 0)
+
+        return ActiveCodes(
+            local, index, flat_values, lambda p, v: _flat_decode(p.W_dec, v, rows, local, n)
+        )
+
+    sel, _ = _select(lax.stop_gradient(pre), opts, feature_axis, m)
+
+    def row_values(p: SAEParams) -> jax.Array:
+        if opts.sparse:
+            e = encoder_view(p, feature_axis)
+            z = _pre_acts_at(e.W_enc, e.b_enc, e.b_dec, xf, pre, sel.local)
+        else:
+            z = jnp.take_along_axis(pre, sel.local, axis=1)
+        return jnp.where(sel.keep, jnp.maximum(z, 0), 0)
+
+    def row_decode(p: SAEParams, v: jax.Array) -> jax.Array:
+        if opts.sparse:
+            return _sparse_decode(p.W_dec, v, sel.local)
+        return _dense_codes(v, sel.local, f_local) @ p.W_dec
+
+    return ActiveCodes(sel.local, sel.index, row_values, row_decode)
 
 
 def topk_family_loss(
@@ -497,28 +686,16 @@ def topk_family_loss(
     pre = topk_pre_acts(encoder_view(params, feature_axis), xf)
     if sparse:
         pre = lax.stop_gradient(pre)
-    sel = _select(lax.stop_gradient(pre), opts, feature_axis)
-
-    def pre_at(p: SAEParams, ind: jax.Array) -> jax.Array:  # z at the given indices
-        if sparse:
-            e = encoder_view(p, feature_axis)
-            return _pre_acts_at(e.W_enc, e.b_enc, e.b_dec, xf, pre, ind)
-        return jnp.take_along_axis(pre, ind, axis=1)
-
-    def dec(p: SAEParams, vals: jax.Array, ind: jax.Array) -> jax.Array:  # no bias, local part
-        if sparse:
-            return _sparse_decode(p.W_dec, vals, ind)
-        return _dense_codes(vals, ind, f_local) @ p.W_dec
-
-    values = jnp.where(sel.keep, jnp.maximum(pre_at(params, sel.local), 0), 0)
-    recon = _combine(dec(params, values, sel.local), feature_axis) + params.b_dec[None, :]
+    codes = _active_codes(params, xf, pre, opts, feature_axis)
+    values, index = codes.values(params), codes.index
+    recon = _combine(codes.decode(params, values), feature_axis) + params.b_dec[None, :]
     err = xf - recon
     err2 = jnp.sum(err**2, axis=-1)
     fvu = _fvu(xf, err2)
     loss = fvu
     for w in opts.levels[:-1]:  # the inner Matryoshka prefixes
-        v_w = jnp.where(sel.index < w, values, 0)
-        r_w = _combine(dec(params, v_w, sel.local), feature_axis) + params.b_dec[None, :]
+        v_w = jnp.where(index < w, values, 0)
+        r_w = _combine(codes.decode(params, v_w), feature_axis) + params.b_dec[None, :]
         loss = loss + _fvu(xf, jnp.sum((xf - r_w) ** 2, axis=-1))
 
     zero = jnp.zeros((), xf.dtype)
@@ -536,15 +713,15 @@ def topk_family_loss(
         loss=loss,
         recon=recon_err,
         mse=recon_err / params.d_in,
-        l1=psum(jnp.mean(jnp.sum(values * norms[sel.local], axis=-1)), feature_axis),
-        l0=psum(jnp.mean(jnp.sum(active, axis=-1).astype(xf.dtype)), feature_axis),
+        l1=psum(jnp.sum(values * norms[codes.local]) / xf.shape[0], feature_axis),
+        l0=psum(jnp.sum(active).astype(xf.dtype) / xf.shape[0], feature_axis),
         fvu=fvu,
         explained_variance=1.0 - fvu,
         dec_norm=pmean(jnp.mean(norms), feature_axis),
         auxk=auxk,
         num_dead=num_dead,
     )
-    fired = jnp.zeros((f_local,), jnp.bool_).at[sel.local.reshape(-1)].max(active.reshape(-1))
+    fired = jnp.zeros((f_local,), jnp.bool_).at[codes.local.reshape(-1)].max(active.reshape(-1))
     min_active = jnp.min(jnp.where(active, lax.stop_gradient(values), jnp.inf))
     return loss, FamilyOutput(metrics, fired, min_active)
 
