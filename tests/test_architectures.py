@@ -299,3 +299,30 @@ def test_jumprelu_export_round_trip(tmp_path, x):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(arch.from_inference(loaded).threshold, p.threshold, rtol=1e-12)
     np.testing.assert_array_equal(arch.encode(loaded, x), arch.forward(inference, x).codes)
+
+
+@pytest.mark.parametrize("name", ["l1", "topk", "batchtopk", "jumprelu"])
+def test_saelens_own_loader_reads_our_exports(tmp_path, x, name):
+    """SAELens' ``SAE.load_from_disk`` reads each export and encodes/decodes as jaxsae does;
+    its own ``save_model`` output reads back here (skipped without sae-lens)."""
+    sae_lens = pytest.importorskip("sae_lens")
+    torch = pytest.importorskip("torch")
+    arch = architecture(name, **({"k": K} if "topk" in name else {}))
+    p = arch.init(jax.random.PRNGKey(2), D, F, dtype=jnp.float32)
+    if p.threshold is not None:  # thresholds some pre-activations pass and some do not
+        p = p._replace(threshold=jnp.full((F,), 0.05 if name == "batchtopk" else np.log(0.05)))
+    inference = arch.to_inference(p)
+    save_saelens(tmp_path / "ours", inference, saelens_fields(arch))
+    sae = sae_lens.SAE.load_from_disk(str(tmp_path / "ours"), device="cpu")
+    xs = np.asarray(x, np.float32) * 0.3
+    inference_arch = saelens_architecture(load_saelens(tmp_path / "ours")[1])
+    with torch.no_grad():
+        codes = sae.encode(torch.from_numpy(xs)).numpy()
+        recon = sae.decode(torch.from_numpy(codes)).numpy()
+    np.testing.assert_allclose(codes, inference_arch.encode(inference, jnp.asarray(xs)), atol=1e-5)
+    np.testing.assert_allclose(
+        recon, inference_arch.forward(inference, jnp.asarray(xs)).recon, atol=1e-5
+    )
+    sae.save_model(str(tmp_path / "theirs"))
+    back, _ = load_saelens(tmp_path / "theirs")
+    np.testing.assert_allclose(inference_arch.encode(back, jnp.asarray(xs)), codes, atol=1e-5)
