@@ -67,6 +67,7 @@ __all__ = [
     "Selection",
     "select_rows",
     "batch_cutoff",
+    "nth_largest_positive",
     "topk_family_loss",
     "check_dead_mask",
     "encoder_view",
@@ -426,13 +427,16 @@ def select_rows(pre: jax.Array, m: int, feature_axis: str | None = None) -> Sele
     return Selection(top, jnp.where(mine, index - off, 0), mine, index)
 
 
-def batch_cutoff(top: jax.Array, n_active: int) -> jax.Array:
-    """The ``n_active``-th largest of the positive part of ``top`` (all rows): BatchTopK's cut.
+def nth_largest_positive(v: jax.Array, n: int, *, per_row: bool = False) -> jax.Array:
+    """The ``n``-th largest of the positive part of ``v`` (``0`` if fewer are positive).
 
-    Found exactly by bisection on the bit patterns of the non-negative values (which order like
-    the values): one count over ``top`` per bit, much cheaper on a CPU than sorting it.
+    Over all of ``v``, or over each row of a 2-D ``v`` (``per_row``). Found exactly by
+    bisection on the bit patterns of the non-negative values, which order like the values: one
+    count per bit, much cheaper on a CPU than ``lax.top_k`` or a sort when ``n`` is large.
     """
-    v = jnp.where(top > 0, top, 0).reshape(-1)
+    v = jnp.where(v > 0, v, 0)
+    if not per_row:
+        v = v.reshape(1, -1)
     itype = jnp.int64 if v.dtype == jnp.float64 else jnp.int32
     bits = lax.bitcast_convert_type(v, itype)
     nbits = jnp.finfo(v.dtype).bits - 1
@@ -440,11 +444,19 @@ def batch_cutoff(top: jax.Array, n_active: int) -> jax.Array:
     def body(_, lohi):
         lo, hi = lohi
         mid = lo + (hi - lo) // 2
-        enough = jnp.sum(bits >= mid) >= n_active
+        enough = jnp.sum(bits >= mid[:, None], axis=1) >= n
         return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid)
 
-    lo, _ = lax.fori_loop(0, nbits, body, (itype(0), jnp.iinfo(itype).max))
-    return lax.bitcast_convert_type(lo, v.dtype)
+    rows = v.shape[0]
+    start = (jnp.zeros((rows,), itype), jnp.full((rows,), jnp.iinfo(itype).max, itype))
+    lo, _ = lax.fori_loop(0, nbits, body, start)
+    out = lax.bitcast_convert_type(lo, v.dtype)
+    return out if per_row else out[0]
+
+
+def batch_cutoff(top: jax.Array, n_active: int) -> jax.Array:
+    """The ``n_active``-th largest positive entry of ``top`` (all rows): BatchTopK's cut."""
+    return nth_largest_positive(top, n_active)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -552,10 +564,12 @@ def _aux_dense_compact(xf, pre, e, dead_mask, aux_k, p, *, cap):
     """AuxK on the first ``cap`` dead features, gathered into a dense ``(batch, cap)`` block."""
     dead_idx = jnp.nonzero(dead_mask, size=cap, fill_value=0)[0]
     valid = jnp.arange(cap) < jnp.sum(dead_mask)
-    z_stop = jnp.where(valid[None, :], jnp.take(pre, dead_idx, axis=1), -jnp.inf)
-    _, pos = lax.top_k(z_stop, min(aux_k, cap))
-    rows = jnp.arange(xf.shape[0])[:, None]
-    chosen = jnp.zeros(z_stop.shape, jnp.bool_).at[rows, pos].set(True) & valid[None, :]
+    z_stop = jnp.where(valid[None, :], jnp.take(pre, dead_idx, axis=1), 0)
+    if aux_k >= cap:  # every dead feature is among the aux_k largest
+        chosen = jnp.broadcast_to(valid[None, :], z_stop.shape)
+    else:  # the aux_k largest (only positive ones matter: the codes are ReLU'd)
+        cut = nth_largest_positive(z_stop, aux_k, per_row=True)
+        chosen = valid[None, :] & (z_stop >= cut[:, None])
     z = (xf - p.b_dec[None, :]) @ jnp.take(p.W_enc, dead_idx, axis=1) + p.b_enc[dead_idx][None, :]
     codes = jnp.where(chosen, jnp.maximum(z, 0), 0)
     aux_err2 = jnp.sum((e - codes @ jnp.take(p.W_dec, dead_idx, axis=0)) ** 2, axis=-1)
@@ -726,6 +740,38 @@ def topk_family_loss(
     return loss, FamilyOutput(metrics, fired, min_active)
 
 
+def _switched_auxk(p, xf, pre, e, dead_mask, which, aux_k, caps):
+    """``lax.switch`` over the dead-feature blocks, differentiated inside the chosen branch.
+
+    Differentiating through ``lax.switch`` would carry every branch's residuals (the union of
+    their types, zero-filled in the branches not taken); instead each branch returns its value
+    and its gradient, and the custom VJP scales that gradient by the cotangent.
+    """
+    def branches(xf, pre, e, dead_mask):
+        def nobody(q: SAEParams):
+            zero = jnp.zeros((), jnp.result_type(xf, q.W_dec))
+            return zero, jax.tree.map(jnp.zeros_like, q)
+
+        args = (xf, pre, e, dead_mask, aux_k)
+        return [nobody] + [
+            jax.value_and_grad(partial(_aux_dense_compact, *args, cap=c)) for c in caps
+        ]
+
+    @jax.custom_vjp
+    def auxk(q, xf, pre, e, dead_mask, which):
+        return lax.switch(which, branches(xf, pre, e, dead_mask), q)[0]
+
+    def fwd(q, xf, pre, e, dead_mask, which):
+        return lax.switch(which, branches(xf, pre, e, dead_mask), q)
+
+    def bwd(grads, g):
+        scaled = jax.tree.map(lambda t: (t * g).astype(t.dtype), grads)
+        return scaled, None, None, None, None, None
+
+    auxk.defvjp(fwd, bwd)
+    return auxk(p, xf, pre, e, dead_mask, which)
+
+
 def _auxk(p, xf, pre, e, dead_mask, opts, feature_axis):
     """AuxK: ``fvu(e, ê)`` from the ``aux_k`` largest dead pre-activations (0 with none dead)."""
     f_local = p.d_sae
@@ -735,11 +781,9 @@ def _auxk(p, xf, pre, e, dead_mask, opts, feature_axis):
     num_dead = psum(jnp.sum(dead_mask), feature_axis)
     if opts.sparse and axis_size(feature_axis) == 1:
         caps = _aux_buckets(d_sae, aux_k)
-        args = (xf, pre, e, dead_mask, aux_k)
-        branches = [lambda q: zero] + [partial(_aux_dense_compact, *args, cap=c) for c in caps]
         # branch 0: nobody dead (skipped at run time); then the smallest block that holds them
         which = jnp.where(num_dead == 0, 0, 1 + jnp.searchsorted(jnp.asarray(caps), num_dead))
-        return lax.switch(which, branches, p)
+        return _switched_auxk(p, xf, pre, e, dead_mask, which, aux_k, caps)
 
     def aux_loss(q: SAEParams) -> jax.Array:
         dead_pre = jnp.where(dead_mask[None, :], lax.stop_gradient(pre), -jnp.inf)
