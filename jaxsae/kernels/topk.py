@@ -427,10 +427,13 @@ def select_rows(pre: jax.Array, m: int, feature_axis: str | None = None) -> Sele
     return Selection(top, jnp.where(mine, index - off, 0), mine, index)
 
 
-def nth_largest_positive(v: jax.Array, n: int, *, per_row: bool = False) -> jax.Array:
+def nth_largest_positive(
+    v: jax.Array, n: int, *, per_row: bool = False, axis_name: str | None = None
+) -> jax.Array:
     """The ``n``-th largest of the positive part of ``v`` (``0`` if fewer are positive).
 
-    Over all of ``v``, or over each row of a 2-D ``v`` (``per_row``). Found exactly by
+    Over all of ``v``, or over each row of a 2-D ``v`` (``per_row``), and over every device's
+    ``v`` along the mesh axis ``axis_name`` (counts summed with ``psum``). Found exactly by
     bisection on the bit patterns of the non-negative values, which order like the values: one
     count per bit, much cheaper on a CPU than ``lax.top_k`` or a sort when ``n`` is large.
     """
@@ -444,7 +447,7 @@ def nth_largest_positive(v: jax.Array, n: int, *, per_row: bool = False) -> jax.
     def body(_, lohi):
         lo, hi = lohi
         mid = lo + (hi - lo) // 2
-        enough = jnp.sum(bits >= mid[:, None], axis=1) >= n
+        enough = psum(jnp.sum(bits >= mid[:, None], axis=1), axis_name) >= n
         return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid)
 
     rows = v.shape[0]
@@ -473,9 +476,9 @@ class TopKFamily:
         the whole batch (BatchTopK).
       max_per_row: BatchTopK's candidates per input. ``0`` (default): exact: the top ``2k`` of
         each input are the candidates, and when an input has all of its candidates among the
-        batch's top ``k · batch`` the selection is redone over every feature (``lax.cond``,
-        rare after the first steps). ``m > 0``: a named variant: an input holds at most ``m``
-        of the batch's active codes. Ignored for TopK (``k`` slots).
+        batch's top ``k · batch`` the cut is found over every feature instead (``lax.cond``;
+        a bisection over the whole ``(batch, d_sae)`` block, no sort). ``m > 0``: a named
+        variant: an input holds at most ``m`` of the batch's active codes. Ignored for TopK (``k`` slots).
       levels: Matryoshka prefix widths, increasing, the last ``d_sae`` (``()``: one level).
       aux_k: dead features used by AuxK (clipped to ``d_sae``).
       sparse: sparse custom-VJP path (``True``) or the dense autodiff reference.
@@ -622,10 +625,19 @@ def _active_codes(params, xf, pre, opts: TopKFamily, feature_axis) -> ActiveCode
             count = jnp.sum(keep)
             return rows, sel.local.reshape(-1)[pos], sel.index.reshape(-1)[pos], count, saturated
 
+        def exact() -> tuple[jax.Array, ...]:  # the batch's cut over every feature
+            stop = lax.stop_gradient(pre)
+            cut = nth_largest_positive(stop, opts.k * n, axis_name=feature_axis)
+            keep = ((stop >= cut) & (stop > 0)).reshape(-1)
+            pos = jnp.nonzero(keep, size=size, fill_value=0)[0]
+            local = (pos % f_local).astype(jnp.int32)
+            offset = axis_index(feature_axis) * f_local
+            return (pos // f_local).astype(jnp.int32), local, local + offset, jnp.sum(keep)
+
         rows, local, index, count, saturated = flat(m)
         if not opts.max_per_row and m < d_sae:  # exact: redo over every feature if needed
             rows, local, index, count = lax.cond(
-                saturated, lambda: flat(d_sae)[:4], lambda: (rows, local, index, count)
+                saturated, exact, lambda: (rows, local, index, count)
             )
         valid = jnp.arange(size) < count
 
