@@ -478,7 +478,8 @@ class TopKFamily:
         each input are the candidates, and when an input has all of its candidates among the
         batch's top ``k · batch`` the cut is found over every feature instead (``lax.cond``;
         a bisection over the whole ``(batch, d_sae)`` block, no sort). ``m > 0``: a named
-        variant: an input holds at most ``m`` of the batch's active codes. Ignored for TopK (``k`` slots).
+        variant: an input holds at most ``m`` of the batch's active codes. Ignored for TopK
+        (``k`` slots).
       levels: Matryoshka prefix widths, increasing, the last ``d_sae`` (``()``: one level).
       aux_k: dead features used by AuxK (clipped to ``d_sae``).
       sparse: sparse custom-VJP path (``True``) or the dense autodiff reference.
