@@ -760,6 +760,7 @@ def _switched_auxk(p, xf, pre, e, dead_mask, which, aux_k, caps):
     their types, zero-filled in the branches not taken); instead each branch returns its value
     and its gradient, and the custom VJP scales that gradient by the cotangent.
     """
+
     def branches(xf, pre, e, dead_mask):
         def nobody(q: SAEParams):
             zero = jnp.zeros((), jnp.result_type(xf, q.W_dec))
