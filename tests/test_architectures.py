@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jaxsae.interpret.topk import sae_featurizer
 from jaxsae.kernels.architectures import (
     LossContext,
     architecture,
@@ -299,6 +300,8 @@ def test_jumprelu_export_round_trip(tmp_path, x):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(arch.from_inference(loaded).threshold, p.threshold, rtol=1e-12)
     np.testing.assert_array_equal(arch.encode(loaded, x), arch.forward(inference, x).codes)
+    feat = sae_featurizer(loaded, architecture=saelens_architecture(scfg))
+    np.testing.assert_array_equal(feat.apply(feat.params, x), arch.encode(loaded, x))
 
 
 @pytest.mark.parametrize("name", ["l1", "topk", "batchtopk", "jumprelu"])
