@@ -6,8 +6,14 @@ each datum a sparse non-negative combination of ``avg_active`` of them on averag
 (normalisation, sharded step, checkpoints) and scored by the fraction of true features whose
 best decoder row has cosine ≥ 0.9 (``jaxsae.kernels.recovery.feature_recovery``).
 
+Every architecture of the registry can be trained (``--archs``); the TopK family gets
+``k = round(avg_active)`` (the true L0), L1 and JumpReLU their sparsity coefficients
+(``--l1-coeff``, ``--l0-coeff``), and a table compares L0, FVU and recovery (matched L0 means
+the architectures' L0 is reported next to their recovery).
+
     python benchmarks/recovery.py                     # d_in=64, 512 features, 1024 latents
     python benchmarks/recovery.py --d-in 128 --n-features 1024 --steps 4000
+    python benchmarks/recovery.py --archs l1,topk,batchtopk,matryoshka_batchtopk,jumprelu
 """
 
 from __future__ import annotations
@@ -38,6 +44,10 @@ def main() -> None:
     p.add_argument("--l1-coeff", type=float, default=3.0)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--archs", default="l1", help="comma-separated architectures (default l1)")
+    p.add_argument("--l0-coeff", type=float, default=1.0, help="JumpReLU's λ (default 1)")
+    p.add_argument("--init-threshold", type=float, default=1e-3, help="JumpReLU's initial θ")
+    p.add_argument("--bandwidth", type=float, default=1e-3, help="JumpReLU's ε")
     args = p.parse_args()
 
     print(machine_line())
@@ -49,19 +59,38 @@ def main() -> None:
         avg_active=args.avg_active,
     )
     X = np.asarray(data.X)
+    rows = []
+    for arch in args.archs.split(","):
+        rows.append((arch, *run_one(args, arch, X, data.true_features)))
+    print(f"\n{'architecture':<22}{'L0':>7}{'FVU':>8}{'recovered@0.9':>15}{'mean max cos':>14}")
+    for arch, l0, fvu, frac, cos in rows:
+        print(f"{arch:<22}{l0:>7.1f}{fvu:>8.3f}{frac:>15.1%}{cos:>14.4f}")
+
+
+def run_one(args: argparse.Namespace, arch: str, X: np.ndarray, true_features) -> tuple:
+    """Train one architecture; return ``(L0, FVU, recovered fraction, mean max cosine)``."""
+    d_sae = args.expansion * args.n_features
+    extra = {}
+    if arch == "matryoshka_batchtopk":
+        extra["matryoshka_widths"] = (d_sae // 8, d_sae // 4, d_sae // 2, d_sae)
     cfg = TrainConfig(
         d_in=args.d_in,
-        d_sae=args.expansion * args.n_features,
+        d_sae=d_sae,
+        arch=arch,
+        k=max(1, round(args.avg_active)),
         total_steps=args.steps,
         batch_size=args.batch_size,
-        l1_coeff=args.l1_coeff,
+        l1_coeff=args.l0_coeff if arch == "jumprelu" else args.l1_coeff,
         lr=args.lr,
         seed=args.seed,
+        init_threshold=args.init_threshold,
+        bandwidth=args.bandwidth,
+        **extra,
     )
     print(
-        f"d_in={cfg.d_in} n_features={args.n_features} d_sae={cfg.d_sae} "
+        f"{arch}: d_in={cfg.d_in} n_features={args.n_features} d_sae={cfg.d_sae} "
         f"avg_active={args.avg_active} rows={args.rows} steps={cfg.total_steps} "
-        f"batch={cfg.batch_size} l1_coeff={cfg.l1_coeff} lr={cfg.lr}"
+        f"batch={cfg.batch_size} coeff={cfg.l1_coeff} k={cfg.k} lr={cfg.lr}"
     )
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
@@ -72,23 +101,20 @@ def main() -> None:
             log_every=max(1, cfg.total_steps // 10),
             checkpoint_every=cfg.total_steps,
             export=False,
+            progress=False,
         )
         seconds = time.perf_counter() - t0
     last = history[-1]
     print(
-        f"trained in {seconds:.1f} s ({cfg.total_steps * cfg.batch_size / seconds:,.0f} tokens/s "
-        f"incl. compilation): L0 {last['l0']:.1f}  FVU {last['fvu']:.3f}  "
+        f"  trained in {seconds:.1f} s ({cfg.total_steps * cfg.batch_size / seconds:,.0f} "
+        f"tokens/s incl. compilation): L0 {last['l0']:.1f}  FVU {last['fvu']:.3f}  "
         f"dead {last['dead_frac']:.1%}"
     )
-    print("threshold  recovered")
     for thr in (0.7, 0.8, 0.9, 0.95, 0.99):
-        rec = feature_recovery(data.true_features, params.W_dec, threshold=thr)
-        print(f"  {thr:<8} {float(rec.fraction):.1%}")
-    rec = feature_recovery(data.true_features, params.W_dec, threshold=0.9)
-    print(
-        f"mean max cosine {float(rec.mean_max_cosine):.4f}; "
-        f"recovered at cosine >= 0.9: {float(rec.fraction):.1%} of {args.n_features} features"
-    )
+        rec = feature_recovery(true_features, params.W_dec, threshold=thr)
+        print(f"  cos >= {thr:<5} {float(rec.fraction):.1%}")
+    rec = feature_recovery(true_features, params.W_dec, threshold=0.9)
+    return last["l0"], last["fvu"], float(rec.fraction), float(rec.mean_max_cosine)
 
 
 if __name__ == "__main__":

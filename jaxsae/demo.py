@@ -509,6 +509,7 @@ def run(args: argparse.Namespace) -> int:
     # -- 5. interpretation ----------------------------------------------------------------
     t = time.perf_counter()
     from jaxsae.interpret.analysis import AnalysisConfig, analyse
+    from jaxsae.kernels.architectures import from_config
 
     key = {
         "run": run_dir.name,
@@ -546,6 +547,7 @@ def run(args: argparse.Namespace) -> int:
             amortisation=amort,
             model=model,
             faithfulness=_faithfulness_hook(model, train_store),
+            architecture=from_config(cfg),
             log=_say,
             key=key,
         )

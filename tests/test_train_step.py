@@ -43,7 +43,7 @@ def step_l1():
     "kw, match",
     [
         (dict(l1_coeff=-1.0), "l1_coeff"),
-        (dict(arch="jumprelu"), "arch"),
+        (dict(arch="gated"), "arch"),
         (dict(d_sae=0), "d_sae"),
         (dict(lr=0.0), "lr"),
         (dict(lr_decay_frac=1.5), "lr_decay_frac"),

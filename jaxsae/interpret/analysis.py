@@ -194,6 +194,8 @@ class FaithfulnessInputs(NamedTuple):
         has none (the hook then reports only what needs no model).
       layer: the hidden-state index the store holds (``None`` if unknown).
       out_dir: the analysis' output folder (for plots the hook may write).
+      featurizer: the SAE's encoder as the analysis reads it (its architecture's inference
+        encoder on raw activations).
     """
 
     store: Any
@@ -202,6 +204,7 @@ class FaithfulnessInputs(NamedTuple):
     model: Any
     layer: int | None
     out_dir: Path
+    featurizer: Featurizer
 
 
 def _tqdm(desc: str, total: int | None, enabled: bool) -> Callable:
@@ -240,12 +243,18 @@ def domain_split(proteins: Sequence[Mapping[str, Any]], split: np.ndarray) -> np
 
 
 def build_featurizers(
-    store: Any, params: Any, proteins: list[dict], cfg: AnalysisConfig, pca_source: Any = None
+    store: Any,
+    params: Any,
+    proteins: list[dict],
+    cfg: AnalysisConfig,
+    pca_source: Any = None,
+    architecture: Any = None,
 ) -> tuple[dict[str, Featurizer], Any]:
     """``({"SAE", "neurons", "PCA"}: Featurizer, PCAResult)``.
 
-    PCA is fitted on ``pca_source`` (e.g. the training store), else on the training proteins
-    of ``store``, else on all its rows.
+    The SAE is encoded by ``architecture`` (``None``: the L1 SAE; see ``sae_featurizer``). PCA
+    is fitted on ``pca_source`` (e.g. the training store), else on the training proteins of
+    ``store``, else on all its rows.
     """
     if pca_source is not None:
         sample = sample_rows(pca_source, None, split=None, max_rows=cfg.pca_rows)
@@ -256,7 +265,7 @@ def build_featurizers(
             sample = sample_rows(store, None, split=None, max_rows=cfg.pca_rows)
     pca = fit_pca(sample, min(store.d, sample.shape[0]))
     featurizers = {
-        "SAE": sae_featurizer(params),
+        "SAE": sae_featurizer(params, architecture=architecture),
         "neurons": neuron_featurizer(store.mean),
         "PCA": pca_featurizer(pca),
     }
@@ -350,6 +359,7 @@ def fista_baseline(
     store: Any,
     proteins: list[dict],
     params: Any,
+    sae: Featurizer,
     concepts: ConceptSets,
     cfg: AnalysisConfig,
     log: Callable = print,
@@ -373,7 +383,7 @@ def fista_baseline(
     sub = (store.take(rows), index)
     small = dataclasses.replace(cfg, chunk_size=min(cfg.chunk_size, 1024), progress=False)
     feats = {
-        "SAE (FISTA subset)": sae_featurizer(params),
+        "SAE (FISTA subset)": sae,
         "FISTA": fista_featurizer(params, cfg.l1_coeff),
     }
     log(f"[interpret] FISTA baseline: {len(keep)} proteins, {len(rows)} residues")
@@ -754,6 +764,7 @@ def analyse(
     amortisation: Mapping[str, float] | None = None,
     model: Any = None,
     faithfulness: Callable[[FaithfulnessInputs], Mapping[str, Any]] | None = None,
+    architecture: Any = None,
     log: Callable = print,
     key: Mapping[str, Any] | None = None,
     **options: Any,
@@ -773,6 +784,8 @@ def analyse(
       model: ``(config, params)`` of the protein language model, passed to ``faithfulness``.
       faithfulness: optional stage ``hook(FaithfulnessInputs) -> dict`` (see
         ``faithfulness_stage``).
+      architecture: the SAE's ``Architecture`` (``saelens_architecture(cfg)`` of a loaded
+        SAELens export, ``from_config(cfg)`` of a training run; ``None``: the L1 SAE).
       log: where stage messages go (``print`` or a no-op).
       key: JSON-serialisable description of the inputs, stored in ``summary.json``.
 
@@ -791,14 +804,15 @@ def analyse(
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     proteins = with_splits(store.proteins)
-    featurizers, pca = build_featurizers(store, params, proteins, cfg, pca_source)
+    featurizers, pca = build_featurizers(store, params, proteins, cfg, pca_source, architecture)
     stats = compute_statistics(store, featurizers, cfg, log)
     concepts = build_concept_sets(proteins, cfg)
     scored = score_concepts(store, proteins, featurizers, stats, concepts, cfg, log)
-    scored.update(fista_baseline(store, proteins, params, concepts, cfg, log))
+    sae = featurizers["SAE"]
+    scored.update(fista_baseline(store, proteins, params, sae, concepts, cfg, log))
     layer = dict(getattr(store, "meta", None) or {}).get("layer")
     faith = faithfulness_stage(
-        faithfulness, FaithfulnessInputs(store, params, proteins, model, layer, out), log
+        faithfulness, FaithfulnessInputs(store, params, proteins, model, layer, out, sae), log
     )
     extras = {
         "pca": pca,

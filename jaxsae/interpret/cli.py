@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     from jaxsae.data.store import open_store
     from jaxsae.errors import check_output_dir
     from jaxsae.interpret.analysis import AnalysisConfig, analyse
-    from jaxsae.models.saelens import load_saelens
+    from jaxsae.models.saelens import load_saelens, saelens_architecture
     from jaxsae.training.metrics_log import read_metrics
 
     check_output_dir(args.out, "--out")
@@ -166,7 +166,14 @@ def run(args: argparse.Namespace) -> int:
     )
     model, hook = _faithfulness(args, store)
     result = analyse(
-        store, params, args.out, config=config, metrics=metrics, model=model, faithfulness=hook
+        store,
+        params,
+        args.out,
+        config=config,
+        metrics=metrics,
+        model=model,
+        faithfulness=hook,
+        architecture=saelens_architecture(loaded[1]),
     )
     print(result.console)
     print(f"\nreport: {result.report}\nsummary: {result.summary_path}")

@@ -674,14 +674,13 @@ def analysis_hook(
         raise ValueError(f"max_proteins: expected > 0, found {max_proteins}")
 
     def hook(inputs: Any) -> dict[str, Any]:
-        from jaxsae.interpret.topk import sae_featurizer
         from jaxsae.kernels.sae import decode
 
         store, params = inputs.store, inputs.params
         test = [i for i, p in enumerate(inputs.proteins) if p.get("split") == "test"]
         chosen = (test or list(range(store.num_proteins)))[:max_proteins]
         X = store.take(np.concatenate([store.positions_of(i) for i in chosen]))
-        feat = sae_featurizer(params)
+        feat = inputs.featurizer
         encode = jax.jit(functools.partial(feat.apply, feat.params))
         dec = jax.jit(functools.partial(decode, params))
         mu = store.mean if mean is None else mean

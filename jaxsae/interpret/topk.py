@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsae.kernels._checks import check_array
-from jaxsae.kernels.sae import SAEParams, encode
+from jaxsae.kernels.architectures import Architecture, inference_architecture
+from jaxsae.kernels.sae import SAEParams
 
 __all__ = [
     "Featurizer",
@@ -50,10 +51,16 @@ class Featurizer(NamedTuple):
     labels: tuple[str, ...]
 
 
-def _sae_apply(params: dict, x: jax.Array) -> jax.Array:
-    sae = params["sae"]
-    x = (x.astype(sae.W_enc.dtype) - params["mean"][None, :]) * params["scale"]
-    return encode(sae, x)[0]
+@functools.cache
+def _sae_apply(arch: Architecture) -> Callable[[dict, jax.Array], jax.Array]:
+    """The featurizer function of ``arch`` (one function object per architecture)."""
+
+    def apply(params: dict, x: jax.Array) -> jax.Array:
+        sae = params["sae"]
+        x = (x.astype(sae.W_enc.dtype) - params["mean"][None, :]) * params["scale"]
+        return arch.encode(sae, x)
+
+    return apply
 
 
 def sae_featurizer(
@@ -62,25 +69,31 @@ def sae_featurizer(
     mean: Any = None,
     scale: float = 1.0,
     name: str = "SAE",
+    architecture: Architecture | None = None,
 ) -> Featurizer:
     """The SAE encoder as a featurizer with ``d_sae`` features.
 
-    ``f(x) = ReLU(((x − mean) · scale) W_enc + b_enc)``: give the input normalisation the SAE
-    was trained with (``jaxsae.data.loader.Normalisation``'s ``mean`` and ``scale``).
+    ``f(x) = encode(params, (x − mean) · scale)``: the architecture's inference encoder
+    (default the L1 SAE's ``ReLU(x W_enc + b_enc)``); give the input normalisation the SAE was
+    trained with (``jaxsae.data.loader.Normalisation``'s ``mean`` and ``scale``).
 
     Args:
-      params: the SAE.
+      params: the SAE in its architecture's inference form (as ``load_saelens`` or
+        ``jaxsae.training.train`` return it).
       mean: ``(d_in,)`` offset subtracted from the activations (default none).
       scale: factor applied after centring (default 1).
       name: name for tables.
+      architecture: the ``Architecture`` (``saelens_architecture(cfg)`` for a loaded SAELens
+        file, ``from_config(cfg)`` for a trained one); ``None``: the L1 SAE.
     """
+    arch = architecture if architecture is not None else inference_architecture("standard")
     dtype = params.W_enc.dtype
     mu = jnp.zeros((params.d_in,), dtype) if mean is None else jnp.asarray(mean, dtype)
     if mu.shape != (params.d_in,):
         raise ValueError(f"mean: expected shape ({params.d_in},), found {tuple(mu.shape)}")
     return Featurizer(
         name=name,
-        apply=_sae_apply,
+        apply=_sae_apply(arch),
         params={"sae": params, "mean": mu, "scale": jnp.asarray(scale, dtype)},
         num_features=int(params.d_sae),
         labels=tuple(f"f{i}" for i in range(params.d_sae)),

@@ -1,6 +1,21 @@
 """Pure, jittable maths: proximal operators, lasso solvers and SAE kernels."""
 
 from jaxsae.kernels.amortisation import AmortisationGap, amortisation_gap, optimal_codes
+from jaxsae.kernels.architectures import (  # noqa: E402  (after topk: registers built-ins)
+    Architecture,
+    LossContext,
+    LossOutput,
+    architecture,
+    architecture_names,
+    from_config,
+    inference_architecture,
+    register,
+)
+from jaxsae.kernels.batchtopk import (  # noqa: E402
+    batchtopk_architecture,
+    matryoshka_batchtopk_architecture,
+)
+from jaxsae.kernels.jumprelu import jumprelu_architecture, jumprelu_loss  # noqa: E402
 from jaxsae.kernels.lasso import duality_gap, lasso_objective, lipschitz_constant
 from jaxsae.kernels.prox import nonneg_soft_threshold, prox_l1, soft_threshold
 from jaxsae.kernels.recovery import FeatureRecovery, feature_recovery, max_cosines
@@ -39,6 +54,18 @@ from jaxsae.kernels.topk import (
 )
 
 __all__ = [
+    "Architecture",
+    "LossContext",
+    "LossOutput",
+    "architecture",
+    "architecture_names",
+    "batchtopk_architecture",
+    "from_config",
+    "inference_architecture",
+    "jumprelu_architecture",
+    "jumprelu_loss",
+    "matryoshka_batchtopk_architecture",
+    "register",
     "AmortisationGap",
     "FeatureRecovery",
     "SAEMetrics",

@@ -32,6 +32,9 @@ __all__ = [
     "decode",
     "forward",
     "sae_loss",
+    "sae_loss_from_parts",
+    "reconstruction_metrics",
+    "bias_row",
     "decoder_norms",
     "check_inputs",
     "check_params",
@@ -49,12 +52,17 @@ class SAEParams(NamedTuple):
       b_enc: ``(d_sae,)`` encoder bias (minus the per-feature threshold).
       W_dec: ``(d_sae, d_in)`` decoder; row ``i`` is feature ``i``'s direction.
       b_dec: ``(d_in,)`` decoder bias.
+      threshold: ``(d_sae,)`` per-feature threshold of the architectures that have one
+        (JumpReLU ``θ``, or its logarithm in JumpReLU's training form; BatchTopK's running
+        global threshold, the same in every entry), ``None`` for the others. ``None`` is an
+        empty pytree node, so the leaves of an L1 or TopK SAE are the four arrays above.
     """
 
     W_enc: jax.Array
     b_enc: jax.Array
     W_dec: jax.Array
     b_dec: jax.Array
+    threshold: jax.Array | None = None
 
     @property
     def d_in(self) -> int:
@@ -91,6 +99,9 @@ class SAEMetrics(NamedTuple):
       fvu: fraction of variance unexplained, ``Σ‖x − x̂‖² / Σ‖x − mean(x)‖²``.
       explained_variance: ``1 − fvu``.
       dec_norm: mean decoder row norm.
+      auxk: the dead-feature auxiliary loss before its coefficient (TopK family: AuxK; JumpReLU:
+        the pre-activation loss), 0 where the architecture has none or no feature is dead.
+      num_dead: number of features flagged dead in the dead mask given to the loss (0 without).
     """
 
     loss: jax.Array
@@ -101,6 +112,8 @@ class SAEMetrics(NamedTuple):
     fvu: jax.Array
     explained_variance: jax.Array
     dec_norm: jax.Array
+    auxk: jax.Array
+    num_dead: jax.Array
 
 
 def init_params(
@@ -163,6 +176,8 @@ def check_inputs(params: SAEParams, x: ArrayLike, *, name: str = "x") -> jax.Arr
 def check_params(params: SAEParams, d_in: int, d_sae: int) -> SAEParams:
     """Raise unless ``params`` has the shapes of an SAE with ``d_in`` inputs, ``d_sae`` features."""
     want = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+    if params.threshold is not None:
+        want["threshold"] = (d_sae,)
     found = {n: tuple(jnp.shape(getattr(params, n))) for n in want}
     bad = {n: s for n, s in found.items() if s != want[n]}
     if bad:
@@ -172,7 +187,7 @@ def check_params(params: SAEParams, d_in: int, d_sae: int) -> SAEParams:
     return params
 
 
-def _row(b: jax.Array, like: jax.Array) -> jax.Array:
+def bias_row(b: jax.Array, like: jax.Array) -> jax.Array:
     """A bias ``(n,)`` reshaped to broadcast explicitly against ``like (..., n)``."""
     return b.reshape((1,) * (like.ndim - 1) + b.shape)
 
@@ -193,14 +208,14 @@ def encode(params: SAEParams, x: jax.Array) -> tuple[jax.Array, jax.Array]:
       ``(codes, pre_acts)``, both ``(..., d_sae)``.
     """
     pre = x @ params.W_enc
-    pre = pre + _row(params.b_enc, pre)
+    pre = pre + bias_row(params.b_enc, pre)
     return nonneg_soft_threshold(pre, 0.0), pre
 
 
 def decode(params: SAEParams, codes: jax.Array) -> jax.Array:
     """Decoder ``x̂ = f W_dec + b_dec``: ``(..., d_sae) → (..., d_in)``."""
     out = codes @ params.W_dec
-    return out + _row(params.b_dec, out)
+    return out + bias_row(params.b_dec, out)
 
 
 def forward(params: SAEParams, x: jax.Array) -> SAEOutput:
@@ -274,6 +289,7 @@ def sae_loss_from_parts(
     l1 = jnp.mean(codes @ norms)
     recon_err, l0, fvu = reconstruction_metrics(x, recon, codes)
     loss = recon_err + l1_coeff * l1
+    zero = jnp.zeros((), recon_err.dtype)
     metrics = SAEMetrics(
         loss=loss,
         recon=recon_err,
@@ -283,6 +299,8 @@ def sae_loss_from_parts(
         fvu=fvu,
         explained_variance=1.0 - fvu,
         dec_norm=jnp.mean(norms),
+        auxk=zero,
+        num_dead=zero,
     )
     return loss, metrics
 
@@ -406,4 +424,5 @@ def fold_normalisation(
         b_enc=b_enc,
         W_dec=params.W_dec / s[None, :],
         b_dec=params.b_dec / s + m,
+        threshold=params.threshold,  # the pre-activations, hence their thresholds, are unchanged
     )

@@ -39,6 +39,8 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import NamedTuple
 
@@ -48,10 +50,28 @@ from jax import lax
 from jax.typing import ArrayLike
 
 from jaxsae.kernels._checks import check_nonnegative
-from jaxsae.kernels.sae import SAEOutput, SAEParams, _row, check_inputs, decoder_norms
+from jaxsae.kernels.axes import all_gather, axis_index, axis_size, pmean, psum
+from jaxsae.kernels.sae import (
+    SAEMetrics,
+    SAEOutput,
+    SAEParams,
+    bias_row,
+    check_inputs,
+    decoder_norms,
+)
 
 __all__ = [
     "TopKMetrics",
+    "TopKFamily",
+    "FamilyOutput",
+    "Selection",
+    "select_rows",
+    "batch_cutoff",
+    "nth_largest_positive",
+    "topk_family_loss",
+    "check_dead_mask",
+    "encoder_view",
+    "scale_cotangent",
     "topk_pre_acts",
     "topk_encode",
     "topk_decode",
@@ -64,32 +84,8 @@ __all__ = [
 _CHUNK = 8
 
 
-class TopKMetrics(NamedTuple):
-    """Scalar diagnostics of one batch for a TopK SAE (the fields of ``SAEMetrics`` + AuxK).
-
-    Attributes:
-      loss: the training objective ``fvu + aux_coeff · auxk``.
-      recon: ``mean ‖x − x̂‖²``.
-      mse: ``recon / d_in``.
-      l1: ``mean Σ_i f_i ‖W_dec[i]‖₂`` (a diagnostic; not part of the TopK loss).
-      l0: mean number of active (non-zero) features per input (``≤ k``).
-      fvu: fraction of variance unexplained ``Σ‖x − x̂‖² / Σ‖x − mean(x)‖²``.
-      explained_variance: ``1 − fvu``.
-      dec_norm: mean decoder row norm.
-      auxk: the auxiliary loss ``L_aux`` before multiplying by ``aux_coeff`` (0 with no dead).
-      num_dead: number of features flagged dead in ``dead_mask``.
-    """
-
-    loss: jax.Array
-    recon: jax.Array
-    mse: jax.Array
-    l1: jax.Array
-    l0: jax.Array
-    fvu: jax.Array
-    explained_variance: jax.Array
-    dec_norm: jax.Array
-    auxk: jax.Array
-    num_dead: jax.Array
+#: the metrics of a TopK SAE are ``SAEMetrics`` (with ``auxk`` and ``num_dead`` filled in)
+TopKMetrics = SAEMetrics
 
 
 def check_k(k: int, d_sae: int, *, name: str = "k") -> int:
@@ -103,7 +99,7 @@ def check_k(k: int, d_sae: int, *, name: str = "k") -> int:
 
 def topk_pre_acts(params: SAEParams, x: jax.Array) -> jax.Array:
     """Pre-activations ``(x − b_dec) W_enc + b_enc``: ``(..., d_in) → (..., d_sae)``."""
-    return (x - _row(params.b_dec, x)) @ params.W_enc + _row(params.b_enc, x)
+    return (x - bias_row(params.b_dec, x)) @ params.W_enc + bias_row(params.b_enc, x)
 
 
 def _dense_codes(values: jax.Array, indices: jax.Array, d_sae: int) -> jax.Array:
@@ -245,6 +241,100 @@ def _pre_acts_at_bwd(res, g):
 _pre_acts_at.defvjp(_pre_acts_at_fwd, _pre_acts_at_bwd)
 
 
+# Flat layout: a list of (row, feature) pairs, processed in chunks of _FLAT_CHUNK pairs.
+
+#: pairs per step of the chunked flat gathers/scatters (as many as _CHUNK rows of k = 64)
+_FLAT_CHUNK = 512
+
+
+def _flat_chunked(*arrays: jax.Array) -> list[jax.Array]:
+    """Pad the leading axis to a multiple of ``_FLAT_CHUNK`` and split it into chunks."""
+    n_pad = -arrays[0].shape[0] % _FLAT_CHUNK
+    return [_pad_rows(a, n_pad).reshape(-1, _FLAT_CHUNK, *a.shape[1:]) for a in arrays]
+
+
+def _flat_combine(table, rows, idx, w, n_rows):
+    """``out[rows[p]] += w[p] table[idx[p]]``: ``(F, D), (P,), (P,), (P,) → (n_rows, D)``."""
+
+    def body(acc, a):
+        r, i, wt = a
+        return acc.at[r].add(wt[:, None] * table[i]), None
+
+    zero = jnp.zeros((n_rows, table.shape[-1]), jnp.result_type(table, w))
+    return lax.scan(body, zero, tuple(_flat_chunked(rows, idx, w)))[0]
+
+
+def _flat_dot(table, rows, idx, vectors):
+    """``out[p] = table[idx[p]] · vectors[rows[p]]``: ``→ (P,)``."""
+    rc, ic = _flat_chunked(rows, idx)
+    out = lax.map(lambda a: jnp.sum(table[a[1]] * vectors[a[0]], axis=-1), (rc, ic))
+    return out.reshape(-1)[: rows.shape[0]]
+
+
+def _flat_outer(w, rows, idx, vectors, n_out):
+    """``out[idx[p]] += w[p] vectors[rows[p]]``: ``→ (n_out, D)``."""
+
+    def body(acc, a):
+        r, i, wt = a
+        return acc.at[i].add(wt[:, None] * vectors[r]), None
+
+    zero = jnp.zeros((n_out, vectors.shape[-1]), jnp.result_type(w, vectors))
+    return lax.scan(body, zero, tuple(_flat_chunked(rows, idx, w)))[0]
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _flat_decode(W_dec, values, rows, idx, n_rows):
+    """``out[n] = Σ_{p: rows[p] = n} values[p] W_dec[idx[p]]``: ``→ (n_rows, D)``."""
+    return _flat_combine(W_dec, rows, idx, values, n_rows)
+
+
+def _flat_decode_fwd(W_dec, values, rows, idx, n_rows):
+    return _flat_decode(W_dec, values, rows, idx, n_rows), (W_dec, values, rows, idx)
+
+
+def _flat_decode_bwd(n_rows, res, g):
+    W_dec, values, rows, idx = res
+    d_values = _flat_dot(W_dec, rows, idx, g)
+    d_W_dec = _flat_outer(values, rows, idx, g, W_dec.shape[0])
+    return d_W_dec.astype(W_dec.dtype), d_values.astype(values.dtype), None, None
+
+
+_flat_decode.defvjp(_flat_decode_fwd, _flat_decode_bwd)
+
+
+@jax.custom_vjp
+def _flat_pre_acts_at(W_enc, b_enc, b_dec, x, pre, rows, idx):
+    """``z[rows[p], idx[p]]`` with ``z = (x − b_dec) W_enc + b_enc`` (``pre``), differentiated
+    sparsely (the flat counterpart of ``_pre_acts_at``)."""
+    return pre[rows, idx]
+
+
+def _flat_pre_acts_at_fwd(W_enc, b_enc, b_dec, x, pre, rows, idx):
+    out = _flat_pre_acts_at(W_enc, b_enc, b_dec, x, pre, rows, idx)
+    return out, (W_enc, b_dec, x, rows, idx)
+
+
+def _flat_pre_acts_at_bwd(res, g):
+    W_enc, b_dec, x, rows, idx = res
+    d_sae = W_enc.shape[1]
+    d_b_enc = jax.ops.segment_sum(g, idx, d_sae)
+    d_W_enc = _flat_outer(g, rows, idx, x - b_dec[None, :], d_sae).T
+    d_x = _flat_combine(W_enc.T, rows, idx, g, x.shape[0])  # dropped unless x is differentiated
+    d_b_dec = -(W_enc @ d_b_enc)
+    return (
+        d_W_enc.astype(W_enc.dtype),
+        d_b_enc.astype(W_enc.dtype),
+        d_b_dec.astype(b_dec.dtype),
+        d_x.astype(x.dtype),
+        None,
+        None,
+        None,
+    )
+
+
+_flat_pre_acts_at.defvjp(_flat_pre_acts_at_fwd, _flat_pre_acts_at_bwd)
+
+
 def topk_decode(params: SAEParams, values: ArrayLike, indices: ArrayLike) -> jax.Array:
     """Decode from the active features only: ``x̂ = Σ_j values_j W_dec[indices_j] + b_dec``.
 
@@ -272,7 +362,7 @@ def _topk_decode(params: SAEParams, values: jax.Array, indices: jax.Array) -> ja
     m = values.shape[-1]
     flat = _sparse_decode(params.W_dec, values.reshape(-1, m), indices.reshape(-1, m))
     out = flat.reshape(*lead, params.d_in)
-    return out + _row(params.b_dec, out)
+    return out + bias_row(params.b_dec, out)
 
 
 def topk_forward(params: SAEParams, x: ArrayLike, k: int) -> SAEOutput:
@@ -291,13 +381,440 @@ def _topk_forward(params: SAEParams, x: jax.Array, k: int) -> SAEOutput:
 
 
 # ----------------------------------------------------------------------------------------------
-# Loss
+# Selection: per-row top-m, with the features possibly split over a mesh axis
+
+
+class Selection(NamedTuple):
+    """Active features of a batch in the sparse layout ``(batch, m)``.
+
+    Attributes:
+      top: ``(batch, m)`` the selected pre-activations, descending in each row (no gradient).
+      local: ``(batch, m)`` int32 index of each slot into this device's features (0 where the
+        slot is not this device's).
+      keep: ``(batch, m)`` bool, the slot is active and held by this device.
+      index: ``(batch, m)`` int32 global feature index of each slot.
+    """
+
+    top: jax.Array
+    local: jax.Array
+    keep: jax.Array
+    index: jax.Array
+
+
+def select_rows(pre: jax.Array, m: int, feature_axis: str | None = None) -> Selection:
+    """The ``m`` largest pre-activations of each row over all features.
+
+    With the features split over ``feature_axis``, each device takes the top ``m`` of its
+    slice, the candidates of all slices are gathered and merged by a second top ``m``: the
+    result equals one device's ``lax.top_k`` on the whole row (up to the order of ties).
+
+    Args:
+      pre: ``(batch, d_sae_local)`` pre-activations of this device's features.
+      m: slots per row (static), ``m ≤ d_sae``.
+      feature_axis: the mesh axis the features are split over, or ``None``.
+
+    Returns:
+      ``Selection`` with ``keep`` = "held by this device".
+    """
+    f = pre.shape[-1]
+    top, idx = lax.top_k(pre, min(m, f))
+    if axis_size(feature_axis) == 1:
+        return Selection(top, idx, jnp.ones(top.shape, jnp.bool_), idx)
+    off = axis_index(feature_axis) * f
+    top, pos = lax.top_k(all_gather(top, feature_axis, along=1), m)
+    index = jnp.take_along_axis(all_gather(idx + off, feature_axis, along=1), pos, axis=1)
+    mine = (index >= off) & (index < off + f)
+    return Selection(top, jnp.where(mine, index - off, 0), mine, index)
+
+
+def nth_largest_positive(
+    v: jax.Array, n: int, *, per_row: bool = False, axis_name: str | None = None
+) -> jax.Array:
+    """The ``n``-th largest of the positive part of ``v`` (``0`` if fewer are positive).
+
+    Over all of ``v``, or over each row of a 2-D ``v`` (``per_row``), and over every device's
+    ``v`` along the mesh axis ``axis_name`` (counts summed with ``psum``). Found exactly by
+    bisection on the bit patterns of the non-negative values, which order like the values: one
+    count per bit, much cheaper on a CPU than ``lax.top_k`` or a sort when ``n`` is large.
+    """
+    v = jnp.where(v > 0, v, 0)
+    if not per_row:
+        v = v.reshape(1, -1)
+    itype = jnp.int64 if v.dtype == jnp.float64 else jnp.int32
+    bits = lax.bitcast_convert_type(v, itype)
+    nbits = jnp.finfo(v.dtype).bits - 1
+
+    def body(_, lohi):
+        lo, hi = lohi
+        mid = lo + (hi - lo) // 2
+        enough = psum(jnp.sum(bits >= mid[:, None], axis=1), axis_name) >= n
+        return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid)
+
+    rows = v.shape[0]
+    start = (jnp.zeros((rows,), itype), jnp.full((rows,), jnp.iinfo(itype).max, itype))
+    lo, _ = lax.fori_loop(0, nbits, body, start)
+    out = lax.bitcast_convert_type(lo, v.dtype)
+    return out if per_row else out[0]
+
+
+def batch_cutoff(top: jax.Array, n_active: int) -> jax.Array:
+    """The ``n_active``-th largest positive entry of ``top`` (all rows): BatchTopK's cut."""
+    return nth_largest_positive(top, n_active)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loss of the TopK family (TopK, BatchTopK, Matryoshka BatchTopK), one place
+
+
+@dataclass(frozen=True)
+class TopKFamily:
+    """Static options of a TopK-family loss.
+
+    Attributes:
+      k: active features per input (per row for TopK, on average over the batch for BatchTopK).
+      batch: ``False``: the top ``k`` of each input (TopK); ``True``: the top ``k · batch`` of
+        the whole batch (BatchTopK).
+      max_per_row: BatchTopK's candidates per input. ``0`` (default): exact: the top ``2k`` of
+        each input are the candidates, and when an input has all of its candidates among the
+        batch's top ``k · batch`` the cut is found over every feature instead (``lax.cond``;
+        a bisection over the whole ``(batch, d_sae)`` block, no sort). ``m > 0``: a named
+        variant: an input holds at most ``m`` of the batch's active codes. Ignored for TopK
+        (``k`` slots).
+      levels: Matryoshka prefix widths, increasing, the last ``d_sae`` (``()``: one level).
+      aux_k: dead features used by AuxK (clipped to ``d_sae``).
+      sparse: sparse custom-VJP path (``True``) or the dense autodiff reference.
+    """
+
+    k: int
+    batch: bool = False
+    max_per_row: int = 0
+    levels: tuple[int, ...] = ()
+    aux_k: int = 512
+    sparse: bool = True
+
+    def slots(self, d_sae: int) -> int:
+        """Slots per input of the per-input layout (TopK: ``k``; BatchTopK: the candidates)."""
+        if not self.batch:
+            return self.k
+        if self.max_per_row:
+            return min(d_sae, self.max_per_row)
+        return min(d_sae, 2 * self.k) if self.sparse else d_sae
+
+
+class FamilyOutput(NamedTuple):
+    """What the TopK-family loss reports besides the loss value.
+
+    Attributes:
+      metrics: ``SAEMetrics`` of the batch (global over feature shards).
+      fired: ``(d_sae_local,)`` bool, features active on some input of the batch.
+      min_active: the smallest non-zero code of the batch on this device (``inf`` if none):
+        BatchTopK's threshold estimate reads it.
+    """
+
+    metrics: SAEMetrics
+    fired: jax.Array
+    min_active: jax.Array
 
 
 def _fvu(target: jax.Array, err2: jax.Array) -> jax.Array:
     """``Σ err2 / Σ‖target − mean(target)‖²`` (guarded against a zero denominator)."""
     centred = jnp.sum((target - jnp.mean(target, axis=0)[None, :]) ** 2)
     return jnp.sum(err2) / jnp.maximum(centred, jnp.finfo(target.dtype).tiny)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def scale_cotangent(x: jax.Array, factor: float) -> jax.Array:
+    """``x`` itself, with its cotangent multiplied by ``factor`` in the backward pass."""
+    return x
+
+
+scale_cotangent.defvjp(lambda x, factor: (x, None), lambda factor, _, g: (g * factor,))
+
+
+def encoder_view(params: SAEParams, feature_axis: str | None) -> SAEParams:
+    """``params`` as the encoder of a feature slice reads them.
+
+    The encoder reads ``x − b_dec`` with ``b_dec`` replicated on every slice: the gradient of
+    ``b_dec`` through this slice's pre-activations is a partial sum over the slice's features,
+    while its gradient through the reconstruction is the same on every slice. The train step
+    averages ``b_dec``'s gradient over the slices (``pmean``); scaling the encoder's part by
+    the number of slices makes that average the total.
+    """
+    n = axis_size(feature_axis)
+    return params if n == 1 else params._replace(b_dec=scale_cotangent(params.b_dec, float(n)))
+
+
+def _combine(mine: jax.Array, feature_axis: str | None) -> jax.Array:
+    """``mine`` + the other feature slices' partial reconstructions, held constant."""
+    if axis_size(feature_axis) == 1:
+        return mine
+    return mine + lax.stop_gradient(psum(mine, feature_axis) - mine)
+
+
+def _select(
+    pre: jax.Array, opts: TopKFamily, feature_axis: str | None, m: int
+) -> tuple[Selection, jax.Array]:
+    """TopK: per-row top ``m = k``. BatchTopK: per-row top ``m`` candidates, then the batch's
+    cut. Also returns whether some input had all ``m`` candidates kept (it may have more)."""
+    sel = select_rows(pre, m, feature_axis)
+    if not opts.batch:
+        return sel, jnp.zeros((), jnp.bool_)
+    cut = batch_cutoff(sel.top, opts.k * pre.shape[0])
+    kept = (sel.top >= cut) & (sel.top > 0)
+    return sel._replace(keep=sel.keep & kept), jnp.any(kept[:, -1])
+
+
+def _aux_dense_compact(xf, pre, e, dead_mask, aux_k, p, *, cap):
+    """AuxK on the first ``cap`` dead features, gathered into a dense ``(batch, cap)`` block."""
+    dead_idx = jnp.nonzero(dead_mask, size=cap, fill_value=0)[0]
+    valid = jnp.arange(cap) < jnp.sum(dead_mask)
+    z_stop = jnp.where(valid[None, :], jnp.take(pre, dead_idx, axis=1), 0)
+    if aux_k >= cap:  # every dead feature is among the aux_k largest
+        chosen = jnp.broadcast_to(valid[None, :], z_stop.shape)
+    else:  # the aux_k largest (only positive ones matter: the codes are ReLU'd)
+        cut = nth_largest_positive(z_stop, aux_k, per_row=True)
+        chosen = valid[None, :] & (z_stop >= cut[:, None])
+    z = (xf - p.b_dec[None, :]) @ jnp.take(p.W_enc, dead_idx, axis=1) + p.b_enc[dead_idx][None, :]
+    codes = jnp.where(chosen, jnp.maximum(z, 0), 0)
+    aux_err2 = jnp.sum((e - codes @ jnp.take(p.W_dec, dead_idx, axis=0)) ** 2, axis=-1)
+    return _fvu(e, aux_err2)
+
+
+def _aux_buckets(d_sae: int, aux_k: int) -> tuple[int, ...]:
+    """Static sizes of the dead-feature block: ``aux_k · 2^j`` up to ``d_sae``."""
+    caps, c = [], max(aux_k, 1)
+    while c < d_sae:
+        caps.append(c)
+        c *= 2
+    return (*caps, d_sae)
+
+
+class ActiveCodes(NamedTuple):
+    """The active codes of a batch in one of two sparse layouts, with how to use them.
+
+    Per input (TopK, and the dense reference): ``(batch, m)`` slots. Flat (BatchTopK's sparse
+    path): a list of ``k · batch`` (input, feature) pairs, so that the work is ``k`` per input on
+    average whatever the spread of the batch's active codes over its inputs.
+
+    Attributes:
+      local: this device's feature index of each slot/pair.
+      index: the global feature index of each slot/pair.
+      values: ``values(params) -> ReLU'd pre-activations`` of the kept slots (0 elsewhere).
+      decode: ``decode(params, values) -> (batch, d_in)`` this device's partial reconstruction.
+    """
+
+    local: jax.Array
+    index: jax.Array
+    values: Callable[[SAEParams], jax.Array]
+    decode: Callable[[SAEParams, jax.Array], jax.Array]
+
+
+def _active_codes(params, xf, pre, opts: TopKFamily, feature_axis) -> ActiveCodes:
+    """Select the active codes of the batch (``pre`` without gradient) as ``ActiveCodes``."""
+    n, f_local = xf.shape[0], params.d_sae
+    d_sae = f_local * axis_size(feature_axis)
+    m = opts.slots(d_sae)
+
+    if opts.sparse and opts.batch:
+        size = min(opts.k * n, n * m)
+
+        def flat(slots: int) -> tuple[jax.Array, ...]:
+            sel, saturated = _select(lax.stop_gradient(pre), opts, feature_axis, slots)
+            keep = sel.keep.reshape(-1)
+            pos = jnp.nonzero(keep, size=size, fill_value=0)[0]
+            rows = (pos // slots).astype(jnp.int32)
+            count = jnp.sum(keep)
+            return rows, sel.local.reshape(-1)[pos], sel.index.reshape(-1)[pos], count, saturated
+
+        def exact() -> tuple[jax.Array, ...]:  # the batch's cut over every feature
+            stop = lax.stop_gradient(pre)
+            cut = nth_largest_positive(stop, opts.k * n, axis_name=feature_axis)
+            keep = ((stop >= cut) & (stop > 0)).reshape(-1)
+            pos = jnp.nonzero(keep, size=size, fill_value=0)[0]
+            local = (pos % f_local).astype(jnp.int32)
+            offset = axis_index(feature_axis) * f_local
+            return (pos // f_local).astype(jnp.int32), local, local + offset, jnp.sum(keep)
+
+        rows, local, index, count, saturated = flat(m)
+        if not opts.max_per_row and m < d_sae:  # exact: redo over every feature if needed
+            rows, local, index, count = lax.cond(
+                saturated, exact, lambda: (rows, local, index, count)
+            )
+        valid = jnp.arange(size) < count
+
+        def flat_values(p: SAEParams) -> jax.Array:
+            e = encoder_view(p, feature_axis)
+            z = _flat_pre_acts_at(e.W_enc, e.b_enc, e.b_dec, xf, pre, rows, local)
+            return jnp.where(valid, jnp.maximum(z, 0), 0)
+
+        return ActiveCodes(
+            local, index, flat_values, lambda p, v: _flat_decode(p.W_dec, v, rows, local, n)
+        )
+
+    sel, _ = _select(lax.stop_gradient(pre), opts, feature_axis, m)
+
+    def row_values(p: SAEParams) -> jax.Array:
+        if opts.sparse:
+            e = encoder_view(p, feature_axis)
+            z = _pre_acts_at(e.W_enc, e.b_enc, e.b_dec, xf, pre, sel.local)
+        else:
+            z = jnp.take_along_axis(pre, sel.local, axis=1)
+        return jnp.where(sel.keep, jnp.maximum(z, 0), 0)
+
+    def row_decode(p: SAEParams, v: jax.Array) -> jax.Array:
+        if opts.sparse:
+            return _sparse_decode(p.W_dec, v, sel.local)
+        return _dense_codes(v, sel.local, f_local) @ p.W_dec
+
+    return ActiveCodes(sel.local, sel.index, row_values, row_decode)
+
+
+def topk_family_loss(
+    params: SAEParams,
+    x: jax.Array,
+    opts: TopKFamily,
+    *,
+    dead_mask: jax.Array | None = None,
+    aux_coeff: ArrayLike = 1 / 32,
+    feature_axis: str | None = None,
+) -> tuple[jax.Array, FamilyOutput]:
+    """Loss of a TopK-family SAE: ``Σ_levels fvu_level + aux_coeff · L_aux`` (no input checks).
+
+    The one implementation behind ``topk_loss``, BatchTopK and Matryoshka BatchTopK, on one
+    device or on one device's slice of the features (``feature_axis``): the top-k is a per-slice
+    top-k merged across the slices (``select_rows``), each slice decodes its own active
+    features and the partial reconstructions are summed (``psum``), the other slices' entering
+    as constants, so that each slice's gradient is the gradient of the global loss.
+
+    Matryoshka (``opts.levels``): the reconstruction from the features of each prefix
+    ``[0, w)`` of the dictionary is scored on its own, with the same active codes, and the
+    losses of the prefixes are summed (the last prefix is the whole dictionary).
+
+    AuxK (with ``dead_mask``): the residual ``e = x − x̂`` (held constant) is reconstructed from
+    the ``aux_k`` largest pre-activations of the dead features, scored as ``fvu(e, ê)``. On one
+    device the dead features are first gathered into a dense block of a static size
+    (the smallest of ``aux_k · 2^j`` or ``d_sae`` that holds them, chosen by ``lax.switch``), so
+    that the auxiliary work is three small matmuls rather than ``aux_k`` gathers per input.
+
+    Args:
+      params: the SAE (this device's features when split).
+      x: ``(batch, d_in)`` inputs.
+      opts: static options (``TopKFamily``).
+      dead_mask: ``(d_sae_local,)`` bool, or ``None`` (no AuxK).
+      aux_coeff: ``α ≥ 0``, weight of AuxK.
+      feature_axis: the mesh axis the features are split over, or ``None``.
+
+    Returns:
+      ``(loss, FamilyOutput)``.
+    """
+    sparse = opts.sparse
+    xf = x.reshape(-1, params.d_in)
+    f_local = params.d_sae
+    pre = topk_pre_acts(encoder_view(params, feature_axis), xf)
+    if sparse:
+        pre = lax.stop_gradient(pre)
+    codes = _active_codes(params, xf, pre, opts, feature_axis)
+    values, index = codes.values(params), codes.index
+    recon = _combine(codes.decode(params, values), feature_axis) + params.b_dec[None, :]
+    err = xf - recon
+    err2 = jnp.sum(err**2, axis=-1)
+    fvu = _fvu(xf, err2)
+    loss = fvu
+    for w in opts.levels[:-1]:  # the inner Matryoshka prefixes
+        v_w = jnp.where(index < w, values, 0)
+        r_w = _combine(codes.decode(params, v_w), feature_axis) + params.b_dec[None, :]
+        loss = loss + _fvu(xf, jnp.sum((xf - r_w) ** 2, axis=-1))
+
+    zero = jnp.zeros((), xf.dtype)
+    if dead_mask is not None:
+        auxk = _auxk(params, xf, pre, lax.stop_gradient(err), dead_mask, opts, feature_axis)
+        num_dead = psum(jnp.sum(dead_mask).astype(xf.dtype), feature_axis)
+    else:
+        auxk = num_dead = zero
+    loss = loss + jnp.asarray(aux_coeff, xf.dtype) * auxk
+
+    norms = decoder_norms(params)
+    recon_err = jnp.mean(err2)
+    active = values > 0
+    metrics = SAEMetrics(
+        loss=loss,
+        recon=recon_err,
+        mse=recon_err / params.d_in,
+        l1=psum(jnp.sum(values * norms[codes.local]) / xf.shape[0], feature_axis),
+        l0=psum(jnp.sum(active).astype(xf.dtype) / xf.shape[0], feature_axis),
+        fvu=fvu,
+        explained_variance=1.0 - fvu,
+        dec_norm=pmean(jnp.mean(norms), feature_axis),
+        auxk=auxk,
+        num_dead=num_dead,
+    )
+    fired = jnp.zeros((f_local,), jnp.bool_).at[codes.local.reshape(-1)].max(active.reshape(-1))
+    min_active = jnp.min(jnp.where(active, lax.stop_gradient(values), jnp.inf))
+    return loss, FamilyOutput(metrics, fired, min_active)
+
+
+def _switched_auxk(p, xf, pre, e, dead_mask, which, aux_k, caps):
+    """``lax.switch`` over the dead-feature blocks, differentiated inside the chosen branch.
+
+    Differentiating through ``lax.switch`` would carry every branch's residuals (the union of
+    their types, zero-filled in the branches not taken); instead each branch returns its value
+    and its gradient, and the custom VJP scales that gradient by the cotangent.
+    """
+
+    def branches(xf, pre, e, dead_mask):
+        def nobody(q: SAEParams):
+            zero = jnp.zeros((), jnp.result_type(xf, q.W_dec))
+            return zero, jax.tree.map(jnp.zeros_like, q)
+
+        args = (xf, pre, e, dead_mask, aux_k)
+        return [nobody] + [
+            jax.value_and_grad(partial(_aux_dense_compact, *args, cap=c)) for c in caps
+        ]
+
+    @jax.custom_vjp
+    def auxk(q, xf, pre, e, dead_mask, which):
+        return lax.switch(which, branches(xf, pre, e, dead_mask), q)[0]
+
+    def fwd(q, xf, pre, e, dead_mask, which):
+        return lax.switch(which, branches(xf, pre, e, dead_mask), q)
+
+    def bwd(grads, g):
+        scaled = jax.tree.map(lambda t: (t * g).astype(t.dtype), grads)
+        return scaled, None, None, None, None, None
+
+    auxk.defvjp(fwd, bwd)
+    return auxk(p, xf, pre, e, dead_mask, which)
+
+
+def _auxk(p, xf, pre, e, dead_mask, opts, feature_axis):
+    """AuxK: ``fvu(e, ê)`` from the ``aux_k`` largest dead pre-activations (0 with none dead)."""
+    f_local = p.d_sae
+    d_sae = f_local * axis_size(feature_axis)
+    aux_k = min(opts.aux_k, d_sae)
+    zero = jnp.zeros((), jnp.result_type(xf, p.W_dec))
+    num_dead = psum(jnp.sum(dead_mask), feature_axis)
+    if opts.sparse and axis_size(feature_axis) == 1:
+        caps = _aux_buckets(d_sae, aux_k)
+        # branch 0: nobody dead (skipped at run time); then the smallest block that holds them
+        which = jnp.where(num_dead == 0, 0, 1 + jnp.searchsorted(jnp.asarray(caps), num_dead))
+        return _switched_auxk(p, xf, pre, e, dead_mask, which, aux_k, caps)
+
+    def aux_loss(q: SAEParams) -> jax.Array:
+        dead_pre = jnp.where(dead_mask[None, :], lax.stop_gradient(pre), -jnp.inf)
+        sel = select_rows(dead_pre, aux_k, feature_axis)
+        keep = sel.keep & (sel.top > -jnp.inf)
+        if opts.sparse:
+            v = encoder_view(q, feature_axis)
+            z = _pre_acts_at(v.W_enc, v.b_enc, v.b_dec, xf, pre, sel.local)
+            part = _sparse_decode(q.W_dec, jnp.where(keep, jnp.maximum(z, 0), 0), sel.local)
+        else:
+            z = jnp.take_along_axis(pre, sel.local, axis=1)
+            vals = jnp.where(keep, jnp.maximum(z, 0), 0)
+            part = _dense_codes(vals, sel.local, f_local) @ q.W_dec
+        aux_err2 = jnp.sum((e - _combine(part, feature_axis)) ** 2, axis=-1)
+        return _fvu(e, aux_err2)
+
+    return lax.cond(num_dead > 0, aux_loss, lambda q: zero, p)
 
 
 def topk_loss(
@@ -309,7 +826,7 @@ def topk_loss(
     aux_k: int = 512,
     aux_coeff: ArrayLike = 1 / 32,
     sparse: bool = True,
-) -> tuple[jax.Array, TopKMetrics]:
+) -> tuple[jax.Array, SAEMetrics]:
     """TopK SAE loss ``fvu + aux_coeff · L_aux`` and its metrics on a batch.
 
     See the module docstring for the maths. ``jax.grad(topk_loss, has_aux=True)`` gives the
@@ -328,91 +845,33 @@ def topk_loss(
       sparse: use the fast sparse path (default) or the dense reference.
 
     Returns:
-      ``(loss, TopKMetrics)``.
+      ``(loss, SAEMetrics)``.
     """
     x = check_inputs(params, x)
     k = check_k(k, params.d_sae)
     check_nonnegative("aux_coeff", aux_coeff)
-    d_sae = params.d_sae
-    if dead_mask is not None:
-        dead_mask = jnp.asarray(dead_mask)
-        if dead_mask.shape != (d_sae,) or dead_mask.dtype != jnp.bool_:
-            raise ValueError(
-                f"dead_mask: expected a bool array of shape ({d_sae},), found "
-                f"{dead_mask.dtype} {tuple(dead_mask.shape)}"
-            )
-        aux_k = check_k(min(int(aux_k), d_sae), d_sae, name="aux_k")
-    else:
-        aux_k = 0  # unused: one compilation whatever the value
-    return _topk_loss(params, x, dead_mask, jnp.asarray(aux_coeff, x.dtype), k, aux_k, sparse)
+    dead_mask = check_dead_mask(dead_mask, params.d_sae)
+    aux_k = check_k(min(int(aux_k), params.d_sae), params.d_sae, name="aux_k")
+    if dead_mask is None:
+        aux_k = 1  # unused: one compilation whatever the value
+    opts = TopKFamily(k=k, aux_k=aux_k, sparse=sparse)
+    return _family_loss_jit(params, x, dead_mask, jnp.asarray(aux_coeff, x.dtype), opts)
 
 
-@partial(jax.jit, static_argnums=(4, 5, 6))
-def _topk_loss(
-    params: SAEParams,
-    x: jax.Array,
-    dead_mask: jax.Array | None,
-    aux_coeff: jax.Array,
-    k: int,
-    aux_k: int,
-    sparse: bool,
-) -> tuple[jax.Array, TopKMetrics]:
-    d_sae = params.d_sae
-    xf = x.reshape(-1, params.d_in)
-    use_aux = dead_mask is not None
+@partial(jax.jit, static_argnums=4)
+def _family_loss_jit(params, x, dead_mask, aux_coeff, opts):
+    loss, out = topk_family_loss(params, x, opts, dead_mask=dead_mask, aux_coeff=aux_coeff)
+    return loss, out.metrics
 
-    pre = topk_pre_acts(params, xf)
-    if sparse:
-        pre = lax.stop_gradient(pre)
-    _, idx = lax.top_k(lax.stop_gradient(pre), k)
 
-    def pre_at(p: SAEParams, ind: jax.Array) -> jax.Array:  # z at the given indices
-        if sparse:
-            return _pre_acts_at(p.W_enc, p.b_enc, p.b_dec, xf, pre, ind)
-        return jnp.take_along_axis(pre, ind, axis=1)
-
-    def dec(p: SAEParams, vals: jax.Array, ind: jax.Array) -> jax.Array:  # no bias
-        if sparse:
-            return _sparse_decode(p.W_dec, vals, ind)
-        return _dense_codes(vals, ind, d_sae) @ p.W_dec
-
-    values = jnp.maximum(pre_at(params, idx), 0)
-    recon = dec(params, values, idx) + params.b_dec[None, :]
-    err = xf - recon
-    err2 = jnp.sum(err**2, axis=-1)
-    fvu = _fvu(xf, err2)
-
-    zero = jnp.zeros((), xf.dtype)
-    if use_aux:
-        e = lax.stop_gradient(err)
-
-        def aux_loss(p: SAEParams) -> jax.Array:
-            dead_pre = jnp.where(dead_mask[None, :], lax.stop_gradient(pre), -jnp.inf)
-            _, aux_idx = lax.top_k(dead_pre, aux_k)
-            aux_vals = jnp.maximum(pre_at(p, aux_idx), 0) * dead_mask[aux_idx].astype(xf.dtype)
-            aux_err2 = jnp.sum((e - dec(p, aux_vals, aux_idx)) ** 2, axis=-1)
-            return _fvu(e, aux_err2)
-
-        num_dead = jnp.sum(dead_mask).astype(xf.dtype)
-        # skipped at run time (and in the backward pass) when no feature is dead
-        auxk = lax.cond(num_dead > 0, aux_loss, lambda p: zero, params)
-    else:
-        num_dead = zero
-        auxk = zero
-
-    loss = fvu + aux_coeff * auxk
-    norms = decoder_norms(params)
-    recon_err = jnp.mean(err2)
-    metrics = TopKMetrics(
-        loss=loss,
-        recon=recon_err,
-        mse=recon_err / params.d_in,
-        l1=jnp.mean(jnp.sum(values * norms[idx], axis=-1)),
-        l0=jnp.mean(jnp.sum(values > 0, axis=-1).astype(xf.dtype)),
-        fvu=fvu,
-        explained_variance=1.0 - fvu,
-        dec_norm=jnp.mean(norms),
-        auxk=auxk,
-        num_dead=num_dead,
-    )
-    return loss, metrics
+def check_dead_mask(dead_mask: ArrayLike | None, d_sae: int) -> jax.Array | None:
+    """``None``, or a ``(d_sae,)`` bool array (raises otherwise)."""
+    if dead_mask is None:
+        return None
+    dead_mask = jnp.asarray(dead_mask)
+    if dead_mask.shape != (d_sae,) or dead_mask.dtype != jnp.bool_:
+        raise ValueError(
+            f"dead_mask: expected a bool array of shape ({d_sae},), found "
+            f"{dead_mask.dtype} {tuple(dead_mask.shape)}"
+        )
+    return dead_mask

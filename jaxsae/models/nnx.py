@@ -1,24 +1,21 @@
 """Flax NNX sparse autoencoder: holds the parameters as ``nnx.Param`` and calls the kernels.
 
-No maths lives here: the forward pass and the loss are ``jaxsae.kernels.sae`` (standard L1
-SAE, ``k=None``) or ``jaxsae.kernels.topk`` (TopK SAE, ``k`` active features).
+No maths lives here: the architecture (``jaxsae.kernels.architectures``: ``"l1"``, ``"topk"``,
+``"batchtopk"``, ``"matryoshka_batchtopk"``, ``"jumprelu"``) provides the initialisation, the
+forward pass and the loss.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import jax.numpy as jnp
 from flax import nnx
 from jax.typing import ArrayLike
 
-from jaxsae.kernels.sae import (
-    SAEOutput,
-    SAEParams,
-    check_params,
-    forward,
-    init_params,
-    sae_loss,
-)
-from jaxsae.kernels.topk import check_k, topk_forward, topk_loss
+from jaxsae.kernels.architectures import batch_loss, resolve
+from jaxsae.kernels.sae import SAEOutput, SAEParams, check_params
+from jaxsae.kernels.topk import check_k
 
 __all__ = ["SparseAutoencoder"]
 
@@ -29,18 +26,21 @@ class SparseAutoencoder(nnx.Module):
     Args:
       d_in: input dimension.
       d_sae: number of features.
-      rngs: ``nnx.Rngs`` for the initialisation (``init_params``: Anthropic's April 2024 recipe).
-      k: ``None`` for the standard L1 SAE; an int for a TopK SAE with ``k`` active features.
+      rngs: ``nnx.Rngs`` for the architecture's initialisation.
+      architecture: a registered name; default ``"topk"`` when ``k`` is given, else ``"l1"``.
+      k: active features per input (TopK family).
       dec_norm: initial decoder row norm.
       dtype: parameter dtype.
-      params: optional ``SAEParams`` to hold instead of a random initialisation (then ``rngs``
-        may be omitted); see ``from_params``.
+      params: optional ``SAEParams`` (the architecture's training form) to hold instead of a
+        random initialisation (then ``rngs`` may be omitted); see ``from_params``.
+      **options: the architecture's other options (``aux_k``, ``bandwidth``, …).
 
     Examples:
       >>> sae = SparseAutoencoder(320, 2560, rngs=nnx.Rngs(0))
       >>> out = sae(x)                      # SAEOutput(codes, recon, pre_acts)
       >>> loss, metrics = sae.loss(x, l1_coeff=5.0)
       >>> grads = nnx.grad(lambda m: m.loss(x, 5.0)[0])(sae)
+      >>> jr = SparseAutoencoder(320, 2560, architecture="jumprelu", rngs=nnx.Rngs(0))
     """
 
     def __init__(
@@ -49,17 +49,21 @@ class SparseAutoencoder(nnx.Module):
         d_sae: int,
         *,
         rngs: nnx.Rngs | None = None,
+        architecture: str | None = None,
         k: int | None = None,
         dec_norm: float = 0.1,
         dtype: jnp.dtype = jnp.float32,
         params: SAEParams | None = None,
+        **options: Any,
     ):
         if k is not None:
             k = check_k(k, d_sae)
+        self.arch = resolve(architecture, k=k, **options)
+        self.options = {**options, **({} if k is None else {"k": k})}
         if params is None:
             if rngs is None:
                 raise ValueError("SparseAutoencoder: expected rngs (or params), found neither")
-            params = init_params(rngs.params(), d_in, d_sae, dec_norm=dec_norm, dtype=dtype)
+            params = self.arch.init(rngs.params(), d_in, d_sae, dec_norm=dec_norm, dtype=dtype)
         params = check_params(params, d_in, d_sae)
         self.d_in = d_in
         self.d_sae = d_sae
@@ -68,35 +72,39 @@ class SparseAutoencoder(nnx.Module):
         self.b_enc = nnx.Param(jnp.asarray(params.b_enc))
         self.W_dec = nnx.Param(jnp.asarray(params.W_dec))
         self.b_dec = nnx.Param(jnp.asarray(params.b_dec))
+        if params.threshold is not None:
+            self.threshold = nnx.Param(jnp.asarray(params.threshold))
 
     @classmethod
-    def from_params(cls, params: SAEParams, *, k: int | None = None) -> SparseAutoencoder:
+    def from_params(
+        cls, params: SAEParams, *, architecture: str | None = None, k: int | None = None, **kw
+    ) -> SparseAutoencoder:
         """A module holding ``params`` (no random initialisation)."""
-        return cls(params.d_in, params.d_sae, k=k, params=params)
+        return cls(params.d_in, params.d_sae, architecture=architecture, k=k, params=params, **kw)
 
     def to_params(self) -> SAEParams:
-        """The functional ``SAEParams`` (the arrays themselves, differentiable under nnx.grad)."""
+        """The functional ``SAEParams`` in training form (differentiable under nnx.grad)."""
+        threshold = getattr(self, "threshold", None)
         return SAEParams(
             W_enc=self.W_enc[...],
             b_enc=self.b_enc[...],
             W_dec=self.W_dec[...],
             b_dec=self.b_dec[...],
+            threshold=None if threshold is None else threshold[...],
         )
 
     def __call__(self, x: ArrayLike) -> SAEOutput:
-        """Forward pass on ``x (batch, d_in)`` or ``(d_in,)``: ``forward`` or ``topk_forward``."""
-        if self.k is None:
-            return forward(self.to_params(), x)
-        return topk_forward(self.to_params(), x, self.k)
+        """Inference forward pass on ``x (batch, d_in)`` or ``(d_in,)``."""
+        return self.arch.forward(self.arch.to_inference(self.to_params()), x)
 
-    def loss(self, x: ArrayLike, l1_coeff: ArrayLike | None = None, **topk_options):
-        """``sae_loss(params, x, l1_coeff)``, or ``topk_loss(params, x, k, **topk_options)``.
+    def loss(self, x: ArrayLike, l1_coeff: ArrayLike | None = None, *, dead_mask=None, **options):
+        """The architecture's training loss: ``(loss, SAEMetrics)``.
 
-        Returns:
-          ``(loss, metrics)`` (``SAEMetrics`` or ``TopKMetrics``).
+        Args:
+          x: inputs.
+          l1_coeff: the sparsity coefficient (L1 and JumpReLU).
+          dead_mask: ``(d_sae,)`` bool for AuxK / the pre-activation loss.
+          **options: architecture options that override the module's for this call.
         """
-        if self.k is None:
-            if l1_coeff is None:
-                raise ValueError("loss: expected l1_coeff for an L1 SAE (k=None), found None")
-            return sae_loss(self.to_params(), x, l1_coeff)
-        return topk_loss(self.to_params(), x, self.k, **topk_options)
+        arch = resolve(self.arch.name, **{**self.options, **options}) if options else self.arch
+        return batch_loss(arch, self.to_params(), x, l1_coeff, dead_mask)

@@ -3,16 +3,24 @@
 The layout (SAELens ≥ 6): a directory with
 
 * ``sae_weights.safetensors``: tensors ``W_enc (d_in, d_sae)``, ``b_enc (d_sae,)``,
-  ``W_dec (d_sae, d_in)``, ``b_dec (d_in,)`` — the same names and layout as ``SAEParams``;
-* ``cfg.json``: ``d_in``, ``d_sae``, ``dtype``, ``device``, ``architecture`` (``"standard"`` or
-  ``"topk"``, with ``k``), ``apply_b_dec_to_input``, ``normalize_activations``,
+  ``W_dec (d_sae, d_in)``, ``b_dec (d_in,)`` and, for ``jumprelu``, ``threshold (d_sae,)`` — the
+  same names and layout as ``SAEParams``;
+* ``cfg.json``: ``d_in``, ``d_sae``, ``dtype``, ``device``, ``architecture`` (``"standard"``,
+  ``"topk"`` with ``k``, or ``"jumprelu"``), ``apply_b_dec_to_input``, ``normalize_activations``,
   ``reshape_activations`` and ``metadata`` (``model_name``, ``hook_name``, ``hook_layer``,
   ``context_size``, ``prepend_bos``, ``dataset_path``, …, and any other key given).
 
-Conventions: jaxsae's standard SAE encodes ``x`` (no ``b_dec`` subtraction), so it is saved with
-``apply_b_dec_to_input = false``; its TopK SAE encodes ``x − b_dec`` (``true``). A file with the
-other convention is loaded exactly by folding ``b_dec`` into ``b_enc``
-(``b_enc ∓ b_dec W_enc``). Files are written atomically: into a temporary directory beside the
+These are SAELens' *inference* forms. Each jaxsae architecture is exported as the one its
+``Architecture.saelens_name`` names (``jaxsae.kernels.architectures``): L1 as ``standard``, TopK
+as ``topk``, JumpReLU, BatchTopK and Matryoshka BatchTopK as ``jumprelu`` (BatchTopK's running
+threshold in every entry of ``threshold``, as SAELens saves its BatchTopK SAEs), and read back
+with ``saelens_architecture(cfg)``.
+
+Conventions: jaxsae's standard and JumpReLU SAEs encode ``x`` (no ``b_dec`` subtraction), so
+they are saved with ``apply_b_dec_to_input = false``; its TopK SAE encodes ``x − b_dec``
+(``true``). A file with the other convention is loaded exactly by folding ``b_dec`` into
+``b_enc`` (``b_enc ∓ b_dec W_enc``; the pre-activations, hence JumpReLU's comparison with the
+threshold, are unchanged). Files are written atomically: into a temporary directory beside the
 target, then renamed. Legacy (SAELens < 6) files with the metadata keys at the top level load too.
 """
 
@@ -27,15 +35,25 @@ from typing import Any
 
 import numpy as np
 
+from jaxsae.kernels.architectures import Architecture, inference_architecture
 from jaxsae.kernels.sae import SAEParams
 
-__all__ = ["save_saelens", "load_saelens", "WEIGHTS_FILENAME", "CFG_FILENAME"]
+__all__ = [
+    "save_saelens",
+    "load_saelens",
+    "saelens_fields",
+    "saelens_architecture",
+    "WEIGHTS_FILENAME",
+    "CFG_FILENAME",
+]
 
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 CFG_FILENAME = "cfg.json"
 
 _TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec")
-_ARCHITECTURES = ("standard", "topk")
+#: SAELens architecture → whether jaxsae's encoder of that form reads ``x − b_dec``
+_APPLY_B_DEC = {"standard": False, "topk": True, "jumprelu": False}
+_ARCHITECTURES = tuple(_APPLY_B_DEC)
 _NORMALISATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
 #: top-level keys of SAELens' config; every other key of a given cfg goes to ``metadata``
 _TOP_LEVEL = {
@@ -63,12 +81,29 @@ _METADATA_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _expected_shapes(d_in: int, d_sae: int) -> dict[str, tuple[int, ...]]:
-    return {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+def _expected_shapes(d_in: int, d_sae: int, arch: str) -> dict[str, tuple[int, ...]]:
+    want = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+    if arch == "jumprelu":
+        want["threshold"] = (d_sae,)
+    return want
 
 
-def _check_tensors(tensors: dict[str, np.ndarray], d_in: int, d_sae: int, where: str) -> None:
-    want = _expected_shapes(d_in, d_sae)
+def saelens_fields(arch: Architecture) -> dict[str, Any]:
+    """SAELens config fields naming ``arch``'s inference form (``architecture``, ``k``…)."""
+    return {"architecture": arch.saelens_name, **dict(arch.saelens_options)}
+
+
+def saelens_architecture(cfg: dict[str, Any]) -> Architecture:
+    """The jaxsae architecture that reads a loaded SAELens config's inference form."""
+    arch = cfg.get("architecture", "standard")
+    options = {"k": int(cfg["k"])} if arch == "topk" else {}
+    return inference_architecture(arch, **options)
+
+
+def _check_tensors(
+    tensors: dict[str, np.ndarray], d_in: int, d_sae: int, where: str, arch: str
+) -> None:
+    want = _expected_shapes(d_in, d_sae, arch)
     missing = sorted(set(want) - set(tensors))
     extra = sorted(set(tensors) - set(want))
     wrong = {
@@ -81,7 +116,9 @@ def _check_tensors(tensors: dict[str, np.ndarray], d_in: int, d_sae: int, where:
         if missing:
             parts.append(f"missing tensors {missing}")
         if extra:
-            parts.append(f"unexpected tensors {extra} (only standard and topk SAEs are supported)")
+            parts.append(
+                f"unexpected tensors {extra} (for a {arch!r} SAE; supported: {_ARCHITECTURES})"
+            )
         if wrong:
             parts.append("wrong shapes " + ", ".join(f"{n} {s}" for n, s in wrong.items()))
         expected = ", ".join(f"{n} {s}" for n, s in want.items())
@@ -131,16 +168,17 @@ def save_saelens(
     from safetensors.numpy import save_file
 
     cfg = dict(cfg or {})
-    tensors = {n: np.ascontiguousarray(np.asarray(getattr(params, n))) for n in _TENSORS}
-    d_sae, d_in = tensors["W_dec"].shape if tensors["W_dec"].ndim == 2 else (-1, -1)
-    _check_tensors(tensors, d_in, d_sae, "save_saelens")
-    for key, value in (("d_in", d_in), ("d_sae", d_sae)):
-        if key in cfg and int(cfg[key]) != value:
-            raise ValueError(f"save_saelens: cfg[{key!r}]={cfg[key]} contradicts params ({value})")
     arch = cfg.get("architecture", "topk" if "k" in cfg else "standard")
     if arch not in _ARCHITECTURES:
         raise ValueError(f"save_saelens: expected architecture in {_ARCHITECTURES}, found {arch!r}")
-    apply_b_dec = arch == "topk"
+    names = _TENSORS + (("threshold",) if params.threshold is not None else ())
+    tensors = {n: np.ascontiguousarray(np.asarray(getattr(params, n))) for n in names}
+    d_sae, d_in = tensors["W_dec"].shape if tensors["W_dec"].ndim == 2 else (-1, -1)
+    _check_tensors(tensors, d_in, d_sae, "save_saelens", arch)
+    for key, value in (("d_in", d_in), ("d_sae", d_sae)):
+        if key in cfg and int(cfg[key]) != value:
+            raise ValueError(f"save_saelens: cfg[{key!r}]={cfg[key]} contradicts params ({value})")
+    apply_b_dec = _APPLY_B_DEC[arch]
     if cfg.get("apply_b_dec_to_input", apply_b_dec) != apply_b_dec:
         raise ValueError(
             f"save_saelens: a jaxsae {arch} SAE has apply_b_dec_to_input={apply_b_dec}, found "
@@ -218,10 +256,11 @@ def load_saelens(directory: str | os.PathLike) -> tuple[SAEParams, dict[str, Any
       directory: a directory with ``sae_weights.safetensors`` and ``cfg.json``.
 
     Returns:
-      ``(params, cfg)``: ``SAEParams`` as JAX arrays in jaxsae's convention (standard: encoder on
-      ``x``; topk: encoder on ``x − b_dec``; ``b_enc`` adjusted when the file used the other
-      convention) and the config dict as stored (legacy top-level metadata moved under
-      ``"metadata"``).
+      ``(params, cfg)``: ``SAEParams`` as JAX arrays in jaxsae's convention (standard and
+      jumprelu: encoder on ``x``; topk: encoder on ``x − b_dec``; ``b_enc`` adjusted when the
+      file used the other convention; ``threshold`` for jumprelu) and the config dict as stored
+      (legacy top-level metadata moved under ``"metadata"``). ``saelens_architecture(cfg)``
+      gives the architecture whose ``encode``/``forward`` read these parameters.
 
     Raises:
       FileNotFoundError: a missing file.
@@ -257,12 +296,12 @@ def load_saelens(directory: str | os.PathLike) -> tuple[SAEParams, dict[str, Any
         metadata.setdefault(key, cfg.pop(key))
     cfg["metadata"] = metadata
     tensors = load_file(str(path / WEIGHTS_FILENAME))
-    _check_tensors(tensors, int(cfg["d_in"]), int(cfg["d_sae"]), f"load_saelens({path})")
+    _check_tensors(tensors, int(cfg["d_in"]), int(cfg["d_sae"]), f"load_saelens({path})", arch)
     apply_b_dec = bool(cfg.get("apply_b_dec_to_input", True))
-    want = arch == "topk"
+    want = _APPLY_B_DEC[arch]
     if apply_b_dec and not want:
         tensors["b_enc"] = _fold_b_dec(tensors, -1.0)
     elif want and not apply_b_dec:
         tensors["b_enc"] = _fold_b_dec(tensors, +1.0)
-    params = SAEParams(**{n: jnp.asarray(tensors[n]) for n in _TENSORS})
+    params = SAEParams(**{n: jnp.asarray(v) for n, v in tensors.items()})
     return params, cfg

@@ -21,19 +21,47 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--d-sae", type=int, default=None, help="number of features (default: 8 × the input width)"
     )
     parser.add_argument(
+        "--architecture",
         "--arch",
-        choices=("l1", "topk"),
+        dest="arch",
         default="l1",
-        help="l1: ReLU + decoder-norm-weighted L1 penalty; topk: keep the k largest (default l1)",
+        help="l1 (ReLU + decoder-norm-weighted L1 penalty), topk (the k largest per token, AuxK), "
+        "batchtopk (the k·batch largest of the batch), matryoshka_batchtopk (BatchTopK with "
+        "nested prefix losses) or jumprelu (learned thresholds, L0 penalty) (default l1)",
     )
     parser.add_argument(
-        "--k", type=int, default=32, help="active features per token for --arch topk (default 32)"
+        "--k",
+        type=int,
+        default=32,
+        help="active features per token, TopK family (default 32)",
+    )
+    parser.add_argument(
+        "--aux-k", type=int, default=512, help="dead features used by AuxK (default 512)"
+    )
+    parser.add_argument(
+        "--matryoshka-widths",
+        default=None,
+        help="comma-separated nested prefix widths for matryoshka_batchtopk, the last d_sae "
+        "(default d_sae/8, d_sae/4, d_sae/2, d_sae)",
+    )
+    parser.add_argument(
+        "--bandwidth",
+        type=float,
+        default=1e-3,
+        help="JumpReLU pseudo-derivative bandwidth (default 0.001)",
+    )
+    parser.add_argument(
+        "--sparsity",
+        choices=("l0", "tanh"),
+        default="l0",
+        help="JumpReLU sparsity penalty (default l0)",
     )
     parser.add_argument(
         "--l1-coeff",
         type=float,
         default=5.0,
-        help="L1 coefficient λ for --arch l1, on inputs normalised to E‖x‖² = d_in (default 5)",
+        help="sparsity coefficient λ (l1: L1 penalty; jumprelu: L0/tanh penalty), on inputs "
+        "normalised to E‖x‖² = d_in (default 5)",
     )
     parser.add_argument("--steps", type=int, default=1000, help="optimiser steps (default 1000)")
     parser.add_argument(
@@ -155,11 +183,22 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         extra = {} if args.dead_tokens is None else {"dead_tokens": args.dead_tokens}
+        d_sae = args.d_sae if args.d_sae is not None else 8 * src.d
+        if args.arch == "matryoshka_batchtopk":
+            widths = args.matryoshka_widths
+            extra["matryoshka_widths"] = (
+                tuple(int(w) for w in widths.split(","))
+                if widths
+                else (d_sae // 8, d_sae // 4, d_sae // 2, d_sae)
+            )
         cfg = TrainConfig(
             d_in=src.d,
-            d_sae=args.d_sae if args.d_sae is not None else 8 * src.d,
+            d_sae=d_sae,
             arch=args.arch,
             k=args.k,
+            aux_k=args.aux_k,
+            bandwidth=args.bandwidth,
+            sparsity=args.sparsity,
             l1_coeff=args.l1_coeff,
             lr=args.lr,
             total_steps=args.steps,

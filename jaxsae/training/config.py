@@ -28,10 +28,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from jaxsae.kernels._checks import check_nonnegative
+from jaxsae.kernels.architectures import architecture_names, architecture_options, from_config
 
 __all__ = ["TrainConfig", "ARCHS"]
 
-ARCHS = ("l1", "topk")
+#: the registered architectures (``jaxsae.kernels.architectures``)
+ARCHS = architecture_names()
 
 
 @dataclass(frozen=True)
@@ -41,10 +43,14 @@ class TrainConfig:
     Attributes:
       d_in: input dimension ``D`` (the language model's hidden size).
       d_sae: number of features ``F``.
-      arch: ``"l1"`` (ReLU encoder, decoder-norm-weighted L1 penalty, ``sae_loss``) or
-        ``"topk"`` (keep the ``k`` largest pre-activations, ``topk_loss`` with AuxK).
-      k: active features per token (``topk`` only).
-      l1_coeff: ``λ ≥ 0`` after its warm-up (``l1`` only); 5 on inputs with ``E‖x‖² = d_in``.
+      arch: a registered architecture (``jaxsae.kernels.architectures``): ``"l1"`` (ReLU
+        encoder, decoder-norm-weighted L1 penalty), ``"topk"`` (the ``k`` largest
+        pre-activations per token, AuxK), ``"batchtopk"`` (the ``k · batch`` largest of the
+        batch, AuxK, a running inference threshold), ``"matryoshka_batchtopk"`` (BatchTopK with
+        nested prefix losses) or ``"jumprelu"`` (per-feature learned thresholds, L0 penalty).
+      k: active features per token (TopK family).
+      l1_coeff: the sparsity coefficient ``λ ≥ 0`` after its warm-up: the L1 penalty's (``l1``;
+        5 on inputs with ``E‖x‖² = d_in``) or the L0/tanh penalty's (``jumprelu``).
       lr: peak learning rate of Adam.
       total_steps: number of optimiser steps of the run (sets the schedules).
       batch_size: global batch, in tokens, summed over devices.
@@ -56,8 +62,15 @@ class TrainConfig:
       grad_clip: maximum global gradient norm (over all parameters and all devices).
       dead_tokens: a feature is dead when it has not fired (code > 0) on any of the last
         ``dead_tokens`` tokens.
-      aux_k: dead features used by the AuxK loss (``topk`` only).
-      aux_coeff: weight of the AuxK loss (``topk`` only).
+      aux_k: dead features used by the AuxK loss (TopK family).
+      aux_coeff: weight of the AuxK loss (TopK family).
+      threshold_lr: rate of the running BatchTopK threshold (SAELens' ``topk_threshold_lr``).
+      max_per_row: slots per token of BatchTopK's sparse layout (0: ``4 k``; ``d_sae``: exact).
+      matryoshka_widths: nested prefix widths of ``matryoshka_batchtopk``, the last ``d_sae``.
+      bandwidth: ``ε`` of JumpReLU's pseudo-derivatives.
+      init_threshold: JumpReLU's ``θ`` at initialisation.
+      sparsity: JumpReLU's penalty, ``"l0"`` or ``"tanh"``.
+      pre_act_coeff: weight of JumpReLU's pre-activation loss on dead features (0: off).
       dec_init_norm: norm of each decoder row at initialisation.
       seed: PRNG seed of the initialisation.
     """
@@ -77,6 +90,13 @@ class TrainConfig:
     dead_tokens: int = 10_000_000
     aux_k: int = 512
     aux_coeff: float = 1 / 32
+    threshold_lr: float = 0.01
+    max_per_row: int = 0
+    matryoshka_widths: tuple[int, ...] = ()
+    bandwidth: float = 1e-3
+    init_threshold: float = 1e-3
+    sparsity: str = "l0"
+    pre_act_coeff: float = 0.0
     dec_init_norm: float = 0.1
     seed: int = 0
 
@@ -89,11 +109,26 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig.lr_warmup_steps: expected an int >= 0, found {self.lr_warmup_steps!r}"
             )
-        if self.arch not in ARCHS:
-            raise ValueError(f"TrainConfig.arch: expected one of {ARCHS}, found {self.arch!r}")
-        if self.arch == "topk" and self.k > self.d_sae:
+        if self.arch not in architecture_names():
+            raise ValueError(
+                f"TrainConfig.arch: expected one of {architecture_names()}, found {self.arch!r}"
+            )
+        if "k" in architecture_options(self.arch) and self.k > self.d_sae:
             raise ValueError(f"TrainConfig.k: expected k <= d_sae={self.d_sae}, found k={self.k}")
-        for name in ("l1_coeff", "aux_coeff", "grad_clip", "dec_init_norm"):
+        if not isinstance(self.max_per_row, int) or not 0 <= self.max_per_row <= self.d_sae:
+            raise ValueError(
+                f"TrainConfig.max_per_row: expected an int in [0, d_sae={self.d_sae}], found "
+                f"{self.max_per_row!r}"
+            )
+        object.__setattr__(self, "matryoshka_widths", tuple(self.matryoshka_widths))
+        if self.arch == "matryoshka_batchtopk" and (
+            not self.matryoshka_widths or self.matryoshka_widths[-1] != self.d_sae
+        ):
+            raise ValueError(
+                f"TrainConfig.matryoshka_widths: expected increasing widths ending with d_sae="
+                f"{self.d_sae}, found {self.matryoshka_widths}"
+            )
+        for name in ("l1_coeff", "aux_coeff", "grad_clip", "dec_init_norm", "pre_act_coeff"):
             check_nonnegative(f"TrainConfig.{name}", getattr(self, name))
         if not self.lr > 0:
             raise ValueError(f"TrainConfig.lr: expected a learning rate > 0, found {self.lr!r}")
@@ -105,6 +140,10 @@ class TrainConfig:
                 raise ValueError(
                     f"TrainConfig.{name}: expected a fraction in [0, 1], found {value}"
                 )
+        try:  # the architecture's own checks (options of other architectures are not read)
+            from_config(self)
+        except ValueError as err:
+            raise ValueError(f"TrainConfig: {err}") from None
 
     @property
     def lr_decay_steps(self) -> int:
@@ -122,7 +161,9 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-serialisable dict (for checkpoints and ``cfg.json``)."""
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["matryoshka_widths"] = list(self.matryoshka_widths)  # as JSON reads it back
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

@@ -49,6 +49,7 @@ import numpy as np
 
 from jaxsae.data.loader import Loader, Normalisation, as_source, compute_normalisation
 from jaxsae.data.store import atomic_save_text
+from jaxsae.kernels.architectures import from_config
 from jaxsae.kernels.sae import SAEParams, fold_normalisation
 from jaxsae.training.checkpoint import Checkpointer
 from jaxsae.training.config import TrainConfig
@@ -137,9 +138,10 @@ def train(
             "train: expected checkpoint_every, log_every and keep_checkpoints >= 1, found "
             f"{checkpoint_every}, {log_every}, {keep_checkpoints}"
         )
-    if resample_steps and cfg.arch != "l1":
+    if resample_steps and not from_config(cfg).resamples:
         raise ValueError(
-            f"train: resampling is for arch='l1' (TopK uses AuxK), found arch={cfg.arch!r}"
+            f"train: resampling is for arch='l1' (the others have their own dead-feature loss), "
+            f"found arch={cfg.arch!r}"
         )
     options = {
         "normalise": normalise,
@@ -156,8 +158,12 @@ def train(
     hooks = [_Resampler(run, metrics, resample_batches), metrics, checkpoints]
     state, done = _step_loop(run, hooks, metrics, checkpoints, end)
     params = jax.tree.map(jnp.asarray, placement.gather(state.params))
+    arch = from_config(cfg)  # the returned and exported SAE is the inference form
     raw = fold_normalisation(
-        params, run.norm.mean, run.norm.scale, apply_b_dec_to_input=cfg.arch == "topk"
+        arch.to_inference(params),
+        run.norm.mean,
+        run.norm.scale,
+        apply_b_dec_to_input=arch.apply_b_dec_to_input,
     )
     if export and done == cfg.total_steps and is_main():
         from jaxsae.models.saelens import save_saelens
@@ -436,10 +442,9 @@ def _saelens_cfg(cfg: TrainConfig, src: Any, norm: Normalisation) -> dict:
         jaxsae_train_config=cfg.to_dict(),
         jaxsae_input_normalisation={"centred": bool(np.any(norm.mean)), "scale": norm.scale},
     )
-    out: dict[str, Any] = {"architecture": "topk" if cfg.arch == "topk" else "standard"}
-    if cfg.arch == "topk":
-        out["k"] = cfg.k
-    return {**out, "metadata": meta}
+    from jaxsae.models.saelens import saelens_fields
+
+    return {**saelens_fields(from_config(cfg)), "metadata": meta}
 
 
 class _DeferredInterrupt:

@@ -37,7 +37,7 @@ __all__ = [
 
 # Which axis of each parameter indexes the features (None: not per-feature, replicated when
 # the dictionary is split over a "feature" mesh axis). The one description of the layout.
-FEATURE_AXES = SAEParams(W_enc=1, b_enc=0, W_dec=0, b_dec=None)
+FEATURE_AXES = SAEParams(W_enc=1, b_enc=0, W_dec=0, b_dec=None, threshold=0)
 
 
 def _ramp(t: jax.Array, n: int) -> jax.Array:
@@ -95,10 +95,12 @@ def global_norm(tree: SAEParams, *, feature_axis: str | None = None) -> jax.Arra
     Returns:
       A scalar, the same on every device.
     """
-    dtype = jnp.result_type(*tree)
+    dtype = jnp.result_type(*jax.tree.leaves(tree))
     sharded = jnp.zeros((), dtype)
     replicated = jnp.zeros((), dtype)
     for leaf, axis in zip(tree, FEATURE_AXES, strict=True):
+        if leaf is None:  # no threshold
+            continue
         sq = jnp.sum(jnp.square(leaf))
         if axis is None:
             replicated = replicated + sq

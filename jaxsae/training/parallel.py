@@ -104,18 +104,15 @@ def make_mesh(
     )
 
 
-def _param_specs() -> SAEParams:
-    def spec(axis: int | None, ndim: int) -> P:
+def _param_specs(params: SAEParams) -> SAEParams:
+    def spec(leaf: Any, axis: int | None) -> P | None:
+        if leaf is None:
+            return None
         if axis is None:
             return P()
-        return P(*[FEATURE if i == axis else None for i in range(ndim)])
+        return P(*[FEATURE if i == axis else None for i in range(leaf.ndim)])
 
-    return SAEParams(
-        W_enc=spec(FEATURE_AXES.W_enc, 2),
-        b_enc=spec(FEATURE_AXES.b_enc, 1),
-        W_dec=spec(FEATURE_AXES.W_dec, 2),
-        b_dec=spec(FEATURE_AXES.b_dec, 1),
-    )
+    return SAEParams(*(spec(leaf, a) for leaf, a in zip(params, FEATURE_AXES, strict=True)))
 
 
 def state_specs(cfg: TrainConfig) -> TrainState:
@@ -125,7 +122,7 @@ def state_specs(cfg: TrainConfig) -> TrainState:
     ``tokens_since_fired``) are split over ``"feature"``; everything else is replicated.
     """
     shapes = jax.eval_shape(lambda: init_state(cfg))
-    pspecs = _param_specs()
+    pspecs = _param_specs(shapes.params)
     opt_specs = optax.tree_map_params(
         make_optimizer(cfg),
         lambda _, spec: spec,
@@ -151,11 +148,6 @@ def _check_mesh(cfg: TrainConfig, mesh: Mesh) -> None:
             f"mesh: expected axes ('{DATA}', '{FEATURE}') (see make_mesh), found {mesh.axis_names}"
         )
     n_f = mesh.shape[FEATURE]
-    if cfg.arch == "topk" and n_f > 1:
-        raise ValueError(
-            f"mesh: arch='topk' needs a global top-k across feature slices, which is not "
-            f"implemented; expected a mesh with feature=1, found feature={n_f}"
-        )
     if cfg.d_sae % n_f:
         raise ValueError(
             f"mesh: expected the {n_f} feature shards to divide d_sae={cfg.d_sae} evenly"

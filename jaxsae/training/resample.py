@@ -49,7 +49,7 @@ def _mask_features(tree: SAEParams, keep: jax.Array) -> SAEParams:
     """Zero the per-feature entries of an ``SAEParams``-shaped tree where ``keep`` is False."""
     out = []
     for leaf, axis in zip(tree, FEATURE_AXES, strict=True):
-        if axis is None:
+        if axis is None or leaf is None:
             out.append(leaf)
         else:
             shape = [1] * leaf.ndim

@@ -15,7 +15,8 @@ import optax
 from jax.typing import ArrayLike
 
 from jaxsae.kernels._checks import check_array
-from jaxsae.kernels.sae import SAEParams, init_params
+from jaxsae.kernels.architectures import from_config
+from jaxsae.kernels.sae import SAEParams
 from jaxsae.training.config import TrainConfig
 from jaxsae.training.optim import make_optimizer
 
@@ -30,8 +31,9 @@ class TrainState(NamedTuple):
 
     Attributes:
       step: int32 scalar, optimiser steps taken so far (drives the schedules).
-      params: the SAE, ``W_enc (d_in, d_sae)``, ``b_enc (d_sae,)``, ``W_dec (d_sae, d_in)``,
-        ``b_dec (d_in,)``.
+      params: the SAE in its architecture's training form, ``W_enc (d_in, d_sae)``,
+        ``b_enc (d_sae,)``, ``W_dec (d_sae, d_in)``, ``b_dec (d_in,)`` and, for the
+        architectures with one, ``threshold (d_sae,)``.
       opt_state: the ``make_optimizer(cfg)`` state (Adam moments shaped like ``params``).
       tokens_since_fired: ``(d_sae,)`` int32, tokens seen since each feature last had a code
         ``> 0`` on any token of a global batch (saturates at ``COUNTER_MAX``).
@@ -107,7 +109,7 @@ def init_state(
 @partial(jax.jit, static_argnums=(0, 1))
 def _init_state(cfg: TrainConfig, dtype: jnp.dtype, b_dec: jax.Array | None) -> TrainState:
     init_key, state_key = jax.random.split(jax.random.PRNGKey(cfg.seed))
-    params = init_params(
+    params = from_config(cfg).init(
         init_key, cfg.d_in, cfg.d_sae, dec_norm=cfg.dec_init_norm, b_dec=b_dec, dtype=dtype
     )
     return TrainState(
