@@ -48,7 +48,7 @@ FULL_BATCH = {"cpu": 4096, "accelerator": 16384}
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {
         "layer": 4,
-        "n_proteins": 1000,
+        "n_proteins": 3000,
         "n_heldout": 4096,
         "max_len": 256,
         "d_sae": 1280,
