@@ -230,7 +230,8 @@ def test_analysis_config_is_validated():
     from jaxsae.interpret.analysis import AnalysisConfig
 
     assert AnalysisConfig().thresholds == THRESHOLDS and AnalysisConfig().min_residues == 1500
-    for bad in ({"recall": "domain"}, {"chunk_size": 0}, {"thresholds": (1.5,)}, {"k": 0}):
+    bads = ({"recall": "domain"}, {"chunk_size": 0}, {"thresholds": (1.5,)}, {"k": 0})
+    for bad in (*bads, {"neurons": "raw"}):
         with pytest.raises(ValueError):
             AnalysisConfig(**bad)
     with pytest.raises(TypeError):

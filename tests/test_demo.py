@@ -18,6 +18,8 @@ TINY = [
     "--quick",
     "--n-proteins",
     "60",
+    "--n-heldout",
+    "12",
     "--max-len",
     "64",
     "--d-sae",

@@ -148,6 +148,16 @@ def test_pca_and_neuron_featurizers_use_both_signs():
     assert nf.labels[:1] == ("n0+",) and nf.num_features == 6
 
 
+def test_interplm_neuron_baseline_is_raw_and_positive_only():
+    X = np.array([[1.0, -2.0], [-3.0, 4.0]], np.float32)
+    nf = neuron_featurizer(None, 2, signs="positive")  # InterPLM's identity dictionary
+    g = np.asarray(nf.apply(nf.params, jnp.asarray(X)))
+    np.testing.assert_array_equal(g, np.maximum(X, 0))
+    assert nf.labels == ("n0", "n1") and nf.num_features == 2
+    with pytest.raises(ValueError, match="signs"):
+        neuron_featurizer(None, 2, signs="negative")
+
+
 def test_sample_rows_of_one_split():
     acts, index = _data(n=120)
     proteins = [

@@ -94,6 +94,9 @@ class AnalysisConfig:
         this many features carry them (InterPLM: 100).
       recall: ``"instance"`` (InterPLM: per instance for range concepts) or ``"residue"`` (a
         named variant: per residue for every concept).
+      neurons: the neuron baseline: ``"centred"`` (mean-centred, both signs, ``2 d`` features;
+        more generous than InterPLM) or ``"interplm"`` (raw, positive side only, ``d``
+        features: InterPLM's identity dictionary).
       thresholds: on the max-scaled activation.
       max_cards: feature cards in the report.
       fista_proteins: score FISTA codes on this many validation and test proteins (0: skip).
@@ -111,6 +114,7 @@ class AnalysisConfig:
     scop_min_domains: int = 5
     min_description_count: int = 100
     recall: str = "instance"
+    neurons: str = "centred"
     thresholds: tuple[float, ...] = THRESHOLDS
     max_cards: int = 40
     fista_proteins: int = 0
@@ -133,6 +137,8 @@ class AnalysisConfig:
                 raise ValueError(f"{name}: expected >= 0, found {getattr(self, name)}")
         if self.recall not in ("instance", "residue"):
             raise ValueError(f"recall: expected 'instance' or 'residue', found {self.recall!r}")
+        if self.neurons not in ("centred", "interplm"):
+            raise ValueError(f"neurons: expected 'centred' or 'interplm', found {self.neurons!r}")
         thr = tuple(float(t) for t in self.thresholds)
         if not thr or any(not 0 <= t < 1 for t in thr):
             raise ValueError(f"thresholds: expected values in [0, 1), found {self.thresholds}")
@@ -266,7 +272,11 @@ def build_featurizers(
     pca = fit_pca(sample, min(store.d, sample.shape[0]))
     featurizers = {
         "SAE": sae_featurizer(params, architecture=architecture),
-        "neurons": neuron_featurizer(store.mean),
+        "neurons": (
+            neuron_featurizer(store.mean)
+            if cfg.neurons == "centred"
+            else neuron_featurizer(None, store.d, signs="positive")
+        ),
         "PCA": pca_featurizer(pca),
     }
     return featurizers, pca
@@ -708,6 +718,7 @@ def _protocol(cfg: AnalysisConfig) -> dict[str, Any]:
     return {
         "thresholds": list(cfg.thresholds),
         "recall": cfg.recall,
+        "neurons": cfg.neurons,
         "min_residues": cfg.min_residues,
         "min_instances": cfg.min_instances,
         "selection": "feature and threshold chosen on valid, scored on test",
@@ -855,7 +866,9 @@ _METHOD_TEXT = (
     "SCOPe concepts the held-out proteins are pooled and halved by a hash of their id, because a "
     "split by SCOPe superfamily never puts a superfamily in both validation and test. Baselines "
     "go through the same protocol: the model's neurons (mean-centred) and the PCA components of "
-    "the training activations, each signed direction split into two non-negative features."
+    "the training activations, each signed direction split into two non-negative features "
+    "(more generous than InterPLM, whose neurons are raw and positive only; that baseline is the "
+    "named variant neurons='interplm'; InterPLM has no PCA baseline)."
     "\n\n"
     "A concept counts as covered when its chosen feature reaches test F1 > 0.5. Residue "
     "identity is a sanity concept (InterPLM leaves amino acids out of its counts): the headline "

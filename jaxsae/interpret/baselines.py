@@ -5,6 +5,12 @@ activations scaled by their maximum. Each signed direction therefore gives two f
 ReLU of each sign: ``neuron i+ = max(x_i − μ_i, 0)`` and ``neuron i− = max(μ_i − x_i, 0)``
 (likewise ``pc j±`` for the projection on component ``j``), with ``μ`` the mean activation.
 Mean-centring matters: without it a neuron with a large offset fires on every residue.
+
+This is more generous to the neurons than InterPLM, whose neuron baseline is an identity
+dictionary (``IdentityDict`` in their ``sae/dictionary.py``): the raw activation ``x_i``, not
+centred, divided by its maximum, so only its positive side can pass a threshold — ``d`` features.
+``neuron_featurizer(None, d, signs="positive")`` is that baseline exactly (the named variant
+``neurons="interplm"`` of the analysis). InterPLM has no PCA baseline.
 """
 
 from __future__ import annotations
@@ -87,13 +93,23 @@ def _pca_apply(params: dict, x: jax.Array) -> jax.Array:
     return _both_signs(z)
 
 
-def neuron_featurizer(mean: ArrayLike | None, d: int | None = None) -> Featurizer:
+def _positive(params: dict, x: jax.Array) -> jax.Array:
+    return jnp.maximum(x.astype(params["mean"].dtype) - params["mean"][None, :], 0)
+
+
+def neuron_featurizer(
+    mean: ArrayLike | None, d: int | None = None, *, signs: str = "both"
+) -> Featurizer:
     """The model's neurons (dimensions of ``h^l``), mean-centred, both signs: ``2 d`` features.
 
     Args:
       mean: ``(d,)`` mean activation to centre with (``None``: no centring, then give ``d``).
       d: activation width, when ``mean`` is ``None``.
+      signs: ``"both"`` (``n i+`` and ``n i−``, ``2 d`` features) or ``"positive"``
+        (``max(x_i − μ_i, 0)`` only, ``d`` features; with ``mean=None`` InterPLM's baseline).
     """
+    if signs not in ("both", "positive"):
+        raise ValueError(f"signs: expected 'both' or 'positive', found {signs!r}")
     if mean is None:
         if d is None:
             raise ValueError("neuron_featurizer: give mean or d")
@@ -101,6 +117,9 @@ def neuron_featurizer(mean: ArrayLike | None, d: int | None = None) -> Featurize
     else:
         mu = np.asarray(mean, np.float32)
     d = mu.shape[0]
+    if signs == "positive":
+        labels = tuple(f"n{i}" for i in range(d))
+        return Featurizer("neurons", _positive, {"mean": jnp.asarray(mu)}, d, labels)
     labels = tuple(f"n{i}+" for i in range(d)) + tuple(f"n{i}-" for i in range(d))
     # the projection on the identity: the same compiled code as a full-rank PCA featurizer
     params = {"mean": jnp.asarray(mu), "components": jnp.eye(d, dtype=jnp.float32)}

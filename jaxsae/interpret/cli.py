@@ -115,6 +115,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "(default), or per residue (a variant)",
     )
     parser.add_argument(
+        "--neurons",
+        choices=("centred", "interplm"),
+        default="centred",
+        help="neuron baseline: mean-centred with both signs (default; more generous than "
+        "InterPLM) or raw with the positive side only (InterPLM's identity dictionary)",
+    )
+    parser.add_argument(
         "--min-residues",
         type=int,
         default=1500,
@@ -161,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         max_cards=args.max_cards,
         recall=args.recall,
+        neurons=args.neurons,
         min_residues=args.min_residues,
         min_instances=args.min_instances,
     )
