@@ -31,10 +31,11 @@ SAE-scale points (``--sae``): dictionaries the size of real SAE decoders, ``D320
 200 non-zeros per code (``sae_problem``: each input mixes ``k`` random unit-norm atoms, with
 non-negative weights for the non-negative problems, plus 20 dB noise; ``λ`` a fixed fraction of
 the mean ``‖W x‖∞``). Only the jaxsae default and SPAMS (float64, ``pos=True`` for the
-non-negative problems) run there, each once after a warm-up, alternated; both are checked by the
-float64 relative duality gap of their codes (``≤ 1e-6``). The process's peak RSS is printed
-after jaxsae's runs, before SPAMS runs (SPAMS precomputes the ``F × F`` Gram matrix below 50,000
-atoms: 13 GB at ``F = 40,960``, so ``--no-spams-above F`` skips it there).
+non-negative problems) run there, after a warm-up, alternated (``--rounds``, default one;
+medians); both are checked by the float64 relative duality gap of their codes (``≤ 1e-6``).
+The process's peak RSS is printed after jaxsae's runs, before SPAMS runs (SPAMS precomputes
+the ``F × F`` Gram matrix below 50,000 atoms: 13 GB at ``F = 40,960``, so ``--no-spams-above F``
+skips it there).
 
 A method whose calibration or warm-up call exceeds ``--budget`` seconds is reported
 ``> budget``. Times are medians over rounds that alternate methods, after a warm-up, including
@@ -274,13 +275,16 @@ def run_point(D, F, B, budget, seed=0, core=False):
 
 
 # (D, F, B, atoms mixed per input, λ fraction): about 50 and about 200 non-zeros per code
+# (mean L0 of SPAMS's codes on 128 inputs, signed / non-negative: D320 L50 57 / 44, D320 L200
+# 201 / 171, D1280 F10240 L200 202 / 166; D1280 L50 interpolated between 23 at 30 atoms and 45 at
+# 60; the F = 40,960 points use the D1280 F10240 mixes, their L0 not checked)
 SAE_POINTS = {
-    "D320F10240B4096-L50": (320, 10240, 4096, 30, 0.12),
-    "D320F10240B4096-L200": (320, 10240, 4096, 150, 0.03),
-    "D1280F10240B1024-L50": (1280, 10240, 1024, 30, 0.12),
-    "D1280F10240B1024-L200": (1280, 10240, 1024, 150, 0.05),
-    "D1280F40960B1024-L50": (1280, 40960, 1024, 30, 0.12),
-    "D1280F40960B1024-L200": (1280, 40960, 1024, 150, 0.05),
+    "D320F10240B4096-L50": (320, 10240, 4096, 38, 0.12),
+    "D320F10240B4096-L200": (320, 10240, 4096, 75, 0.09),
+    "D1280F10240B1024-L50": (1280, 10240, 1024, 66, 0.12),
+    "D1280F10240B1024-L200": (1280, 10240, 1024, 150, 0.06),
+    "D1280F40960B1024-L50": (1280, 40960, 1024, 66, 0.12),
+    "D1280F40960B1024-L200": (1280, 40960, 1024, 150, 0.06),
 }
 
 
@@ -320,7 +324,7 @@ def max_rel_gap64(X, W, reg, codes, nonneg):
     return worst
 
 
-def run_sae_point(name, nonneg, spams_max_f, batch=None):
+def run_sae_point(name, nonneg, spams_max_f, batch=None, rounds=1):
     D, n_atoms, B, k, frac = SAE_POINTS[name]
     B = batch or B
     X, W, reg = sae_problem(0, B, D, n_atoms, k, frac, nonneg)
@@ -347,7 +351,7 @@ def run_sae_point(name, nonneg, spams_max_f, batch=None):
             return spams.lasso(Xf, D=Df, lambda1=reg, mode=2, numThreads=-1, pos=nonneg)
 
         fns["SPAMS"] = sp
-    times = time_rounds(fns, rounds=1, warmup=1 if len(fns) > 1 else 0)
+    times = time_rounds(fns, rounds=rounds, warmup=1 if len(fns) > 1 else 0)
     line = f"| {label} | {l0:.0f} | {fmt_time(times['jaxsae'])} (first {fmt_time(first)}) | "
     if "SPAMS" in fns:
         sp_codes = fns["SPAMS"]().T.toarray()
@@ -392,6 +396,9 @@ def main():
     parser.add_argument(
         "--batch", type=int, default=None, help="SAE-scale points: this many inputs instead"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="SAE-scale points: timed rounds (median)"
+    )
     args = parser.parse_args()
     if args.sae is not None:
         print(machine_line())
@@ -403,7 +410,7 @@ def main():
         signs = {"both": (False, True), "signed": (False,), "nonneg": (True,)}[args.sign]
         for name in args.sae or SAE_POINTS:
             for nonneg in signs:
-                run_sae_point(name, nonneg, args.no_spams_above, args.batch)
+                run_sae_point(name, nonneg, args.no_spams_above, args.batch, args.rounds)
         return
     if args.points:
         grid = [tuple(int(v) for v in p.split(",")) for p in args.points]

@@ -20,7 +20,7 @@ penalty, so a sample whose support ends with ``k`` atoms needs about ``k`` kinks
 matmul pair over ``F`` (the correlations) where FISTA needs tens to hundreds of iterations.
 Samples the path certifies (duality gap ``≤ tol``) are final; the others (active set out of
 slots, singular Gram, too many kinks) continue by FISTA from the path's codes
-(``solve_from_path``). For dictionaries of at least ``working_set.MIN_ATOMS`` (8,192) atoms the
+(``solve_from_path``). For dictionaries of at least ``working_set.MIN_ATOMS`` (2,048) atoms the
 path first runs on per-sample *working sets* of a few dozen to a few hundred atoms, checked
 against the whole dictionary by one product per round (``working_set``); only the samples they
 do not certify take the path over all atoms.
