@@ -14,6 +14,7 @@ the architectures' L0 is reported next to their recovery).
     python benchmarks/recovery.py                     # d_in=64, 512 features, 1024 latents
     python benchmarks/recovery.py --d-in 128 --n-features 1024 --steps 4000
     python benchmarks/recovery.py --archs l1,topk,batchtopk,matryoshka_batchtopk,jumprelu
+    python benchmarks/recovery.py --archs matryoshka_batchtopk --matryoshka-widths 128,256,512,1024
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ def main() -> None:
     p.add_argument("--l0-coeff", type=float, default=1.0, help="JumpReLU's λ (default 1)")
     p.add_argument("--init-threshold", type=float, default=1e-3, help="JumpReLU's initial θ")
     p.add_argument("--bandwidth", type=float, default=1e-3, help="JumpReLU's ε")
+    p.add_argument(
+        "--matryoshka-widths",
+        default="",
+        help="Matryoshka prefix widths, comma-separated, the last d_sae (default d_sae/2,d_sae)",
+    )
     args = p.parse_args()
 
     print(machine_line())
@@ -72,7 +78,10 @@ def run_one(args: argparse.Namespace, arch: str, X: np.ndarray, true_features) -
     d_sae = args.expansion * args.n_features
     extra = {}
     if arch == "matryoshka_batchtopk":
-        extra["matryoshka_widths"] = (d_sae // 8, d_sae // 4, d_sae // 2, d_sae)
+        widths = args.matryoshka_widths
+        extra["matryoshka_widths"] = (
+            tuple(int(w) for w in widths.split(",")) if widths else (d_sae // 2, d_sae)
+        )
     cfg = TrainConfig(
         d_in=args.d_in,
         d_sae=d_sae,
