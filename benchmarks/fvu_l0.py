@@ -13,7 +13,7 @@ the held-out residues:
 The table is printed and a plot (FVU against L0, one line per architecture) is written to
 ``benchmarks/results/fvu_l0.png``; the activations are cached under ``benchmarks/results/``.
 
-    python benchmarks/fvu_l0.py                                   # d_sae 1,280, 300 steps
+    python benchmarks/fvu_l0.py                                   # d_sae 1,280, 600 steps
     python benchmarks/fvu_l0.py --archs topk,batchtopk --ks 8,16,32 --steps 1000
 """
 
@@ -48,13 +48,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--eval-proteins", type=int, default=60, help="from each of valid and test")
     p.add_argument("--max-len", type=int, default=300)
     p.add_argument("--d-sae", type=int, default=1280)
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--ks", default="16,32", help="k of the TopK family")
-    p.add_argument("--l1-coeffs", default="5,15", help="λ of L1")
-    p.add_argument("--l0-coeffs", default="0.3,1.5", help="λ of JumpReLU")
-    p.add_argument("--init-threshold", type=float, default=0.1, help="JumpReLU's initial θ")
+    p.add_argument("--ks", default="8,16,32", help="k of the TopK family")
+    p.add_argument("--l1-coeffs", default="4,8,14", help="λ of L1")
+    p.add_argument("--l0-coeffs", default="2,8,30", help="λ of JumpReLU")
+    p.add_argument("--init-threshold", type=float, default=0.5, help="JumpReLU's initial θ")
     p.add_argument("--bandwidth", type=float, default=0.05, help="JumpReLU's ε")
     p.add_argument(
         "--matryoshka-widths",
@@ -157,7 +157,7 @@ def train_one(args, arch: str, opts: dict, X: np.ndarray, H: np.ndarray) -> tupl
     return l0, fvu, history[-1]["l0"], seconds
 
 
-def plot(rows: list[tuple], path: str) -> None:
+def plot(rows: list[tuple], path: str, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -170,7 +170,7 @@ def plot(rows: list[tuple], path: str) -> None:
     ax.set_xlabel("L0 (held-out residues)")
     ax.set_ylabel("FVU (held-out residues)")
     ax.set_xscale("log")
-    ax.set_title("ESM-2 8M layer 4, d_sae 1,280")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -196,7 +196,7 @@ def main() -> None:
     print("\n| architecture | level | L0 | FVU |\n| --- | --- | --- | --- |")
     for arch, level, l0, fvu in rows:
         print(f"| `{arch}` | {level} | {l0:.1f} | {fvu:.3f} |")
-    plot(rows, args.plot)
+    plot(rows, args.plot, f"ESM-2 8M layer {args.layer}, d_sae {args.d_sae:,}")
 
 
 if __name__ == "__main__":
