@@ -103,6 +103,7 @@ def run_one(args: argparse.Namespace, arch: str, X: np.ndarray, true_features) -
         f"{arch}: d_in={cfg.d_in} n_features={args.n_features} d_sae={cfg.d_sae} "
         f"avg_active={args.avg_active} rows={args.rows} steps={cfg.total_steps} "
         f"batch={cfg.batch_size} coeff={cfg.l1_coeff} k={cfg.k} lr={cfg.lr}"
+        + (f" widths={cfg.matryoshka_widths}" if cfg.matryoshka_widths else "")
     )
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
