@@ -301,22 +301,39 @@ def _attention_blocked(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Ar
     faster on a 2-core x86 CPU at ``T`` = 128 … 1024 for ESM-2 8M.
     """
     B, T, H, D = q.shape
+    n, blocks = _head_blocks(q, k, v)
+
+    def block(args):
+        qb, kb, vb, row = args
+        e, z = _block_weights(qb, kb, allowed[row])
+        return jnp.einsum("gts,gsd->gtd", e, vb) / z
+
+    rows = jnp.repeat(jnp.arange(B), n)
+    out = jax.lax.map(block, (*blocks, rows))
+    return jnp.transpose(out.reshape(B, H, T, D), (0, 2, 1, 3))
+
+
+def _head_blocks(q: jax.Array, k: jax.Array, v: jax.Array) -> tuple[int, tuple[jax.Array, ...]]:
+    """``(n, (q, k, v))`` regrouped into ``B·n`` blocks of ``g = H / n`` heads, each
+    ``(B·n, g, T, head_dim)``: ``g`` the largest divisor of ``H`` with ``g·T² ≤ 2¹⁹``; block
+    ``b·n + i`` holds heads ``i·g … (i+1)·g − 1`` of row ``b``."""
+    B, T, H, D = q.shape
     g = max([c for c in range(1, H + 1) if H % c == 0 and c * T * T <= _BLOCK_SCORES] or [1])
     n = H // g
 
     def heads_first(x):  # (B, T, H, D) -> (B·n, g, T, D)
         return jnp.transpose(x, (0, 2, 1, 3)).reshape(B * n, g, T, D)
 
-    def block(args):
-        qb, kb, vb, row = args
-        s = jnp.einsum("gtd,gsd->gts", qb, kb)
-        s = jnp.where(allowed[row][None], s, jnp.finfo(s.dtype).min)
-        e = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True))
-        return jnp.einsum("gts,gsd->gtd", e, vb) / jnp.sum(e, axis=-1, keepdims=True)
+    return n, (heads_first(q), heads_first(k), heads_first(v))
 
-    rows = jnp.repeat(jnp.arange(B), n)
-    out = jax.lax.map(block, (heads_first(q), heads_first(k), heads_first(v), rows))
-    return jnp.transpose(out.reshape(B, H, T, D), (0, 2, 1, 3))
+
+def _block_weights(qb: jax.Array, kb: jax.Array, allowed: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One block's unnormalised softmax weights ``e`` ``(g, T, T)`` and their row sums ``z``
+    ``(g, T, 1)`` (``allowed``: ``(T, T)``)."""
+    s = jnp.einsum("gtd,gsd->gts", qb, kb)
+    s = jnp.where(allowed[None], s, jnp.finfo(s.dtype).min)
+    e = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True))
+    return e, jnp.sum(e, axis=-1, keepdims=True)
 
 
 def attention(
@@ -692,24 +709,17 @@ def _attention_blocked_contacts(q, k, v, allowed, pairs, weight):
     """``_attention_blocked`` that also returns the layer's contact-logit terms ``(B, T, T)``,
     computed block by block of heads while their probabilities are in cache."""
     B, T, H, D = q.shape
-    g = max([c for c in range(1, H + 1) if H % c == 0 and c * T * T <= _BLOCK_SCORES] or [1])
-    n = H // g
-
-    def heads_first(x):  # (B, T, H, D) -> (B·n, g, T, D)
-        return jnp.transpose(x, (0, 2, 1, 3)).reshape(B * n, g, T, D)
+    n, blocks = _head_blocks(q, k, v)
 
     def block(args):
         qb, kb, vb, row, wb = args
-        s = jnp.einsum("gtd,gsd->gts", qb, kb)
-        s = jnp.where(allowed[row][None], s, jnp.finfo(s.dtype).min)
-        e = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True))
-        z = jnp.sum(e, axis=-1, keepdims=True)
+        e, z = _block_weights(qb, kb, allowed[row])
         out = jnp.einsum("gts,gsd->gtd", e, vb) / z
         return out, _head_block_terms(e / z, pairs[row].astype(e.dtype), wb.astype(e.dtype))
 
     rows = jnp.repeat(jnp.arange(B), n)
-    w = jnp.tile(weight.reshape(n, g), (B, 1))  # block b·n + i holds heads i·g … (i+1)·g − 1
-    out, terms = jax.lax.map(block, (heads_first(q), heads_first(k), heads_first(v), rows, w))
+    w = jnp.tile(weight.reshape(n, H // n), (B, 1))  # block b·n + i holds heads i·g … (i+1)·g − 1
+    out, terms = jax.lax.map(block, (*blocks, rows, w))
     out = jnp.transpose(out.reshape(B, H, T, D), (0, 2, 1, 3))
     return out, jnp.sum(terms.reshape(B, n, T, T), axis=1)
 
