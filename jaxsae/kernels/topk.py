@@ -253,15 +253,20 @@ def _flat_chunked(*arrays: jax.Array) -> list[jax.Array]:
     return [_pad_rows(a, n_pad).reshape(-1, _FLAT_CHUNK, *a.shape[1:]) for a in arrays]
 
 
-def _flat_combine(table, rows, idx, w, n_rows):
-    """``out[rows[p]] += w[p] table[idx[p]]``: ``(F, D), (P,), (P,), (P,) → (n_rows, D)``."""
+def _flat_scatter(src, src_idx, dst_idx, w, n_out):
+    """``out[dst_idx[p]] += w[p] src[src_idx[p]]``: ``(N, D), (P,), (P,), (P,) → (n_out, D)``."""
 
     def body(acc, a):
-        r, i, wt = a
-        return acc.at[r].add(wt[:, None] * table[i]), None
+        s, d, wt = a
+        return acc.at[d].add(wt[:, None] * src[s]), None
 
-    zero = jnp.zeros((n_rows, table.shape[-1]), jnp.result_type(table, w))
-    return lax.scan(body, zero, tuple(_flat_chunked(rows, idx, w)))[0]
+    zero = jnp.zeros((n_out, src.shape[-1]), jnp.result_type(src, w))
+    return lax.scan(body, zero, tuple(_flat_chunked(src_idx, dst_idx, w)))[0]
+
+
+def _flat_combine(table, rows, idx, w, n_rows):
+    """``out[rows[p]] += w[p] table[idx[p]]``: ``(F, D), (P,), (P,), (P,) → (n_rows, D)``."""
+    return _flat_scatter(table, idx, rows, w, n_rows)
 
 
 def _flat_dot(table, rows, idx, vectors):
@@ -273,13 +278,7 @@ def _flat_dot(table, rows, idx, vectors):
 
 def _flat_outer(w, rows, idx, vectors, n_out):
     """``out[idx[p]] += w[p] vectors[rows[p]]``: ``→ (n_out, D)``."""
-
-    def body(acc, a):
-        r, i, wt = a
-        return acc.at[i].add(wt[:, None] * vectors[r]), None
-
-    zero = jnp.zeros((n_out, vectors.shape[-1]), jnp.result_type(w, vectors))
-    return lax.scan(body, zero, tuple(_flat_chunked(rows, idx, w)))[0]
+    return _flat_scatter(vectors, rows, idx, w, n_out)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(4,))
