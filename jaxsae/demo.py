@@ -32,7 +32,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 HELP = (
     "Run the whole pipeline on the embedded default ESM-2 and proteins: extract activations, "
@@ -444,24 +444,16 @@ def _faithfulness_hook(model: Any, train_store: Any) -> Any:
     return analysis_hook(heads, mean=train_store.mean)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run ``jaxsae demo``."""
-    t_start = time.perf_counter()
-    try:
-        s = _settings(args)
-    except ValueError as err:
-        print(f"jaxsae demo: error: {err}", file=sys.stderr)
-        return 2
-    from jaxsae.errors import check_output_dir
+class _Data(NamedTuple):
+    model: Any
+    train_recs: list
+    eval_recs: list
+
+
+def _load(s: dict, args: argparse.Namespace) -> _Data | int:
+    """Stage 1: the embedded model and proteins (or an exit code: the plan printed, an error)."""
     from jaxsae.protein.default import DEFAULT_MODEL_NAME, load_default_dataset, load_default_model
 
-    out = check_output_dir(args.out, "--out")
-    out.mkdir(parents=True, exist_ok=True)
-    progress = getattr(args, "progress", True)
-    timings: dict[str, float] = {}
-
-    # -- 1. model and data ----------------------------------------------------------------
-    t = time.perf_counter()
     try:
         model = load_default_model()
         records = load_default_dataset(s["n_proteins"], max_len=s["max_len"], min_len=20)
@@ -486,27 +478,32 @@ def run(args: argparse.Namespace) -> int:
         f"({len(train_recs)} train, {sum(r.split == 'valid' for r in eval_recs)} validation, "
         f"{sum(r.split == 'test' for r in eval_recs)} test; split by SCOPe superfamily)"
     )
-    timings["load"] = time.perf_counter() - t
+    return _Data(model, train_recs, eval_recs)
 
-    # -- 2. activations -------------------------------------------------------------------
-    t = time.perf_counter()
-    tag = f"L{s['layer']}_n{s['n_proteins'] or 'all'}_len{s['max_len']}"
+
+def _run_tag(s: dict) -> str:
+    return f"L{s['layer']}_n{s['n_proteins'] or 'all'}_len{s['max_len']}"
+
+
+def _stores(s: dict, data: _Data, out: Path, args: argparse.Namespace, progress: bool):
+    """Stage 2: the training and held-out activation stores."""
+    tag = _run_tag(s)
     train_store = _extract(
-        train_recs, model, s["layer"], out / f"store_{tag}_train", args.force, progress
+        data.train_recs, data.model, s["layer"], out / f"store_{tag}_train", args.force, progress
     )
     held_tag = "" if s["n_heldout"] is None else f"_h{s['n_heldout']}"
     eval_store = _extract(
-        eval_recs, model, s["layer"], out / f"store_{tag}{held_tag}_heldout", args.force, progress
+        data.eval_recs,
+        data.model,
+        s["layer"],
+        out / f"store_{tag}{held_tag}_heldout",
+        args.force,
+        progress,
     )
-    timings["extract"] = time.perf_counter() - t
+    return train_store, eval_store
 
-    # -- 3. SAE ---------------------------------------------------------------------------
-    t = time.perf_counter()
-    run_dir = out / (
-        f"sae_{tag}_d{s['d_sae']}_l1-{s['l1_coeff']:g}_s{s['steps']}_b{s['batch_size']}"
-    )
-    params, history, scale, cfg = _train(s, train_store, run_dir, args.force, progress)
-    timings["train"] = time.perf_counter() - t
+
+def _say_training(history: list) -> None:
     last = next((r for r in reversed(history) if "l0" in r), {})
     if last:
         _say(
@@ -515,14 +512,14 @@ def run(args: argparse.Namespace) -> int:
             f"{1 - last.get('fvu', float('nan')):.3f}, dead {last.get('dead_frac', 0.0):.1%}"
         )
 
-    # -- 4. amortisation gap --------------------------------------------------------------
-    t = time.perf_counter()
-    l1_raw = s["l1_coeff"] / scale  # λ on raw inputs: the loss scales by s² and the L1 term by s
-    amort = None
+
+def _amortisation_stage(
+    params: Any, eval_store: Any, l1_raw: float, scale: float, run_dir: Path, rows: int
+) -> dict | None:
+    """Stage 4: the certified amortisation gap on ``rows`` held-out residues (cached)."""
     try:
         _say("amortisation gap: SAE encoder vs FISTA on the same decoder (held-out residues)")
         cache = run_dir / "amortisation.json"
-        rows = 128 if args.quick else 256
         amort = json.loads(cache.read_text()) if cache.is_file() else None
         if amort is not None and amort.get("rows") == min(rows, eval_store.num_rows):
             _say(f"amortisation gap: reusing {cache}")
@@ -531,71 +528,83 @@ def run(args: argparse.Namespace) -> int:
             tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
             tmp.write_text(json.dumps(amort, indent=1))
             os.replace(tmp, cache)
-        if "encoder_objective" in amort and "fista_objective" in amort:
-            _say(
-                f"objective encoder {amort['encoder_objective']:.4g} vs FISTA "
-                f"{amort['fista_objective']:.4g}; L0 {amort.get('encoder_l0', float('nan')):.1f}"
-                f" vs {amort.get('fista_l0', float('nan')):.1f} "
-                f"(gap {100 * amort['relative_gap']:.1f}%,"
-                f" FISTA {amort['fista_steps']} steps)"
-            )
     except ImportError as err:  # the kernel is optional for the report
         _say(f"amortisation gap skipped ({err})")
-    timings["amortisation"] = time.perf_counter() - t
+        return None
+    if "encoder_objective" in amort and "fista_objective" in amort:
+        _say(
+            f"objective encoder {amort['encoder_objective']:.4g} vs FISTA "
+            f"{amort['fista_objective']:.4g}; L0 {amort.get('encoder_l0', float('nan')):.1f}"
+            f" vs {amort.get('fista_l0', float('nan')):.1f} "
+            f"(gap {100 * amort['relative_gap']:.1f}%, FISTA {amort['fista_steps']} steps)"
+        )
+    return amort
 
-    # -- 5. interpretation ----------------------------------------------------------------
-    t = time.perf_counter()
+
+class _Trained(NamedTuple):
+    params: Any
+    history: list
+    scale: float
+    cfg: Any
+    run_dir: Path
+    amortisation: dict | None
+
+
+def _interpret_stage(
+    s: dict, data: _Data, stores: tuple, trained: _Trained, out: Path, args: argparse.Namespace
+) -> tuple[str, dict[str, str]]:
+    """Stage 5: the analysis (reused when an identical one is on disk); ``(console, images)``."""
     from jaxsae.interpret.analysis import AnalysisConfig, analyse
     from jaxsae.kernels.architectures import from_config
 
+    train_store, eval_store = stores
+    cfg = trained.cfg
     key = {
-        "run": run_dir.name,
+        "run": trained.run_dir.name,
         "fista_proteins": args.fista_proteins,
         "max_cards": s["max_cards"],
-        "amortisation": amort,
+        "amortisation": trained.amortisation,
     }
     previous = None if args.force else _previous_analysis(out, key)
     if previous is not None:
         _say(f"analysis: reusing {out / 'report.html'}")
-        console, images = previous["console"], previous["images"]
-    else:
-        _say(f"interpreting {cfg.d_sae} features on {eval_store.num_rows} held-out residues")
-        config = AnalysisConfig(
-            title=(
-                f"Features of ESM-2 t6 8M layer {s['layer']}: an L1 SAE with {cfg.d_sae} features"
-            ),
-            intro=(
-                f"jaxsae demo: {len(train_recs) + len(eval_recs)} SCOPe domains "
-                f"(≤ {s['max_len']} residues), SAE "
-                f"trained {cfg.total_steps} steps × {cfg.batch_size} residues, λ = "
-                f"{cfg.l1_coeff} on normalised inputs."
-            ),
-            l1_coeff=l1_raw,
-            fista_proteins=args.fista_proteins,
-            max_cards=s["max_cards"],
-            progress=progress,
-        )
-        result = analyse(
-            eval_store,
-            params,
-            out,
-            config=config,
-            pca_source=train_store,
-            metrics=history,
-            amortisation=amort,
-            model=model,
-            faithfulness=_faithfulness_hook(model, train_store),
-            architecture=from_config(cfg),
-            log=_say,
-            key=key,
-        )
-        console, images = result.console, {k: str(v) for k, v in result.images.items()}
-    timings["interpret"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t_start
+        return previous["console"], previous["images"]
+    _say(f"interpreting {cfg.d_sae} features on {eval_store.num_rows} held-out residues")
+    n_proteins = len(data.train_recs) + len(data.eval_recs)
+    config = AnalysisConfig(
+        title=f"Features of ESM-2 t6 8M layer {s['layer']}: an L1 SAE with {cfg.d_sae} features",
+        intro=(
+            f"jaxsae demo: {n_proteins} SCOPe domains (≤ {s['max_len']} residues), SAE trained "
+            f"{cfg.total_steps} steps × {cfg.batch_size} residues, λ = {cfg.l1_coeff} on "
+            "normalised inputs."
+        ),
+        l1_coeff=cfg.l1_coeff / trained.scale,
+        fista_proteins=args.fista_proteins,
+        max_cards=s["max_cards"],
+        progress=getattr(args, "progress", True),
+    )
+    result = analyse(
+        eval_store,
+        trained.params,
+        out,
+        config=config,
+        pca_source=train_store,
+        metrics=trained.history,
+        amortisation=trained.amortisation,
+        model=data.model,
+        faithfulness=_faithfulness_hook(data.model, train_store),
+        architecture=from_config(cfg),
+        log=_say,
+        key=key,
+    )
+    return result.console, {k: str(v) for k, v in result.images.items()}
+
+
+def _finish(s: dict, out: Path, timings: dict, console: str, images: dict, run_dir: Path) -> None:
+    """Stage 6: ``timings.json`` (atomic) and the closing lines."""
     tmp = out / f".timings.json.tmp-{os.getpid()}"
     tmp.write_text(json.dumps({"settings": s, "timings_s": timings}, indent=1))
     os.replace(tmp, out / "timings.json")
-
     print()
     print(console)
     print()
@@ -604,4 +613,52 @@ def run(args: argparse.Namespace) -> int:
     print(f"plots:   {', '.join(images.values())}")
     print(f"numbers: {out / 'summary.json'}")
     print(f"SAE:     {run_dir / 'sae'} (SAELens layout)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``jaxsae demo``: load → extract → train → amortisation gap → interpret → report."""
+    t_start = time.perf_counter()
+    try:
+        s = _settings(args)
+    except ValueError as err:
+        print(f"jaxsae demo: error: {err}", file=sys.stderr)
+        return 2
+    from jaxsae.errors import check_output_dir
+
+    out = check_output_dir(args.out, "--out")
+    out.mkdir(parents=True, exist_ok=True)
+    progress = getattr(args, "progress", True)
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    data = _load(s, args)
+    if isinstance(data, int):
+        return data
+    timings["load"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    stores = _stores(s, data, out, args, progress)
+    timings["extract"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    run_dir = out / (
+        f"sae_{_run_tag(s)}_d{s['d_sae']}_l1-{s['l1_coeff']:g}_s{s['steps']}_b{s['batch_size']}"
+    )
+    params, history, scale, cfg = _train(s, stores[0], run_dir, args.force, progress)
+    timings["train"] = time.perf_counter() - t
+    _say_training(history)
+
+    t = time.perf_counter()
+    l1_raw = s["l1_coeff"] / scale  # λ on raw inputs: the loss scales by s² and the L1 term by s
+    amort = _amortisation_stage(
+        params, stores[1], l1_raw, scale, run_dir, rows=128 if args.quick else 256
+    )
+    timings["amortisation"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    trained = _Trained(params, history, scale, cfg, run_dir, amort)
+    console, images = _interpret_stage(s, data, stores, trained, out, args)
+    timings["interpret"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t_start
+    _finish(s, out, timings, console, images, run_dir)
     return 0

@@ -2,7 +2,7 @@
 
 ``analyse`` runs, in order (each stage a small function a caller can run alone):
 
-1. ``build_featurizers``: the SAE, the model's neurons (mean-centred) and PCA components;
+1. ``build_featurizers``: the SAE, the model's neurons (InterPLM's baseline) and PCA components;
 2. ``compute_statistics``: one streaming pass per featurizer for densities, maxima and top
    activations;
 3. ``build_concept_sets``: every concept source the proteins support (residue identity from
@@ -94,9 +94,9 @@ class AnalysisConfig:
         this many features carry them (InterPLM: 100).
       recall: ``"instance"`` (InterPLM: per instance for range concepts) or ``"residue"`` (a
         named variant: per residue for every concept).
-      neurons: the neuron baseline: ``"centred"`` (mean-centred, both signs, ``2 d`` features;
-        more generous than InterPLM) or ``"interplm"`` (raw, positive side only, ``d``
-        features: InterPLM's identity dictionary).
+      neurons: the neuron baseline: ``"interplm"`` (InterPLM's identity dictionary: raw
+        activations, positive side only, ``d`` features) or ``"centred"`` (a named variant:
+        mean-centred, both signs, ``2 d`` features).
       thresholds: on the max-scaled activation.
       max_cards: feature cards in the report.
       fista_proteins: score FISTA codes on this many validation and test proteins (0: skip).
@@ -114,7 +114,7 @@ class AnalysisConfig:
     scop_min_domains: int = 5
     min_description_count: int = 100
     recall: str = "instance"
-    neurons: str = "centred"
+    neurons: str = "interplm"
     thresholds: tuple[float, ...] = THRESHOLDS
     max_cards: int = 40
     fista_proteins: int = 0
@@ -865,10 +865,11 @@ _METHOD_TEXT = (
     "with the best F1 on the validation proteins is chosen and scored on the test proteins. For "
     "SCOPe concepts the held-out proteins are pooled and halved by a hash of their id, because a "
     "split by SCOPe superfamily never puts a superfamily in both validation and test. Baselines "
-    "go through the same protocol: the model's neurons (mean-centred) and the PCA components of "
-    "the training activations, each signed direction split into two non-negative features "
-    "(more generous than InterPLM, whose neurons are raw and positive only; that baseline is the "
-    "named variant neurons='interplm'; InterPLM has no PCA baseline)."
+    "go through the same protocol: the model's neurons as InterPLM takes them (the raw "
+    "activation divided by its maximum, so only its positive side fires: d features) and the "
+    "PCA components of the training activations, each signed direction split into two "
+    "non-negative features (InterPLM has no PCA baseline). The named variant neurons='centred' "
+    "mean-centres the neurons and keeps both signs (2d features)."
     "\n\n"
     "A concept counts as covered when its chosen feature reaches test F1 > 0.5. Residue "
     "identity is a sanity concept (InterPLM leaves amino acids out of its counts): the headline "

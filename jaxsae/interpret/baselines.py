@@ -6,11 +6,12 @@ ReLU of each sign: ``neuron i+ = max(x_i − μ_i, 0)`` and ``neuron i− = max(
 (likewise ``pc j±`` for the projection on component ``j``), with ``μ`` the mean activation.
 Mean-centring matters: without it a neuron with a large offset fires on every residue.
 
-This is more generous to the neurons than InterPLM, whose neuron baseline is an identity
-dictionary (``IdentityDict`` in their ``sae/dictionary.py``): the raw activation ``x_i``, not
-centred, divided by its maximum, so only its positive side can pass a threshold — ``d`` features.
-``neuron_featurizer(None, d, signs="positive")`` is that baseline exactly (the named variant
-``neurons="interplm"`` of the analysis). InterPLM has no PCA baseline.
+InterPLM's neuron baseline is an identity dictionary (``IdentityDict`` in their
+``sae/dictionary.py``): the raw activation ``x_i``, not centred, divided by its maximum, so only
+its positive side can pass a threshold — ``d`` features. ``neuron_featurizer(None, d,
+signs="positive")`` is that baseline exactly, and the analysis' default (``neurons="interplm"``);
+the centred two-sided neurons are its named variant ``neurons="centred"``. InterPLM has no PCA
+baseline.
 """
 
 from __future__ import annotations

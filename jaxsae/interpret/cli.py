@@ -116,10 +116,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--neurons",
-        choices=("centred", "interplm"),
-        default="centred",
-        help="neuron baseline: mean-centred with both signs (default; more generous than "
-        "InterPLM) or raw with the positive side only (InterPLM's identity dictionary)",
+        choices=("interplm", "centred"),
+        default="interplm",
+        help="neuron baseline: raw with the positive side only, InterPLM's identity dictionary "
+        "(default), or mean-centred with both signs (a variant)",
     )
     parser.add_argument(
         "--min-residues",
