@@ -402,7 +402,7 @@ def _write_shards(
     shards = plan_shards(lengths, opts.rows_per_shard)
     mine = range(jax.process_index(), len(shards), jax.process_count())
     todo = [s for s in mine if not all(_shard_done(dirs[k], s) for k in layers)]
-    params = jax.device_put(params)
+    placed = (config, jax.device_put(params))
     bar = tqdm(
         total=sum(lengths[i] for s in todo for i in shards[s]),
         unit="res",
@@ -412,8 +412,7 @@ def _write_shards(
     )
     with bar:
         for s in todo:
-            model = (config, params)
-            acts, index = _shard_activations(recs, lengths, shards[s], model, layers, opts, bar)
+            acts, index = _shard_activations(recs, lengths, shards[s], placed, layers, opts, bar)
             for k, layer in enumerate(layers):
                 write_shard(dirs[layer], s, acts[k], index)
 
