@@ -364,6 +364,7 @@ def _plan(config: Any, layers: tuple[int, ...], recs: list[dict], opts: ExtractC
 def _record_plan(out: Path, plan: dict) -> None:
     """Write ``out/extract.json`` (process 0, atomically), or check that the one there asked the
     same; every process waits for it."""
+    from jaxsae.data.store import atomic_save_text
     from jaxsae.training.distributed import barrier, is_main
 
     plan_path = out / "extract.json"
@@ -377,9 +378,7 @@ def _record_plan(out: Path, plan: dict) -> None:
             )
     elif is_main():
         out.mkdir(parents=True, exist_ok=True)
-        tmp = plan_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(plan, indent=1))
-        os.replace(tmp, plan_path)
+        atomic_save_text(plan_path, json.dumps(plan, indent=1))
     barrier("jaxsae-extract-plan")
 
 
