@@ -49,10 +49,11 @@ def main() -> None:
     from jaxsae.protein.esm2 import esm2_hidden_states
     from jaxsae.protein.extract import (
         DEFAULT_BUCKETS,
-        _batch_arrays,
-        _batches,
+        ExtractConfig,
+        batch_arrays,
         bucket_length,
         extract_activations,
+        group_batches,
         pack_rows,
     )
 
@@ -89,10 +90,12 @@ def main() -> None:
         b = bucket_length(max(lengths[i] for i in bt) + 2, DEFAULT_BUCKETS)
         jax_padded.append((bt, *batch_tokenize([seqs[i] for i in bt], length=b)))
     packed = []
-    for b, rows in _batches(pack_rows(range(len(seqs)), lengths, DEFAULT_BUCKETS), args.tokens):
-        per = max(1, args.tokens // b)
-        n_rows = min(per, 1 << (len(rows) - 1).bit_length())
-        packed.append(_batch_arrays([{"sequence": s} for s in seqs], rows, n_rows, b))
+    batching = ExtractConfig(max_tokens_per_batch=args.tokens)
+    for b, rows in group_batches(
+        pack_rows(range(len(seqs)), lengths, DEFAULT_BUCKETS), args.tokens
+    ):
+        n_rows = batching.batch_rows(b, len(rows))
+        packed.append(batch_arrays([{"sequence": s} for s in seqs], rows, n_rows, b))
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     out = np.empty((total, config.d_model), np.float32)
 

@@ -72,16 +72,26 @@ def run_convergence(
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    import matplotlib
+    X, W, reg = make_lasso_problem(seed, B, D, F)
+    f_star = _reference_objective(X, W, reg, seed)
+    rows, curves = _convergence_rows(X, W, reg, f_star, num_steps)
+    paths = [Path(out_dir) / "convergence.png"]
+    if docs_path is not None:
+        paths.append(Path(docs_path))
+    _plot_convergence(curves, f"lasso, D={D}, F={F}, B={B}, λ={reg:.3f}", paths)
+    _print_convergence(rows, num_steps)
+    print("plot saved to " + ", ".join(str(p) for p in paths))
+    return rows
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def _reference_objective(X, W, reg: float, seed: int):
+    """``F*`` per sample ``(B,)``: FISTA run to a 1e-14 duality gap (the problem is printed)."""
     import numpy as np
 
     from jaxsae.kernels.lasso import lipschitz_constant
-    from jaxsae.kernels.solvers import fista, fista_trace, ista, ista_trace
+    from jaxsae.kernels.solvers import fista
 
-    X, W, reg = make_lasso_problem(seed, B, D, F)
+    (B, D), F = X.shape, W.shape[0]
     L = float(lipschitz_constant(W))
     print(
         f"problem: B={B} inputs, D={D}, F={F} unit-norm Gaussian atoms, 5-20 active + 20 dB "
@@ -93,6 +103,16 @@ def run_convergence(
         f"reference F*: {int(ref.num_steps)} iterations, max relative duality gap "
         f"{float(np.max(np.asarray(ref.gap) / f_star)):.1e}"
     )
+    return f_star
+
+
+def _convergence_rows(X, W, reg: float, f_star, num_steps: int) -> tuple[list[dict], dict]:
+    """Per method, the iterations to each threshold (from the trace and as the solver's
+    certified stop), and the batch-total relative gap curve ``(num_steps + 1,)`` of the traced
+    methods."""
+    import numpy as np
+
+    from jaxsae.kernels.solvers import fista, fista_trace, ista, ista_trace
 
     traces = {
         "ISTA": ista_trace(X, W, reg, num_steps=num_steps),
@@ -111,9 +131,7 @@ def run_convergence(
             X, W, reg, tol=tol, max_steps=20 * num_steps
         ),
     }
-    rows = []
-    k = np.arange(num_steps + 1)
-    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=90)
+    rows, curves = [], {}
     for name in solvers:
         row = {"method": name}
         if name in traces:
@@ -121,31 +139,47 @@ def run_convergence(
             rel = np.maximum(objs - f_star[None, :], 0) / f_star[None, :]
             for thr in THRESHOLDS:
                 row[f"trace {thr:g}"] = _first_below(rel, thr)
-            mean_gap = np.maximum(np.sum(objs - f_star[None, :], axis=1), 1e-300) / np.sum(f_star)
-            ax.loglog(k[1:], mean_gap[1:], label=name)
+            curves[name] = np.maximum(np.sum(objs - f_star[None, :], axis=1), 1e-300) / np.sum(
+                f_star
+            )
         for thr in THRESHOLDS:
             sol = solvers[name](thr)
             row[f"solver {thr:g}"] = int(sol.num_steps) if bool(sol.converged) else None
         rows.append(row)
-    g1 = np.sum(np.asarray(traces["ISTA"].objective)[1] - f_star) / np.sum(f_star)
+    return rows, curves
+
+
+def _plot_convergence(curves: dict, title: str, paths: list[Path]) -> None:
+    """The gap curves on log–log axes with ``O(1/k)`` and ``O(1/k²)`` lines through ISTA's
+    first step, saved at each of ``paths``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=90)
+    for name, mean_gap in curves.items():
+        k = np.arange(len(mean_gap))
+        ax.loglog(k[1:], mean_gap[1:], label=name)
+    g1 = curves["ISTA"][1]
     ax.loglog(k[1:], g1 / k[1:], "k:", lw=1, label="O(1/k)")
     ax.loglog(k[1:], g1 / k[1:] ** 2, "k--", lw=1, label="O(1/k²)")
     ax.set_ylim(1e-14, 2 * g1)
     ax.set_xlabel("iteration k")
     ax.set_ylabel("(F(c_k) − F*) / F*  (batch total)")
-    ax.set_title(f"lasso, D={D}, F={F}, B={B}, λ={reg:.3f}")
+    ax.set_title(title)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / "convergence.png"]
-    if docs_path is not None:
-        Path(docs_path).parent.mkdir(parents=True, exist_ok=True)
-        paths.append(Path(docs_path))
     for p in paths:
+        p.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(p)
     plt.close(fig)
+
+
+def _print_convergence(rows: list[dict], num_steps: int) -> None:
+    """The table of iterations, in Markdown, and what its columns mean."""
 
     def fmt(v):
         return "—" if v is None else str(v)
@@ -169,8 +203,6 @@ def run_convergence(
         "the while-loop solver runs until every sample's relative duality gap is ≤ tol "
         "(checked every 10 iterations)."
     )
-    print("plot saved to " + ", ".join(str(p) for p in paths))
-    return rows
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

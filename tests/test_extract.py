@@ -127,3 +127,31 @@ def test_cli_extract_from_fasta(model, tmp_path, capsys):
     st = open_store(tmp_path / "o" / "layer_1")
     assert [p["id"] for p in st.proteins] == ["a", "b"]
     assert json.loads((tmp_path / "o" / "extract.json").read_text())["layers"] == [1]
+
+
+def test_extract_config_is_validated_and_given_whole_or_by_keyword(model, proteins, tmp_path):
+    with pytest.raises(ValueError, match="dtype: expected 'float32' or 'float16'"):
+        ex.ExtractConfig(dtype="int8")
+    with pytest.raises(ValueError, match="too_long: expected 'crop' or 'error'"):
+        ex.ExtractConfig(too_long="skip")
+    with pytest.raises(ValueError, match="buckets: expected increasing lengths"):
+        ex.ExtractConfig(buckets=(64, 32))
+    with pytest.raises(ValueError, match="up to max_tokens=1024"):
+        ex.extract_activations(["MK"], model, [1], tmp_path / "b", buckets=(2048,), progress=False)
+    # a full batch holds max_tokens // length rows; a last, partial one a power of 2 of them
+    opts = ex.ExtractConfig(max_tokens_per_batch=256, buckets=[32, 64])
+    assert opts.buckets == (32, 64)
+    assert [opts.batch_rows(64, n) for n in (1, 3, 4, 9)] == [1, 4, 4, 4]
+    assert opts.batch_rows(512, 1) == 1
+    whole = ex.extract_activations(proteins[:4], model, [1], tmp_path / "w", ex.ExtractConfig(**KW))
+    named = ex.extract_activations(proteins[:4], model, [1], tmp_path / "n", **KW)
+    changed = ex.extract_activations(
+        proteins[:4], model, [1], tmp_path / "c", ex.ExtractConfig(**KW), dtype="float16"
+    )
+    n = named[1].num_rows
+    assert whole[1].num_rows == n
+    np.testing.assert_array_equal(whole[1].rows(0, n), named[1].rows(0, n))
+    assert (tmp_path / "w" / "extract.json").read_text() == (
+        tmp_path / "n" / "extract.json"
+    ).read_text()
+    assert changed[1].dtype == "float16"

@@ -362,3 +362,23 @@ def test_cli_train_with_resampling(tmp_path, capsys):
     assert (out / "sae").is_dir()
     assert cli.main([*argv[:-1], "--d-sae", "32"]) == 2  # resuming with another size
     assert "config d_sae: checkpoint 16, now 32" in capsys.readouterr().err
+
+
+def test_loop_options_are_validated_and_given_whole_or_by_keyword(tmp_path):
+    from jaxsae.training.loop import LoopOptions
+
+    with pytest.raises(ValueError, match="checkpoint_every, log_every and keep_checkpoints >= 1"):
+        LoopOptions(log_every=0)
+    opts = LoopOptions(resample_steps=[8, 4], progress=False)
+    assert opts.resample_steps == (4, 8)
+    assert opts.saved() == {
+        "normalise": True,
+        "center": True,
+        "resample_steps": [4, 8],
+        "resample_batches": 4,
+    }
+    with pytest.raises(ValueError, match="keep_checkpoints >= 1"):  # keywords change `options`
+        train(CFG, _data(), tmp_path, opts, keep_checkpoints=0)
+    with pytest.raises(ValueError, match="resampling is for arch='l1'"):
+        train(CFG.replace(arch="topk", k=4), _data(), tmp_path, opts)
+    assert not (tmp_path / "config.json").exists()  # both refused before anything is written

@@ -4,6 +4,7 @@ from html.parser import HTMLParser
 
 import jax
 import numpy as np
+import pytest
 
 from jaxsae.interpret.plots import (
     plot_amortisation_gap,
@@ -158,3 +159,25 @@ def test_format_table_aligns_columns():
     lines = t.splitlines()
     assert lines[0].startswith("x") and "1.235" in lines[2] and "nan" in lines[3]
     assert lines[2].index("1.235") == lines[3].index("nan")
+
+
+def test_card_layout_and_report_page_are_given_whole_or_by_keyword(tmp_path):
+    from jaxsae.interpret.report import CardLayout, ReportPage
+
+    with pytest.raises(ValueError, match="CardLayout.window: expected an int >= 0"):
+        CardLayout(window=-1)
+    proteins, source, params, feat, stats = _setup(tmp_path)
+    alive = [int(f) for f in np.flatnonzero(stats.density > 0)[:2]]
+    layout = CardLayout(n_examples=2, window=3)
+    whole = build_feature_cards(source, proteins, feat, stats, alive, layout=layout)
+    named = build_feature_cards(source, proteins, feat, stats, alive, n_examples=2, window=3)
+    assert whole == named and all(len(c.examples) <= 2 for c in whole)
+    assert all(len(ex.residues) <= 7 for c in whole for ex in c.examples)
+    page = ReportPage(title="T", intro="i", cards=whole, sections=[("S", "text")])
+    a = write_report(tmp_path / "a.html", page)
+    b = write_report(
+        tmp_path / "b.html", title="T", intro="i", cards=named, sections=[("S", "text")]
+    )
+    c = write_report(tmp_path / "c.html", page, title="U")
+    assert a.read_bytes() == b.read_bytes()
+    assert "<title>U</title>" in c.read_text()

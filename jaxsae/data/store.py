@@ -241,6 +241,38 @@ def finalize_store(
         index that names a protein outside ``proteins``, or a malformed protein record.
     """
     root = Path(store_dir)
+    ids = _shard_ids(root)
+    _check_protein_records(proteins)
+    meta = dict(meta or {})
+    shards, moments = [], None
+    for i in ids:
+        name = _shard_name(i)
+        acts = _checked_shard(root, name, len(proteins), moments)
+        moments = moments or _Moments(acts.shape[1], acts.dtype.name)
+        moments.add(acts)
+        shards.append({"name": name, "rows": int(acts.shape[0])})
+    assert moments is not None
+    mean, stats = moments.finish()
+    info = {
+        "format": FORMAT,
+        "version": VERSION,
+        "d": int(moments.d),
+        "dtype": moments.dtype,
+        "num_rows": int(moments.total),
+        "num_proteins": len(proteins),
+        "shards": shards,
+        "stats": stats,
+        "meta": meta,
+    }
+    atomic_save_npy(root / "mean.npy", mean)
+    lines = "".join(json.dumps(p, separators=(",", ":")) + "\n" for p in proteins)
+    atomic_save_text(root / "proteins.jsonl", lines)
+    atomic_save_text(root / "meta.json", json.dumps(info, indent=1))
+    return open_store(root)
+
+
+def _shard_ids(root: Path) -> list[int]:
+    """The shard numbers in ``root``: ``0 .. n-1``, without gaps, at least one."""
     if not root.is_dir():
         raise ValueError(f"finalize_store: directory {root} does not exist")
     ids = sorted(int(m.group(1)) for p in root.iterdir() if (m := _SHARD_RE.match(p.name)))
@@ -252,69 +284,74 @@ def finalize_store(
             f"finalize_store: expected shards numbered 0..{ids[-1]} without gaps, "
             f"missing {missing[:10]}"
         )
+    return ids
+
+
+def _check_protein_records(proteins: list[dict]) -> None:
+    """Every protein record is a dict with ``"id"`` and ``"length"``."""
     for i, p in enumerate(proteins):
         if not isinstance(p, dict) or "id" not in p or "length" not in p:
             raise ValueError(
                 f"finalize_store: protein {i}: expected a dict with 'id' and 'length', found {p!r}"
             )
-    meta = dict(meta or {})
-    shards = []
-    d = dtype = None
-    total = sq = nrm = 0.0
-    acc: np.ndarray | None = None
-    for i in ids:
-        name = _shard_name(i)
-        acts = _load_npy(root / f"shard_{name}.npy", "shard")
-        index = _load_npy(root / f"index_{name}.npy", "index")
-        if acts.ndim != 2 or index.shape != (acts.shape[0], 2):
-            raise ValueError(
-                f"finalize_store: shard {name}: expected acts (rows, d) and index (rows, 2), "
-                f"found {acts.shape} and {index.shape}"
-            )
-        if d is None:
-            d, dtype = acts.shape[1], acts.dtype.name
-            acc = np.zeros((d,), np.float64)
-        if acts.shape[1] != d or acts.dtype.name != dtype:
-            raise ValueError(
-                f"finalize_store: shard {name}: expected width {d} and dtype {dtype} like "
-                f"shard 00000, found {acts.shape[1]} and {acts.dtype.name}"
-            )
-        if len(index) and index[:, 0].max() >= len(proteins):
-            raise ValueError(
-                f"finalize_store: shard {name} refers to protein {int(index[:, 0].max())}, "
-                f"but only {len(proteins)} proteins were given"
-            )
-        for start in range(0, acts.shape[0], 65536):
-            x = np.asarray(acts[start : start + 65536], dtype=np.float64)
-            acc += x.sum(axis=0)
+
+
+def _checked_shard(root: Path, name: str, num_proteins: int, first: _Moments | None) -> np.ndarray:
+    """Shard ``name``'s activations (memory-mapped), once it and its index are consistent with
+    each other, with the ``first`` shard's width and dtype, and with ``num_proteins``."""
+    acts = _load_npy(root / f"shard_{name}.npy", "shard")
+    index = _load_npy(root / f"index_{name}.npy", "index")
+    if acts.ndim != 2 or index.shape != (acts.shape[0], 2):
+        raise ValueError(
+            f"finalize_store: shard {name}: expected acts (rows, d) and index (rows, 2), "
+            f"found {acts.shape} and {index.shape}"
+        )
+    if first is not None and (acts.shape[1] != first.d or acts.dtype.name != first.dtype):
+        raise ValueError(
+            f"finalize_store: shard {name}: expected width {first.d} and dtype {first.dtype} "
+            f"like shard 00000, found {acts.shape[1]} and {acts.dtype.name}"
+        )
+    if len(index) and index[:, 0].max() >= num_proteins:
+        raise ValueError(
+            f"finalize_store: shard {name} refers to protein {int(index[:, 0].max())}, "
+            f"but only {num_proteins} proteins were given"
+        )
+    return acts
+
+
+class _Moments:
+    """Running float64 sums over the rows of a store: per dimension, of squared norms, of norms.
+
+    Attributes:
+      d: row width; dtype: the shards' dtype name; total: rows added so far.
+    """
+
+    _CHUNK = 65536
+
+    def __init__(self, d: int, dtype: str):
+        self.d, self.dtype = d, dtype
+        self.total = self.sq = self.nrm = 0.0
+        self.acc = np.zeros((d,), np.float64)
+
+    def add(self, acts: np.ndarray) -> None:
+        """Add the rows of ``acts`` ``(rows, d)``, streamed in chunks."""
+        for start in range(0, acts.shape[0], self._CHUNK):
+            x = np.asarray(acts[start : start + self._CHUNK], dtype=np.float64)
+            self.acc += x.sum(axis=0)
             s = np.einsum("ij,ij->i", x, x)
-            sq += float(s.sum())
-            nrm += float(np.sqrt(s).sum())
-        total += acts.shape[0]
-        shards.append({"name": name, "rows": int(acts.shape[0])})
-    assert acc is not None
-    mean = acc / total
-    mean_sq = sq / total
-    info = {
-        "format": FORMAT,
-        "version": VERSION,
-        "d": int(d),
-        "dtype": dtype,
-        "num_rows": int(total),
-        "num_proteins": len(proteins),
-        "shards": shards,
-        "stats": {
+            self.sq += float(s.sum())
+            self.nrm += float(np.sqrt(s).sum())
+        self.total += acts.shape[0]
+
+    def finish(self) -> tuple[np.ndarray, dict[str, float]]:
+        """The mean ``(d,)`` and ``meta.json``'s ``"stats"``."""
+        mean = self.acc / self.total
+        mean_sq = self.sq / self.total
+        return mean, {
             "mean_sq_norm": mean_sq,
-            "mean_norm": nrm / total,
+            "mean_norm": self.nrm / self.total,
             "mean_sq_norm_centred": max(mean_sq - float(mean @ mean), 0.0),
-        },
-        "meta": meta,
-    }
-    atomic_save_npy(root / "mean.npy", mean)
-    lines = "".join(json.dumps(p, separators=(",", ":")) + "\n" for p in proteins)
-    atomic_save_text(root / "proteins.jsonl", lines)
-    atomic_save_text(root / "meta.json", json.dumps(info, indent=1))
-    return open_store(root)
+        }
 
 
 class ActivationStore:
@@ -482,6 +519,22 @@ def open_store(store_dir: str | os.PathLike) -> ActivationStore:
         ``meta.json`` (missing shard, wrong shape, wrong number of proteins).
     """
     root = Path(store_dir)
+    info = _read_meta(root)
+    _check_meta(root, info)
+    mean = np.asarray(_load_npy(root / "mean.npy", "mean"), dtype=np.float64)
+    if mean.shape != (info["d"],):
+        raise ValueError(
+            f"activation store {root}: mean.npy has shape {mean.shape}, expected ({info['d']},)"
+        )
+    proteins = _read_proteins(root, info["num_proteins"])
+    store = ActivationStore(root, info, mean, proteins)
+    if store.num_shards:
+        store.shard(0)  # check the header of the first shard now, not at the first batch
+    return store
+
+
+def _read_meta(root: Path) -> dict:
+    """The parsed ``meta.json`` of a store directory, of this format and version."""
     if not root.is_dir():
         raise ValueError(
             f"activation store {root}: expected a directory written by `jaxsae extract` "
@@ -507,6 +560,11 @@ def open_store(store_dir: str | os.PathLike) -> ActivationStore:
         raise ValueError(
             f"activation store {root}: expected version {VERSION}, found {info.get('version')}"
         )
+    return info
+
+
+def _check_meta(root: Path, info: dict) -> None:
+    """``meta.json`` has its keys, a known dtype, consistent row counts, and its shards exist."""
     missing = [k for k in ("d", "dtype", "num_rows", "num_proteins", "shards") if k not in info]
     if missing:
         raise ValueError(f"activation store {root}: meta.json lacks {missing}")
@@ -523,11 +581,10 @@ def open_store(store_dir: str | os.PathLike) -> ActivationStore:
                     f"activation store {root} is incomplete: {kind}_{s['name']}.npy is missing; "
                     "re-run `jaxsae extract` with the same arguments to write it again"
                 )
-    mean = np.asarray(_load_npy(root / "mean.npy", "mean"), dtype=np.float64)
-    if mean.shape != (info["d"],):
-        raise ValueError(
-            f"activation store {root}: mean.npy has shape {mean.shape}, expected ({info['d']},)"
-        )
+
+
+def _read_proteins(root: Path, num_proteins: int) -> list[dict]:
+    """The records of ``proteins.jsonl``, ``num_proteins`` of them."""
     ppath = root / "proteins.jsonl"
     if not ppath.is_file():
         raise ValueError(f"activation store {root} is incomplete: proteins.jsonl is missing")
@@ -535,12 +592,9 @@ def open_store(store_dir: str | os.PathLike) -> ActivationStore:
         proteins = [json.loads(line) for line in ppath.read_text().splitlines() if line.strip()]
     except json.JSONDecodeError as err:
         raise ValueError(f"activation store {root}: proteins.jsonl is corrupt ({err})") from err
-    if len(proteins) != info["num_proteins"]:
+    if len(proteins) != num_proteins:
         raise ValueError(
             f"activation store {root}: proteins.jsonl has {len(proteins)} records, "
-            f"meta.json says {info['num_proteins']}"
+            f"meta.json says {num_proteins}"
         )
-    store = ActivationStore(root, info, mean, proteins)
-    if store.num_shards:
-        store.shard(0)  # check the header of the first shard now, not at the first batch
-    return store
+    return proteins

@@ -545,11 +545,79 @@ def _label(featurizers: Mapping[str, Any], method: str, feature: int) -> str:
 # -- outputs ----------------------------------------------------------------------------------
 
 
-def _cards(store, proteins, featurizer, stats, scored, concepts, params, cfg, log):
+class _Results(NamedTuple):
+    """What the output stages of ``write_outputs`` read: the inputs and the stages' results."""
+
+    store: Any
+    proteins: list[dict]
+    params: Any
+    featurizers: Mapping[str, Featurizer]
+    stats: Mapping[str, FeatureStats]
+    scored: Mapping[str, Scored]
+    concepts: ConceptSets
+    cfg: AnalysisConfig
+
+
+class _Tables(NamedTuple):
+    """``(rows, headers)`` of the headline and per-concept tables, the concept rows to
+    highlight, and the per-concept table's console form."""
+
+    headline: tuple[list, list]
+    concepts: tuple[list, list]
+    concept_good: list
+    console: tuple[list, list]
+
+
+class _Digest(NamedTuple):
+    """The report's numbers and texts derived from the results."""
+
+    bar: dict[str, Any]
+    n_dead: int
+    duplicates: int
+    faith: dict[str, Any]
+    facts: str
+    console: str
+    sections: list[tuple[str, str]]
+
+
+def _tables(res: _Results) -> _Tables:
+    headline = _headline(res.scored, res.featurizers, res.params)
+    rows, headers, good, console = _concept_rows(
+        {m: res.scored[m] for m in res.featurizers}, res.featurizers
+    )
+    return _Tables(headline, (rows, headers), good, tuple(console))
+
+
+def _cards(res: _Results, log: Callable) -> tuple[list, Any]:
+    """Feature cards of the SAE's best feature per concept (and a few common ones), and the
+    decoder neighbours (``None`` for a one-feature SAE)."""
     from jaxsae.interpret.report import build_feature_cards
     from jaxsae.interpret.stats import decoder_neighbours
 
+    params, scored, stats = res.params, res.scored["SAE"], res.stats["SAE"]
     nb = decoder_neighbours(params.W_dec, n=min(5, params.d_sae - 1)) if params.d_sae > 1 else None
+    features, chosen = _card_features(scored, stats, res.cfg.max_cards)
+    best = _card_concepts(scored, res.concepts, features)
+    notes = {f: "best SAE feature for " + "; ".join(v) for f, v in chosen.items()}
+    log(f"[interpret] feature cards for {len(features)} features")
+    cards = build_feature_cards(
+        res.store,
+        res.proteins,
+        res.featurizers["SAE"],
+        stats,
+        features,
+        best_concepts=best,
+        neighbours=nb,
+        notes=notes,
+    )
+    return cards, nb
+
+
+def _card_features(
+    scored: Scored, stats: FeatureStats, max_cards: int
+) -> tuple[list[int], dict[int, list[str]]]:
+    """The features to describe (best per concept first, then a few of the densest), and the
+    concepts each is the best feature of."""
     chosen: dict[int, list[str]] = {}
     for scores in scored.scores.values():
         for j in np.argsort(-scores.test_f1, kind="stable"):
@@ -559,10 +627,15 @@ def _cards(store, proteins, featurizer, stats, scored, concepts, params, cfg, lo
                 )
     alive = np.flatnonzero(stats.density > 0)
     by_density = alive[np.argsort(-stats.density[alive], kind="stable")]
-    features = list(chosen)[: cfg.max_cards]
-    for f in by_density[: max(0, cfg.max_cards - len(features)) // 4]:  # a few common ones
+    features = list(chosen)[:max_cards]
+    for f in by_density[: max(0, max_cards - len(features)) // 4]:  # a few common ones
         if int(f) not in chosen:
             features.append(int(f))
+    return features, chosen
+
+
+def _card_concepts(scored: Scored, concepts: ConceptSets, features: list[int]) -> dict[int, list]:
+    """Per feature, its four best concepts over all sources."""
     best: dict[int, list] = {f: [] for f in features}
     for src, counts in scored.counts.items():
         t = concepts.tables[src]
@@ -571,15 +644,13 @@ def _cards(store, proteins, featurizer, stats, scored, concepts, params, cfg, lo
                 counts, t.names, features, 3, kinds=t.kinds
             ).items():
                 best[f] = sorted(best[f] + lst, key=lambda c: -c[1])[:4]
-    notes = {f: "best SAE feature for " + "; ".join(v) for f, v in chosen.items()}
-    log(f"[interpret] feature cards for {len(features)} features")
-    cards = build_feature_cards(
-        store, proteins, featurizer, stats, features, best_concepts=best, neighbours=nb, notes=notes
-    )
-    return cards, nb
+    return best
 
 
-def _plots(out, store, proteins, featurizer, stats, scored, coverage, metrics, amortisation):
+def _plots(
+    out: Path, res: _Results, coverage: Mapping[str, Any], extras: Mapping[str, Any]
+) -> dict[str, Path]:
+    """The report's PNGs, ``{caption: path}``."""
     from jaxsae.interpret.plots import (
         plot_amortisation_gap,
         plot_coverage,
@@ -588,6 +659,11 @@ def _plots(out, store, proteins, featurizer, stats, scored, coverage, metrics, a
         plot_training_curves,
     )
 
+    stats, metrics, amortisation = (
+        res.stats["SAE"],
+        extras.get("metrics"),
+        extras.get("amortisation"),
+    )
     images: dict[str, Path] = {}
     images["Concept coverage: SAE vs baselines"] = plot_coverage(coverage, out / "coverage.png")
     images["SAE feature density"] = plot_density_histogram(
@@ -599,10 +675,11 @@ def _plots(out, store, proteins, featurizer, stats, scored, coverage, metrics, a
         images["Amortisation gap (encoder vs FISTA on the same decoder)"] = plot_amortisation_gap(
             amortisation, out / "amortisation.png"
         )
-    track = _feature_track(store, proteins, featurizer, list(scored.scores.values()), stats)
+    score_sets = list(res.scored["SAE"].scores.values())
+    track = _feature_track(res.store, res.proteins, res.featurizers["SAE"], score_sets, stats)
     if track is not None:
         f, p, seq, vals, ss, cname = track
-        pid = proteins[p].get("id", p)
+        pid = res.proteins[p].get("id", p)
         images[f"Feature {f} along {pid} (best SAE feature for {cname})"] = plot_feature_track(
             seq,
             vals,
@@ -611,6 +688,70 @@ def _plots(out, store, proteins, featurizer, stats, scored, coverage, metrics, a
             title=f"SAE feature {f} (best for {cname}) on {pid}",
         )
     return images
+
+
+def _digest(
+    res: _Results, coverage: Mapping[str, Any], tables: _Tables, nb: Any, extras: Mapping
+) -> _Digest:
+    """The bar, dead and near-duplicate counts, facts, console summary and report sections."""
+    from jaxsae.interpret.stats import dead_features
+
+    scored, concepts = res.scored, res.concepts
+    bar = bar_check({m: scored[m] for m in res.featurizers})
+    absent = _absent_text(concepts.absent)
+    console = _console(res.cfg, tables.headline, tables.console, absent)
+    faith = dict(extras.get("faithfulness") or {})
+    if faith.get("lines"):
+        console += "\n\nFaithfulness (SAE spliced into the model):\n" + "\n".join(faith["lines"])
+    n_dead = len(dead_features(res.stats["SAE"].density))
+    facts = _facts(res.store, res.proteins, res.params, res.stats["SAE"], concepts, n_dead, extras)
+    duplicates = int((nb.cosines[:, 0] > 0.95).sum()) if nb is not None else 0
+    sections = [
+        ("Method", _METHOD_TEXT),
+        ("What came out", _findings(coverage, bar, duplicates, res.params.d_sae)),
+        ("Concept sources not in this store", absent),
+        ("Faithfulness", _faith_text(faith) if faith else ""),
+        (
+            "Decoder neighbourhoods of the best-covered features",
+            _neighbourhoods(scored["SAE"], concepts, nb),
+        ),
+    ]
+    sections = [(title, text) for title, text in sections if text]
+    return _Digest(bar, n_dead, duplicates, faith, facts, console, sections)
+
+
+def _summary(
+    res: _Results,
+    coverage: Mapping[str, Any],
+    tables: _Tables,
+    digest: _Digest,
+    images: Mapping[str, Path],
+    extras: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The contents of ``summary.json``."""
+    pca, concepts = extras.get("pca"), res.concepts
+    return {
+        "facts": digest.facts,
+        "protocol": _protocol(res.cfg),
+        "headline": {"headers": tables.headline[1], "rows": tables.headline[0]},
+        "bar": digest.bar,
+        "variants": _variants(res.scored, concepts, res.cfg),
+        "coverage": coverage,
+        "concepts": {"headers": tables.concepts[1], "rows": tables.concepts[0]},
+        "concept_sources": {s: len(t.names) for s, t in concepts.tables.items()},
+        "absent_sources": dict(concepts.absent),
+        "dead_features": int(digest.n_dead),
+        "near_duplicate_features": digest.duplicates,
+        "d_sae": int(res.params.d_sae),
+        "pca_explained_variance_ratio": (
+            [float(v) for v in pca.explained_variance_ratio[:10]] if pca is not None else []
+        ),
+        "amortisation": dict(extras.get("amortisation") or {}),
+        "faithfulness": digest.faith,
+        "console": digest.console,
+        "images": {k: str(v) for k, v in images.items()},
+        "key": dict(extras.get("key") or {}),
+    }
 
 
 def write_outputs(
@@ -632,86 +773,29 @@ def write_outputs(
     ``extras``: ``pca`` (``PCAResult``), ``metrics``, ``amortisation``, ``faithfulness``,
     ``key``, ``seconds`` (the analysis time so far).
     """
-    from jaxsae.interpret.report import write_report
-    from jaxsae.interpret.stats import dead_features
+    from jaxsae.interpret.report import ReportPage, write_report
 
+    res = _Results(store, proteins, params, featurizers, stats, scored, concepts, cfg)
     coverage = _coverage(scored)
-    headline_rows, headline_headers = _headline(scored, featurizers, params)
-    concept_rows, concept_headers, concept_good, (crows, cheads) = _concept_rows(
-        {m: scored[m] for m in featurizers}, featurizers
-    )
-    cards, nb = _cards(
-        store, proteins, featurizers["SAE"], stats["SAE"], scored["SAE"], concepts, params, cfg, log
-    )
-    images = _plots(
-        out,
-        store,
-        proteins,
-        featurizers["SAE"],
-        stats["SAE"],
-        scored["SAE"],
-        coverage,
-        extras.get("metrics"),
-        extras.get("amortisation"),
-    )
-    bar = bar_check({m: scored[m] for m in featurizers})
-    absent = _absent_text(concepts.absent)
-    console = _console(cfg, (headline_rows, headline_headers), (crows, cheads), absent)
-    faith = dict(extras.get("faithfulness") or {})
-    if faith.get("lines"):
-        console += "\n\nFaithfulness (SAE spliced into the model):\n" + "\n".join(faith["lines"])
-    dead = dead_features(stats["SAE"].density)
-    facts = _facts(store, proteins, params, stats["SAE"], concepts, len(dead), extras)
-    duplicates = int((nb.cosines[:, 0] > 0.95).sum()) if nb is not None else 0
-    sections = [
-        ("Method", _METHOD_TEXT),
-        ("What came out", _findings(coverage, bar, duplicates, params.d_sae)),
-        ("Concept sources not in this store", absent),
-        ("Faithfulness", _faith_text(faith) if faith else ""),
-        (
-            "Decoder neighbourhoods of the best-covered features",
-            _neighbourhoods(scored["SAE"], concepts, nb),
-        ),
-    ]
-    report = write_report(
-        out / "report.html",
+    tables = _tables(res)
+    cards, nb = _cards(res, log)
+    images = _plots(out, res, coverage, extras)
+    digest = _digest(res, coverage, tables, nb, extras)
+    page = ReportPage(
         title=cfg.title,
-        intro=(cfg.intro + " " + facts).strip(),
-        summary=(headline_rows, headline_headers),
-        concept_table=(concept_rows, concept_headers),
-        concept_good=concept_good,
+        intro=(cfg.intro + " " + digest.facts).strip(),
+        summary=tables.headline,
+        concept_table=tables.concepts,
+        concept_good=tables.concept_good,
         cards=cards,
         images=images,
-        sections=[(title, text) for title, text in sections if text],
-        console=console,
+        sections=digest.sections,
+        console=digest.console,
     )
-    pca = extras.get("pca")
-    summary = {
-        "facts": facts,
-        "protocol": _protocol(cfg),
-        "headline": {"headers": headline_headers, "rows": headline_rows},
-        "bar": bar,
-        "variants": _variants(scored, concepts, cfg),
-        "coverage": coverage,
-        "concepts": {"headers": concept_headers, "rows": concept_rows},
-        "concept_sources": {s: len(t.names) for s, t in concepts.tables.items()},
-        "absent_sources": dict(concepts.absent),
-        "dead_features": int(len(dead)),
-        "near_duplicate_features": duplicates,
-        "d_sae": int(params.d_sae),
-        "pca_explained_variance_ratio": (
-            [float(v) for v in pca.explained_variance_ratio[:10]] if pca is not None else []
-        ),
-        "amortisation": dict(extras.get("amortisation") or {}),
-        "faithfulness": faith,
-        "console": console,
-        "images": {k: str(v) for k, v in images.items()},
-        "key": dict(extras.get("key") or {}),
-    }
+    report = write_report(out / "report.html", page)
+    summary = _summary(res, coverage, tables, digest, images, extras)
     summary_path = _write_json(out / "summary.json", summary)
-    return Analysis(
-        report, summary_path, (headline_rows, headline_headers), console, coverage, images
-    )
+    return Analysis(report, summary_path, tables.headline, digest.console, coverage, images)
 
 
 def _protocol(cfg: AnalysisConfig) -> dict[str, Any]:

@@ -10,9 +10,11 @@ cards and the concept table by concept, feature or protein.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -24,8 +26,12 @@ from jaxsae.interpret.topk import FeatureStats, Featurizer
 __all__ = [
     "Example",
     "FeatureCard",
+    "CardLayout",
+    "ReportPage",
     "build_feature_cards",
     "format_table",
+    "protein_rows",
+    "row_positions",
     "write_report",
 ]
 
@@ -76,11 +82,11 @@ class FeatureCard(NamedTuple):
     note: str = ""
 
 
-def _protein_rows(source: Any, protein: int) -> tuple[np.ndarray, np.ndarray]:
+def protein_rows(source: Any, protein: int) -> tuple[np.ndarray, np.ndarray]:
     """``(acts (n, d), positions (n,))`` of one protein, ordered by position."""
     if hasattr(source, "positions_of"):
         rows = source.positions_of(protein)
-        return source.take(rows), _positions(source, rows)
+        return source.take(rows), row_positions(source, rows)
     acts, index = source
     index = np.asarray(index)
     rows = np.flatnonzero(index[:, 0] == protein)
@@ -88,7 +94,8 @@ def _protein_rows(source: Any, protein: int) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(np.asarray(acts)[rows], np.float32), index[rows, 1]
 
 
-def _positions(store: Any, rows: np.ndarray) -> np.ndarray:
+def row_positions(store: Any, rows: np.ndarray) -> np.ndarray:
+    """Residue positions ``(n,)`` of global ``rows`` of an ``ActivationStore``."""
     out = np.empty((rows.size,), np.int64)
     shard_of = np.searchsorted(store.offsets, rows, side="right") - 1
     for i in np.unique(shard_of):
@@ -97,8 +104,25 @@ def _positions(store: Any, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-protein_rows = _protein_rows  # public names, for the analysis pipeline
-row_positions = _positions
+@dataclass(frozen=True)
+class CardLayout:
+    """How much a feature card shows (validated on construction).
+
+    Attributes:
+      n_examples: distinct top proteins per feature.
+      window: residues shown on each side of the peak.
+      n_neighbours: decoder neighbours listed.
+    """
+
+    n_examples: int = 4
+    window: int = 12
+    n_neighbours: int = 5
+
+    def __post_init__(self) -> None:
+        for name in ("n_examples", "window", "n_neighbours"):
+            value = getattr(self, name)
+            if not isinstance(value, int | np.integer) or value < 0:
+                raise ValueError(f"CardLayout.{name}: expected an int >= 0, found {value!r}")
 
 
 def build_feature_cards(
@@ -111,9 +135,8 @@ def build_feature_cards(
     best_concepts: Mapping[int, list[tuple[str, float, float]]] | None = None,
     neighbours: Any = None,
     notes: Mapping[int, str] | None = None,
-    n_examples: int = 4,
-    window: int = 12,
-    n_neighbours: int = 5,
+    layout: CardLayout | None = None,
+    **changes: Any,
 ) -> list[FeatureCard]:
     """Cards of the given features: top proteins re-encoded in full, windows around the peaks.
 
@@ -126,81 +149,106 @@ def build_feature_cards(
       best_concepts: ``feature_best_concepts`` output.
       neighbours: ``decoder_neighbours`` output (or ``None``).
       notes: optional text per feature.
-      n_examples: distinct top proteins per feature.
-      window: residues shown on each side of the peak.
-      n_neighbours: neighbours listed.
+      layout: a ``CardLayout`` (default: its defaults).
+      **changes: fields of ``CardLayout`` by name (``n_examples=``, ``window=``,
+        ``n_neighbours=``); they replace those of ``layout``.
 
     Returns:
       One ``FeatureCard`` per feature, in the order given.
     """
+    lay = dataclasses.replace(layout or CardLayout(), **changes)
     features = [int(f) for f in features]
-    wanted: dict[int, list[int]] = {}
-    for f in features:
-        prots = [int(p) for p in stats.top_protein[f] if p >= 0]
-        wanted[f] = list(dict.fromkeys(prots))[:n_examples]
-    all_prots = sorted({p for ps in wanted.values() for p in ps})
-    cols = np.asarray(features, np.int64)
-    apply = jax.jit(featurizer.apply)
-    per_protein: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for p in all_prots:
-        acts, pos = _protein_rows(source, p)
-        n = acts.shape[0]
-        size = max(64, int(2 ** np.ceil(np.log2(max(n, 1)))))  # few distinct shapes to compile
-        padded = np.zeros((size, acts.shape[1]), np.float32)
-        padded[:n] = acts
-        f_all = np.asarray(apply(featurizer.params, padded))[:n]
-        per_protein[p] = (f_all[:, cols], pos)
+    wanted = _top_proteins(stats, features, lay.n_examples)
+    per_protein = _encode_proteins(
+        source, featurizer, sorted({p for ps in wanted.values() for p in ps}), features
+    )
     col_of = {f: j for j, f in enumerate(features)}
     cards = []
     for f in features:
         examples = []
         for p in wanted[f]:
             vals, pos = per_protein[p]
-            v = vals[:, col_of[f]]
-            if v.size == 0:
-                continue
-            peak = int(np.argmax(v))
-            lo, hi = max(0, peak - window), min(v.size, peak + window + 1)
             rec = proteins[p] if p < len(proteins) else {}
-            seq = rec.get("sequence") or ""
-            ss = rec.get("dssp") or ""
-            win_pos = pos[lo:hi]
-            res = "".join(seq[q] if 0 <= q < len(seq) else "?" for q in win_pos)
-            dssp = "".join(ss[q] if 0 <= q < len(ss) else " " for q in win_pos) if ss else ""
-            examples.append(
-                Example(
-                    protein_id=str(rec.get("id", p)),
-                    peak_position=int(pos[peak]),
-                    peak_activation=float(v[peak]),
-                    start=int(pos[lo]),
-                    residues=res,
-                    activations=tuple(float(a) for a in v[lo:hi]),
-                    dssp=dssp,
-                    annotation=str(rec.get("scop") or ""),
-                )
-            )
-        nb = []
-        if neighbours is not None:
-            nb = [
-                (int(i), float(c))
-                for i, c in zip(
-                    neighbours.indices[f][:n_neighbours],
-                    neighbours.cosines[f][:n_neighbours],
-                    strict=True,
-                )
-            ]
+            ex = _example(rec, p, vals[:, col_of[f]], pos, lay.window)
+            if ex is not None:
+                examples.append(ex)
         cards.append(
             FeatureCard(
                 feature=f,
                 density=float(stats.density[f]),
                 max_act=float(stats.max_act[f]),
                 concepts=list((best_concepts or {}).get(f, [])),
-                neighbours=nb,
+                neighbours=_neighbour_list(neighbours, f, lay.n_neighbours),
                 examples=examples,
                 note=(notes or {}).get(f, ""),
             )
         )
     return cards
+
+
+def _top_proteins(
+    stats: FeatureStats, features: Sequence[int], n_examples: int
+) -> dict[int, list[int]]:
+    """Per feature, its first ``n_examples`` distinct top proteins."""
+    wanted: dict[int, list[int]] = {}
+    for f in features:
+        prots = [int(p) for p in stats.top_protein[f] if p >= 0]
+        wanted[f] = list(dict.fromkeys(prots))[:n_examples]
+    return wanted
+
+
+def _encode_proteins(
+    source: Any, featurizer: Featurizer, prots: Sequence[int], features: Sequence[int]
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per protein, ``(activations (n, len(features)), positions (n,))`` of its residues."""
+    cols = np.asarray(features, np.int64)
+    apply = jax.jit(featurizer.apply)
+    per_protein: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for p in prots:
+        acts, pos = protein_rows(source, p)
+        n = acts.shape[0]
+        size = max(64, int(2 ** np.ceil(np.log2(max(n, 1)))))  # few distinct shapes to compile
+        padded = np.zeros((size, acts.shape[1]), np.float32)
+        padded[:n] = acts
+        f_all = np.asarray(apply(featurizer.params, padded))[:n]
+        per_protein[p] = (f_all[:, cols], pos)
+    return per_protein
+
+
+def _example(
+    rec: Mapping[str, Any], p: int, v: np.ndarray, pos: np.ndarray, window: int
+) -> Example | None:
+    """The window of protein ``p`` (record ``rec``) around the peak of activations ``v (n,)``
+    at positions ``pos (n,)``; ``None`` when the protein has no rows."""
+    if v.size == 0:
+        return None
+    peak = int(np.argmax(v))
+    lo, hi = max(0, peak - window), min(v.size, peak + window + 1)
+    seq = rec.get("sequence") or ""
+    ss = rec.get("dssp") or ""
+    win_pos = pos[lo:hi]
+    res = "".join(seq[q] if 0 <= q < len(seq) else "?" for q in win_pos)
+    dssp = "".join(ss[q] if 0 <= q < len(ss) else " " for q in win_pos) if ss else ""
+    return Example(
+        protein_id=str(rec.get("id", p)),
+        peak_position=int(pos[peak]),
+        peak_activation=float(v[peak]),
+        start=int(pos[lo]),
+        residues=res,
+        activations=tuple(float(a) for a in v[lo:hi]),
+        dssp=dssp,
+        annotation=str(rec.get("scop") or ""),
+    )
+
+
+def _neighbour_list(neighbours: Any, f: int, n: int) -> list[tuple[int, float]]:
+    """``[(feature, cosine), ...]``: the first ``n`` decoder neighbours of ``f`` (or none)."""
+    if neighbours is None:
+        return []
+    return [
+        (int(i), float(c))
+        for i, c in zip(neighbours.indices[f][:n], neighbours.cosines[f][:n], strict=True)
+    ]
 
 
 def format_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
@@ -333,23 +381,11 @@ def _card_html(card: FeatureCard, linked: set[int]) -> str:
     return "\n".join(parts)
 
 
-def write_report(
-    path: str | os.PathLike,
-    *,
-    title: str,
-    intro: str = "",
-    summary: tuple[Sequence[Sequence[Any]], Sequence[str]] | None = None,
-    concept_table: tuple[Sequence[Sequence[Any]], Sequence[str]] | None = None,
-    concept_good: Sequence[bool] | None = None,
-    cards: Sequence[FeatureCard] = (),
-    images: Mapping[str, str | os.PathLike] | None = None,
-    sections: Sequence[tuple[str, str]] = (),
-    console: str = "",
-) -> Path:
-    """Write the self-contained HTML report (atomically).
+@dataclass(frozen=True)
+class ReportPage:
+    """What ``write_report`` puts on the page.
 
-    Args:
-      path: output ``.html``.
+    Attributes:
       title: page title.
       intro: a paragraph of plain text under the title.
       summary: ``(rows, headers)`` of the headline table.
@@ -360,49 +396,83 @@ def write_report(
       sections: extra ``(heading, plain text)`` paragraphs (e.g. the interpretation of the
         results).
       console: the console summary, shown verbatim.
+    """
+
+    title: str
+    intro: str = ""
+    summary: tuple[Sequence[Sequence[Any]], Sequence[str]] | None = None
+    concept_table: tuple[Sequence[Sequence[Any]], Sequence[str]] | None = None
+    concept_good: Sequence[bool] | None = None
+    cards: Sequence[FeatureCard] = ()
+    images: Mapping[str, str | os.PathLike] | None = None
+    sections: Sequence[tuple[str, str]] = ()
+    console: str = ""
+
+
+def write_report(path: str | os.PathLike, page: ReportPage | None = None, **fields: Any) -> Path:
+    """Write the self-contained HTML report (atomically).
+
+    Args:
+      path: output ``.html``.
+      page: a ``ReportPage``.
+      **fields: fields of ``ReportPage`` by name (``title=``, ``intro=``, ``summary=``,
+        ``concept_table=``, ``concept_good=``, ``cards=``, ``images=``, ``sections=``,
+        ``console=``): the page when ``page`` is not given, else changes to it.
 
     Returns:
       The path written.
     """
-    linked = {c.feature for c in cards}
-    body = [f"<h1>{_e(title)}</h1>"]
-    if intro:
-        body.append(f"<p>{_e(intro)}</p>")
-    if summary is not None:
-        body.append("<h2>Concept coverage</h2>")
-        body.append(_html_table(*summary))
-    for heading, text in sections:
-        body.append(f"<h2>{_e(heading)}</h2>")
-        body.extend(f"<p>{_e(p)}</p>" for p in text.split("\n\n") if p.strip())
-    if images:
-        body.append("<h2>Plots</h2>")
-        for caption, p in images.items():
-            body.append(
-                f"<figure>{_img(p, caption)}<figcaption>{_e(caption)}</figcaption></figure>"
-            )
-    body.append(
-        '<h2>Search</h2><input id="q" oninput="filt()" placeholder="concept, feature or protein: '
-        'e.g. DSSP8 H, superfamily b.1.1, f12"> <span class="meta"><span id="nshown">'
-        f"{len(cards)}</span> feature cards shown</span>"
-    )
-    if concept_table is not None:
-        body.append("<h2>Best feature per concept (chosen on validation, scored on test)</h2>")
-        body.append(_html_table(*concept_table, search=True, good=concept_good))
-    if cards:
-        body.append("<h2>Features</h2>")
-        body.append('<div class="cards">')
-        body.extend(_card_html(c, linked) for c in cards)
-        body.append("</div>")
-    if console:
-        body.append(f"<h2>Console summary</h2><pre>{_e(console)}</pre>")
+    from jaxsae.data.store import atomic_save_text
+
+    page = ReportPage(**fields) if page is None else dataclasses.replace(page, **fields)
+    body = _overview_html(page) + _detail_html(page)
     doc = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{_e(title)}</title><style>{_CSS}</style><script>{_JS}</script></head>"
+        f"<title>{_e(page.title)}</title><style>{_CSS}</style><script>{_JS}</script></head>"
         "<body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(doc, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_save_text(path, doc)
     return path
+
+
+def _overview_html(page: ReportPage) -> list[str]:
+    """Title, intro, headline table, text sections and plots."""
+    body = [f"<h1>{_e(page.title)}</h1>"]
+    if page.intro:
+        body.append(f"<p>{_e(page.intro)}</p>")
+    if page.summary is not None:
+        body.append("<h2>Concept coverage</h2>")
+        body.append(_html_table(*page.summary))
+    for heading, text in page.sections:
+        body.append(f"<h2>{_e(heading)}</h2>")
+        body.extend(f"<p>{_e(p)}</p>" for p in text.split("\n\n") if p.strip())
+    if page.images:
+        body.append("<h2>Plots</h2>")
+        for caption, p in page.images.items():
+            body.append(
+                f"<figure>{_img(p, caption)}<figcaption>{_e(caption)}</figcaption></figure>"
+            )
+    return body
+
+
+def _detail_html(page: ReportPage) -> list[str]:
+    """Search box, per-concept table, feature cards and the console summary."""
+    body = [
+        '<h2>Search</h2><input id="q" oninput="filt()" placeholder="concept, feature or protein: '
+        'e.g. DSSP8 H, superfamily b.1.1, f12"> <span class="meta"><span id="nshown">'
+        f"{len(page.cards)}</span> feature cards shown</span>"
+    ]
+    if page.concept_table is not None:
+        body.append("<h2>Best feature per concept (chosen on validation, scored on test)</h2>")
+        body.append(_html_table(*page.concept_table, search=True, good=page.concept_good))
+    if page.cards:
+        linked = {c.feature for c in page.cards}
+        body.append("<h2>Features</h2>")
+        body.append('<div class="cards">')
+        body.extend(_card_html(c, linked) for c in page.cards)
+        body.append("</div>")
+    if page.console:
+        body.append(f"<h2>Console summary</h2><pre>{_e(page.console)}</pre>")
+    return body

@@ -30,6 +30,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,20 @@ def save_saelens(
     tensors = {n: np.ascontiguousarray(np.asarray(getattr(params, n))) for n in names}
     d_sae, d_in = tensors["W_dec"].shape if tensors["W_dec"].ndim == 2 else (-1, -1)
     _check_tensors(tensors, d_in, d_sae, "save_saelens", arch)
+    out = _cfg_json(cfg, arch, d_in, d_sae, str(tensors["W_dec"].dtype))
+    # fails here, before anything is written, if a value is not JSON-serialisable
+    text = json.dumps(out, indent=2, default=_to_json)
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, str(tmp / WEIGHTS_FILENAME))
+        (tmp / CFG_FILENAME).write_text(text)
+
+    return _replace_directory(Path(directory), write, (WEIGHTS_FILENAME, CFG_FILENAME))
+
+
+def _cfg_json(cfg: dict[str, Any], arch: str, d_in: int, d_sae: int, dtype: str) -> dict:
+    """SAELens' ``cfg.json`` of an SAE of ``arch`` and these sizes, from the caller's ``cfg``
+    (checked against them); fields SAELens does not know go to ``"metadata"``."""
     for key, value in (("d_in", d_in), ("d_sae", d_sae)):
         if key in cfg and int(cfg[key]) != value:
             raise ValueError(f"save_saelens: cfg[{key!r}]={cfg[key]} contradicts params ({value})")
@@ -189,14 +204,13 @@ def save_saelens(
         raise ValueError(
             f"save_saelens: expected normalize_activations in {_NORMALISATIONS}, found {norm!r}"
         )
-
     metadata = dict(_METADATA_DEFAULTS)
     metadata.update(cfg.get("metadata", {}))
     metadata.update({k: v for k, v in cfg.items() if k not in _TOP_LEVEL})
     out: dict[str, Any] = {
         "d_in": int(d_in),
         "d_sae": int(d_sae),
-        "dtype": str(tensors["W_dec"].dtype),
+        "dtype": dtype,
         "device": cfg.get("device", "cpu"),
         "apply_b_dec_to_input": apply_b_dec,
         "normalize_activations": norm,
@@ -213,16 +227,17 @@ def save_saelens(
             )
         out["k"] = k
         out["rescale_acts_by_decoder_norm"] = False
-    # fails here, before anything is written, if a value is not JSON-serialisable
-    text = json.dumps(out, indent=2, default=_to_json)
+    return out
 
-    target = Path(directory)
+
+def _replace_directory(target: Path, write: Callable[[Path], None], files: tuple[str, ...]) -> Path:
+    """Fill a fresh temporary directory with ``write(tmp)``, then put it in ``target``'s place
+    (an existing ``target`` is replaced whole, never left half-written)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        save_file(tensors, str(tmp / WEIGHTS_FILENAME))
-        (tmp / CFG_FILENAME).write_text(text)
-        _usual_permissions(tmp, (WEIGHTS_FILENAME, CFG_FILENAME))
+        write(tmp)
+        _usual_permissions(tmp, files)
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
             os.replace(target, old / "d")

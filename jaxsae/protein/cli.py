@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from jaxsae.errors import InputError
-    from jaxsae.protein.extract import extract_activations
+    from jaxsae.protein.extract import ExtractConfig, extract_activations
 
     if args.fasta and args.uniprot:
         raise ValueError("--fasta and --uniprot: expected one of them, found both")
@@ -122,17 +122,14 @@ def _run(args: argparse.Namespace) -> int:
         f"model {config.name}: {config.num_layers} layers, d={config.d_model}; "
         f"{len(proteins)} proteins from {source}; layers {layers}"
     )
-    stores = extract_activations(
-        proteins,
-        model,
-        layers,
-        args.out,
+    options = ExtractConfig(
         dtype=args.dtype,
         max_tokens_per_batch=args.max_tokens_per_batch,
         rows_per_shard=args.rows_per_shard,
         too_long=args.too_long,
         progress=not args.no_progress,
     )
+    stores = extract_activations(proteins, model, layers, args.out, options)
     for layer, store in stores.items():
         print(f"layer {layer}: {store.num_rows} residues x d={store.d} -> {store.path}")
     return 0

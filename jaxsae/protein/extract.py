@@ -36,17 +36,28 @@ How the work is laid out:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["DEFAULT_BUCKETS", "extract_activations", "plan_shards", "pack_rows", "bucket_length"]
+__all__ = [
+    "DEFAULT_BUCKETS",
+    "ExtractConfig",
+    "extract_activations",
+    "plan_shards",
+    "pack_rows",
+    "bucket_length",
+    "group_batches",
+    "batch_arrays",
+]
 
 #: Padded lengths (tokens, ``<cls>``/``<eos>`` included) of the batches.
 DEFAULT_BUCKETS: tuple[int, ...] = (128, 256, 512, 1024)
@@ -125,7 +136,7 @@ def pack_rows(
     return rows
 
 
-def _batches(
+def group_batches(
     rows: list[tuple[int, list[int]]], max_tokens: int
 ) -> list[tuple[int, list[list[int]]]]:
     """Group rows of equal length into batches of ``max(1, max_tokens // length)`` rows."""
@@ -140,7 +151,7 @@ def _batches(
     return out
 
 
-def _batch_arrays(
+def batch_arrays(
     recs: list[dict], batch_rows: list[list[int]], n_rows: int, length: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int, int]]]:
     """Tokens, segment ids and rotary positions ``(n_rows, length)`` of a batch of packed rows.
@@ -196,18 +207,56 @@ def _fingerprint(proteins: list[dict]) -> str:
     return h.hexdigest()
 
 
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Options of ``extract_activations`` (validated on construction).
+
+    Attributes:
+      dtype: ``"float32"`` or ``"float16"`` for the stored activations (computation is float32).
+      max_tokens_per_batch: padded tokens per forward call (``batch × bucket``).
+      rows_per_shard: residues per shard (about; memory ``rows × d × 4`` bytes per layer).
+      buckets: increasing padded lengths; the last one must be ``≤ config.max_tokens`` of the
+        model (checked by ``extract_activations``, which knows the model).
+      too_long: ``"crop"`` (warn, keep the first ``max_tokens − 2`` residues) or ``"error"``.
+      progress: show a tqdm bar (residues).
+    """
+
+    dtype: str = "float32"
+    max_tokens_per_batch: int = 4096
+    rows_per_shard: int = 65536
+    buckets: tuple[int, ...] = DEFAULT_BUCKETS
+    too_long: str = "crop"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float32", "float16"):
+            raise ValueError(f"dtype: expected 'float32' or 'float16', found {self.dtype!r}")
+        if self.too_long not in ("crop", "error"):
+            raise ValueError(f"too_long: expected 'crop' or 'error', found {self.too_long!r}")
+        if self.max_tokens_per_batch < 1 or self.rows_per_shard < 1:
+            raise ValueError(
+                "expected max_tokens_per_batch >= 1 and rows_per_shard >= 1, found "
+                f"{self.max_tokens_per_batch} and {self.rows_per_shard}"
+            )
+        buckets = tuple(int(b) for b in self.buckets)
+        if not buckets or list(buckets) != sorted(set(buckets)):
+            raise ValueError(f"buckets: expected increasing lengths, found {buckets}")
+        object.__setattr__(self, "buckets", buckets)
+
+    def batch_rows(self, length: int, n_rows: int) -> int:
+        """Rows of a batch of ``length``-token rows holding ``n_rows`` packed rows: a full batch
+        has ``max_tokens_per_batch // length`` rows, a last one is padded to a power of 2."""
+        per = max(1, self.max_tokens_per_batch // length)
+        return min(per, 1 << (n_rows - 1).bit_length())
+
+
 def extract_activations(
     proteins: Iterable[Any],
     model: tuple[Any, Any],
     layers: int | Sequence[int],
     out_dir: str | os.PathLike,
-    *,
-    dtype: str = "float32",
-    max_tokens_per_batch: int = 4096,
-    rows_per_shard: int = 65536,
-    buckets: Sequence[int] = DEFAULT_BUCKETS,
-    too_long: str = "crop",
-    progress: bool = True,
+    options: ExtractConfig | None = None,
+    **changes: Any,
 ) -> dict[int, Any]:
     """Run ESM-2 over proteins and write an activation store per layer (resumable).
 
@@ -219,12 +268,10 @@ def extract_activations(
       layers: hidden-state index or indices, ``0`` (embeddings) … ``L`` (last block, with the
         final LayerNorm), negative from the end.
       out_dir: the stores go to ``out_dir/layer_{l}/``.
-      dtype: ``"float32"`` or ``"float16"`` for the stored activations (computation is float32).
-      max_tokens_per_batch: padded tokens per forward call (``batch × bucket``).
-      rows_per_shard: residues per shard (about; memory ``rows × d × 4`` bytes per layer).
-      buckets: increasing padded lengths; the last one must be ``≤ config.max_tokens``.
-      too_long: ``"crop"`` (warn, keep the first ``max_tokens − 2`` residues) or ``"error"``.
-      progress: show a tqdm bar (residues).
+      options: an ``ExtractConfig`` (default: its defaults).
+      **changes: fields of ``ExtractConfig`` given by name (``dtype=``, ``max_tokens_per_batch=``,
+        ``rows_per_shard=``, ``buckets=``, ``too_long=``, ``progress=``); they replace those of
+        ``options``.
 
     Returns:
       ``{layer: ActivationStore}``.
@@ -234,38 +281,47 @@ def extract_activations(
         layer, a too-long protein with ``too_long="error"``, or an ``out_dir`` holding an
         extraction with other settings.
     """
-    import jax
-    from tqdm.auto import tqdm
+    from jaxsae.data.store import open_store
+    from jaxsae.training.distributed import barrier
 
-    from jaxsae.data.store import finalize_store, open_store, write_shard
-    from jaxsae.protein.alphabet import check_sequence
-    from jaxsae.protein.esm2 import check_params, esm2_hidden_states, resolve_layers
-    from jaxsae.training.distributed import barrier, is_main
-
+    opts = dataclasses.replace(options or ExtractConfig(), **changes)
     config, params = model
-    if dtype not in ("float32", "float16"):
-        raise ValueError(f"dtype: expected 'float32' or 'float16', found {dtype!r}")
-    if too_long not in ("crop", "error"):
-        raise ValueError(f"too_long: expected 'crop' or 'error', found {too_long!r}")
-    if max_tokens_per_batch < 1 or rows_per_shard < 1:
-        raise ValueError(
-            "expected max_tokens_per_batch >= 1 and rows_per_shard >= 1, found "
-            f"{max_tokens_per_batch} and {rows_per_shard}"
-        )
-    buckets = tuple(int(b) for b in buckets)
-    if not buckets or list(buckets) != sorted(set(buckets)) or buckets[-1] > config.max_tokens:
+    layers = _check_model(config, params, layers, opts)
+    recs = _prepare_proteins(proteins, opts.buckets[-1] - 2, opts.too_long)
+    out = Path(out_dir)
+    _record_plan(out, _plan(config, layers, recs, opts))
+    dirs = {layer: out / f"layer_{layer}" for layer in layers}
+    _write_shards(recs, model, layers, dirs, opts)
+    barrier("jaxsae-extract-shards")  # every process's shards are written
+    _finalise_stores(recs, config, layers, dirs, opts)
+    barrier("jaxsae-extract-finalised")
+    return {layer: open_store(dirs[layer]) for layer in layers}
+
+
+def _check_model(
+    config: Any, params: Any, layers: int | Sequence[int], opts: ExtractConfig
+) -> tuple[int, ...]:
+    """The resolved, sorted, distinct ``layers``, once the buckets and weights fit ``config``."""
+    from jaxsae.protein.esm2 import check_params, resolve_layers
+
+    if opts.buckets[-1] > config.max_tokens:
         raise ValueError(
             f"buckets: expected increasing lengths up to max_tokens={config.max_tokens}, "
-            f"found {buckets}"
+            f"found {opts.buckets}"
         )
     layers = resolve_layers(config, [layers] if isinstance(layers, int) else list(layers))
-    layers = tuple(sorted(set(layers)))
     check_params(params, config)
+    return tuple(sorted(set(layers)))
+
+
+def _prepare_proteins(proteins: Iterable[Any], limit: int, too_long: str) -> list[dict]:
+    """Protein dicts with checked sequences and their ``"length"``, those longer than ``limit``
+    residues cropped (``"cropped_from"``, with a warning) or rejected (``too_long="error"``)."""
+    from jaxsae.protein.alphabet import check_sequence
 
     recs = [_as_protein(i, p) for i, p in enumerate(proteins)]
     if not recs:
         raise ValueError("extract_activations: expected at least one protein, found none")
-    limit = buckets[-1] - 2
     cropped = []
     for i, r in enumerate(recs):
         check_sequence(r["sequence"], name=f"protein {i} ({r['id']})")
@@ -286,20 +342,31 @@ def extract_activations(
         warnings.warn(
             f"{len(cropped)} protein(s) longer than {limit} residues cropped to their first "
             f"{limit}: {', '.join(cropped[:5])}{' …' if len(cropped) > 5 else ''}",
-            stacklevel=2,
+            stacklevel=3,
         )
+    return recs
 
-    out = Path(out_dir)
-    plan = {
+
+def _plan(config: Any, layers: tuple[int, ...], recs: list[dict], opts: ExtractConfig) -> dict:
+    """What ``extract.json`` records: what was asked, and a fingerprint of the proteins."""
+    return {
         "model": config.name,
         "num_layers": config.num_layers,
         "d_model": config.d_model,
         "layers": list(layers),
-        "dtype": dtype,
-        "rows_per_shard": rows_per_shard,
+        "dtype": opts.dtype,
+        "rows_per_shard": opts.rows_per_shard,
         "num_proteins": len(recs),
         "proteins_sha256": _fingerprint(recs),
     }
+
+
+def _record_plan(out: Path, plan: dict) -> None:
+    """Write ``out/extract.json`` (process 0, atomically), or check that the one there asked the
+    same; every process waits for it."""
+    from jaxsae.data.store import atomic_save_text
+    from jaxsae.training.distributed import barrier, is_main
+
     plan_path = out / "extract.json"
     if plan_path.is_file():
         old = json.loads(plan_path.read_text())
@@ -311,76 +378,105 @@ def extract_activations(
             )
     elif is_main():
         out.mkdir(parents=True, exist_ok=True)
-        tmp = plan_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(plan, indent=1))
-        os.replace(tmp, plan_path)
+        atomic_save_text(plan_path, json.dumps(plan, indent=1))
     barrier("jaxsae-extract-plan")
 
+
+def _write_shards(
+    recs: list[dict],
+    model: tuple[Any, Any],
+    layers: tuple[int, ...],
+    dirs: dict[int, Path],
+    opts: ExtractConfig,
+) -> None:
+    """Compute and write this process's shards that are not on disk yet, for every layer."""
+    import jax
+    from tqdm.auto import tqdm
+
+    from jaxsae.data.store import write_shard
+    from jaxsae.training.distributed import is_main
+
+    config, params = model
     lengths = [r["length"] for r in recs]
-    shards = plan_shards(lengths, rows_per_shard)
-    dirs = {layer: out / f"layer_{layer}" for layer in layers}
+    shards = plan_shards(lengths, opts.rows_per_shard)
     mine = range(jax.process_index(), len(shards), jax.process_count())
     todo = [s for s in mine if not all(_shard_done(dirs[k], s) for k in layers)]
-    params = jax.device_put(params)
-    np_dtype = np.dtype(dtype)
-    d = config.d_model
-
+    placed = (config, jax.device_put(params))
     bar = tqdm(
         total=sum(lengths[i] for s in todo for i in shards[s]),
         unit="res",
         unit_scale=True,
         desc=f"extract layers {','.join(map(str, layers))}",
-        disable=not (progress and is_main()),
+        disable=not (opts.progress and is_main()),
     )
     with bar:
         for s in todo:
-            idx = shards[s]
-            offsets = np.cumsum([0] + [lengths[i] for i in idx])
-            row_of = {p: int(o) for p, o in zip(idx, offsets[:-1], strict=True)}
-            acts = np.empty((len(layers), int(offsets[-1]), d), dtype=np_dtype)
-            pending = None  # one batch in flight: dispatch the next before copying this one
-            for b, batch_rows in _batches(pack_rows(idx, lengths, buckets), max_tokens_per_batch):
-                # a full batch has `per` rows; the last one of a length is padded to a power of 2
-                per = max(1, max_tokens_per_batch // b)
-                n_rows = min(per, 1 << (len(batch_rows) - 1).bit_length())
-                tokens, segments, positions, placed = _batch_arrays(recs, batch_rows, n_rows, b)
-                hidden = esm2_hidden_states(
-                    params, tokens, config=config, layers=layers,
-                    segments=segments, positions=positions,
-                )  # fmt: skip
-                if pending is not None:
-                    bar.update(_collect(*pending, lengths, row_of, acts))
-                pending = (hidden, placed)
-            if pending is not None:
-                bar.update(_collect(*pending, lengths, row_of, acts))
-            index = np.empty((int(offsets[-1]), 2), dtype=np.int32)
-            for p in idx:
-                r0, n = row_of[p], lengths[p]
-                index[r0 : r0 + n, 0] = p
-                index[r0 : r0 + n, 1] = np.arange(n)
+            acts, index = _shard_activations(recs, lengths, shards[s], placed, layers, opts, bar)
             for k, layer in enumerate(layers):
                 write_shard(dirs[layer], s, acts[k], index)
 
-    barrier("jaxsae-extract-shards")  # every process's shards are written
+
+def _shard_activations(
+    recs: list[dict],
+    lengths: list[int],
+    idx: list[int],
+    model: tuple[Any, Any],
+    layers: tuple[int, ...],
+    opts: ExtractConfig,
+    bar: Any,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One shard's activations ``(len(layers), rows, d)`` and index ``(rows, 2)`` of
+    ``(protein, position)``: its proteins packed into batches and run through the model."""
+    from jaxsae.protein.esm2 import esm2_hidden_states
+
+    config, params = model
+    offsets = np.cumsum([0] + [lengths[i] for i in idx])
+    row_of = {p: int(o) for p, o in zip(idx, offsets[:-1], strict=True)}
+    acts = np.empty((len(layers), int(offsets[-1]), config.d_model), dtype=np.dtype(opts.dtype))
+    pending = None  # one batch in flight: dispatch the next before copying this one
+    rows = pack_rows(idx, lengths, opts.buckets)
+    for b, members in group_batches(rows, opts.max_tokens_per_batch):
+        n_rows = opts.batch_rows(b, len(members))
+        tokens, segments, positions, placed = batch_arrays(recs, members, n_rows, b)
+        hidden = esm2_hidden_states(
+            params, tokens, config=config, layers=layers, segments=segments, positions=positions
+        )
+        if pending is not None:
+            bar.update(_collect(*pending, lengths, row_of, acts))
+        pending = (hidden, placed)
+    if pending is not None:
+        bar.update(_collect(*pending, lengths, row_of, acts))
+    index = np.empty((int(offsets[-1]), 2), dtype=np.int32)
+    for p in idx:
+        r0, n = row_of[p], lengths[p]
+        index[r0 : r0 + n, 0] = p
+        index[r0 : r0 + n, 1] = np.arange(n)
+    return acts, index
+
+
+def _finalise_stores(
+    recs: list[dict],
+    config: Any,
+    layers: tuple[int, ...],
+    dirs: dict[int, Path],
+    opts: ExtractConfig,
+) -> None:
+    """Process 0 finalises each layer's store (``meta.json``, ``proteins.jsonl``, index)."""
+    from jaxsae.data.store import finalize_store
+    from jaxsae.training.distributed import is_main
+
+    if not is_main():
+        return
     for layer in layers:
         meta = {
             "model": config.name,
             "layer": layer,
             "num_layers": config.num_layers,
-            "d_model": d,
-            "dtype": dtype,
-            "num_residues": int(sum(lengths)),
+            "d_model": config.d_model,
+            "dtype": opts.dtype,
+            "num_residues": int(sum(r["length"] for r in recs)),
             "num_proteins": len(recs),
-            "num_cropped": len(cropped),
+            "num_cropped": sum("cropped_from" in r for r in recs),
             "positions": "residues only (<cls>, <eos>, padding excluded), from 0",
         }
-        if is_main():
-            finalize_store(dirs[layer], recs, meta)
-    barrier("jaxsae-extract-finalised")
-    return {layer: open_store(dirs[layer]) for layer in layers}
-
-
-# Public names of the batching helpers, for other runs of the model over proteins.
-group_batches = _batches
-batch_arrays = _batch_arrays
-__all__ += ["group_batches", "batch_arrays"]
+        finalize_store(dirs[layer], recs, meta)

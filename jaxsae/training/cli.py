@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from jaxsae.training.config import TrainConfig
+    from jaxsae.training.loop import LoopOptions
 
 HELP = "train a sparse autoencoder on activations (a store directory or a .npy file)"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``train`` arguments (no heavy imports here)."""
+    _add_io_arguments(parser)
+    _add_architecture_arguments(parser)
+    _add_optimiser_arguments(parser)
+    _add_run_arguments(parser)
+    add_process_arguments(parser)
+
+
+def _add_io_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data, ``--out`` and ``--d-sae``."""
     parser.add_argument(
         "data",
         help="activations: a store directory (from `jaxsae extract`) or a (rows, d) .npy file",
@@ -20,6 +34,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--d-sae", type=int, default=None, help="number of features (default: 8 × the input width)"
     )
+
+
+def _add_architecture_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--architecture`` and the options of each architecture."""
     parser.add_argument(
         "--architecture",
         "--arch",
@@ -56,6 +74,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default="l0",
         help="JumpReLU sparsity penalty (default l0)",
     )
+
+
+def _add_optimiser_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sparsity coefficient, steps, batch, learning rate, seed and dead features."""
     parser.add_argument(
         "--l1-coeff",
         type=float,
@@ -91,6 +113,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="resample dead features every N steps (--arch l1; default 0: never)",
     )
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Checkpoints, log, resumption, devices, normalisation and progress."""
     parser.add_argument(
         "--checkpoint-every", type=int, default=500, help="steps between checkpoints (default 500)"
     )
@@ -124,7 +150,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-progress", dest="progress", action="store_false", help="hide the progress bar"
     )
-    add_process_arguments(parser)
 
 
 def add_process_arguments(parser: argparse.ArgumentParser) -> None:
@@ -166,7 +191,6 @@ def run(args: argparse.Namespace) -> int:
 
     from jaxsae.data.loader import as_source
     from jaxsae.errors import JaxsaeError, check_output_dir
-    from jaxsae.training.config import TrainConfig
     from jaxsae.training.loop import TrainingDivergedError, train
     from jaxsae.training.parallel import make_mesh
 
@@ -174,57 +198,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_output_dir(args.out, "--out")
         src = as_source(args.data)
-        if args.batch_size > src.num_rows:
-            print(
-                f"jaxsae train: warning: --batch-size {args.batch_size} is larger than the data "
-                f"({src.num_rows} rows): each step sees every row about "
-                f"{args.batch_size / src.num_rows:.1f} times; a smaller --batch-size trains on "
-                "distinct rows",
-                file=sys.stderr,
-            )
-        extra = {} if args.dead_tokens is None else {"dead_tokens": args.dead_tokens}
-        d_sae = args.d_sae if args.d_sae is not None else 8 * src.d
-        if args.arch == "matryoshka_batchtopk":
-            widths = args.matryoshka_widths
-            extra["matryoshka_widths"] = (
-                tuple(int(w) for w in widths.split(","))
-                if widths
-                else (d_sae // 8, d_sae // 4, d_sae // 2, d_sae)
-            )
-        cfg = TrainConfig(
-            d_in=src.d,
-            d_sae=d_sae,
-            arch=args.arch,
-            k=args.k,
-            aux_k=args.aux_k,
-            bandwidth=args.bandwidth,
-            sparsity=args.sparsity,
-            l1_coeff=args.l1_coeff,
-            lr=args.lr,
-            total_steps=args.steps,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            **extra,
-        )
-        every = args.resample_every
-        resample = range(every, args.steps, every) if every > 0 else ()
+        _warn_large_batch(args.batch_size, src.num_rows)
+        cfg = _train_config(args, src.d)
         print(
             f"training {cfg.arch} SAE {cfg.d_in} → {cfg.d_sae} on {src.num_rows} rows "
             f"of {args.data}"
         )
-        _, history = train(
-            cfg,
-            src,
-            args.out,
-            resume=args.resume,
-            checkpoint_every=args.checkpoint_every,
-            log_every=args.log_every,
-            pmap=args.pmap,
-            mesh=None if args.pmap else make_mesh(feature=args.feature_shards),
-            progress=args.progress,
-            normalise=args.normalise,
-            resample_steps=resample,
-        )
+        mesh = None if args.pmap else make_mesh(feature=args.feature_shards)
+        _, history = train(cfg, src, args.out, _loop_options(args), mesh=mesh)
     except TrainingDivergedError as err:  # expected: reported in one line by jaxsae.cli
         raise JaxsaeError(str(err)) from err
     out = Path(args.out)
@@ -237,3 +218,61 @@ def run(args: argparse.Namespace) -> int:
             f"{last['tokens_per_s']:.0f} tokens/s"
         )
     return 0
+
+
+def _warn_large_batch(batch_size: int, num_rows: int) -> None:
+    """Warn on stderr when a step's batch is larger than the data."""
+    if batch_size > num_rows:
+        print(
+            f"jaxsae train: warning: --batch-size {batch_size} is larger than the data "
+            f"({num_rows} rows): each step sees every row about "
+            f"{batch_size / num_rows:.1f} times; a smaller --batch-size trains on "
+            "distinct rows",
+            file=sys.stderr,
+        )
+
+
+def _train_config(args: argparse.Namespace, d_in: int) -> TrainConfig:
+    """The ``TrainConfig`` the flags ask for, on inputs of width ``d_in``."""
+    from jaxsae.training.config import TrainConfig
+
+    extra = {} if args.dead_tokens is None else {"dead_tokens": args.dead_tokens}
+    d_sae = args.d_sae if args.d_sae is not None else 8 * d_in
+    if args.arch == "matryoshka_batchtopk":
+        widths = args.matryoshka_widths
+        extra["matryoshka_widths"] = (
+            tuple(int(w) for w in widths.split(","))
+            if widths
+            else (d_sae // 8, d_sae // 4, d_sae // 2, d_sae)
+        )
+    return TrainConfig(
+        d_in=d_in,
+        d_sae=d_sae,
+        arch=args.arch,
+        k=args.k,
+        aux_k=args.aux_k,
+        bandwidth=args.bandwidth,
+        sparsity=args.sparsity,
+        l1_coeff=args.l1_coeff,
+        lr=args.lr,
+        total_steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        **extra,
+    )
+
+
+def _loop_options(args: argparse.Namespace) -> LoopOptions:
+    """The ``LoopOptions`` the flags ask for."""
+    from jaxsae.training.loop import LoopOptions
+
+    every = args.resample_every
+    return LoopOptions(
+        resume=args.resume,
+        checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every,
+        pmap=args.pmap,
+        progress=args.progress,
+        normalise=args.normalise,
+        resample_steps=range(every, args.steps, every) if every > 0 else (),
+    )

@@ -33,6 +33,7 @@ What it guarantees:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -58,7 +59,7 @@ from jaxsae.training.metrics_log import MetricsLog, read_metrics
 from jaxsae.training.resample import resample_dead_features
 from jaxsae.training.state import StepMetrics, TrainState, dead_mask
 
-__all__ = ["train", "TrainingDivergedError", "LOGGED"]
+__all__ = ["train", "LoopOptions", "TrainingDivergedError", "LOGGED"]
 
 # StepMetrics fields averaged over the steps between two log records; the others are the
 # value at the logged step.
@@ -70,45 +71,18 @@ class TrainingDivergedError(RuntimeError):
     """The loss or the parameters became non-finite; the last good checkpoint is kept."""
 
 
-def train(
-    cfg: TrainConfig,
-    data: Any,
-    out_dir: str | os.PathLike,
-    *,
-    resume: bool = True,
-    checkpoint_every: int = 1000,
-    keep_checkpoints: int = 2,
-    log_every: int = 10,
-    mesh: jax.sharding.Mesh | None = None,
-    devices: Sequence[jax.Device] | None = None,
-    pmap: bool = False,
-    progress: bool = True,
-    normalise: bool = True,
-    center: bool = True,
-    data_seed: int | None = None,
-    resample_steps: Sequence[int] = (),
-    resample_batches: int = 4,
-    until_step: int | None = None,
-    export: bool = True,
-    dtype: Any = jnp.float32,
-) -> tuple[SAEParams, list[dict]]:
-    """Train an SAE on activations, with checkpoints, resumption, a metrics log and export.
+@dataclass(frozen=True)
+class LoopOptions:
+    """Options of the training loop (validated on construction); the sizes, architecture and
+    optimiser live in ``TrainConfig``.
 
-    Args:
-      cfg: the configuration (sizes, architecture, optimiser, ``total_steps``, ``batch_size``).
-      data: an ``ActivationStore`` or its directory, a ``.npy`` file, a ``(rows, d_in)`` array,
-        or a ``Loader`` (used as is; its batch size must be ``cfg.batch_size``; its
-        normalisation is replaced by the run's).
-      out_dir: output directory (created).
+    Attributes:
       resume: continue from the latest intact checkpoint in ``out_dir/checkpoints`` if there is
         one (its configuration and data stream must match); ``False`` deletes old checkpoints
         and starts afresh.
       checkpoint_every: steps between checkpoints (one is also written at the end).
       keep_checkpoints: how many checkpoints to keep.
       log_every: steps between records of ``metrics.jsonl`` (and progress-bar updates).
-      mesh: a ``("data", "feature")`` mesh (``parallel.make_mesh``); default: all ``devices``
-        on the data axis.
-      devices: devices to use (default: all, of every process).
       pmap: run the step under ``jax.pmap`` instead of ``shard_map`` on a mesh (one process).
       progress: show a tqdm progress bar with loss, L0, FVU and the dead fraction.
       normalise: scale inputs so that ``E‖x‖² = d_in`` (``False``: train on raw inputs).
@@ -122,6 +96,67 @@ def train(
         ``cfg.total_steps``; the schedules still follow ``cfg.total_steps``.
       export: write ``out_dir/sae`` (SAELens layout) when the run reaches ``total_steps``.
       dtype: parameter dtype.
+    """
+
+    resume: bool = True
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    pmap: bool = False
+    progress: bool = True
+    normalise: bool = True
+    center: bool = True
+    data_seed: int | None = None
+    resample_steps: tuple[int, ...] = ()
+    resample_batches: int = 4
+    until_step: int | None = None
+    export: bool = True
+    dtype: Any = jnp.float32
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_every < 1 or self.log_every < 1 or self.keep_checkpoints < 1:
+            raise ValueError(
+                "train: expected checkpoint_every, log_every and keep_checkpoints >= 1, found "
+                f"{self.checkpoint_every}, {self.log_every}, {self.keep_checkpoints}"
+            )
+        object.__setattr__(
+            self, "resample_steps", tuple(sorted(int(s) for s in self.resample_steps))
+        )
+
+    def saved(self) -> dict[str, Any]:
+        """The options a checkpoint must be resumed with (saved in it and in ``config.json``)."""
+        return {
+            "normalise": self.normalise,
+            "center": self.center,
+            "resample_steps": list(self.resample_steps),
+            "resample_batches": self.resample_batches,
+        }
+
+
+def train(
+    cfg: TrainConfig,
+    data: Any,
+    out_dir: str | os.PathLike,
+    options: LoopOptions | None = None,
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    devices: Sequence[jax.Device] | None = None,
+    **changes: Any,
+) -> tuple[SAEParams, list[dict]]:
+    """Train an SAE on activations, with checkpoints, resumption, a metrics log and export.
+
+    Args:
+      cfg: the configuration (sizes, architecture, optimiser, ``total_steps``, ``batch_size``).
+      data: an ``ActivationStore`` or its directory, a ``.npy`` file, a ``(rows, d_in)`` array,
+        or a ``Loader`` (used as is; its batch size must be ``cfg.batch_size``; its
+        normalisation is replaced by the run's).
+      out_dir: output directory (created).
+      options: the loop's ``LoopOptions`` (default: its defaults).
+      mesh: a ``("data", "feature")`` mesh (``parallel.make_mesh``); default: all ``devices``
+        on the data axis.
+      devices: devices to use (default: all, of every process).
+      **changes: fields of ``LoopOptions`` by name (``resume=``, ``checkpoint_every=``,
+        ``progress=``, ``until_step=``, ...); they replace those of ``options``.
 
     Returns:
       ``(params, history)``: the SAE on raw inputs and the metrics records of the run
@@ -133,44 +168,39 @@ def train(
       TrainingDivergedError: a non-finite loss or parameter (the last good checkpoint is kept).
       KeyboardInterrupt: after saving a checkpoint.
     """
-    if checkpoint_every < 1 or log_every < 1 or keep_checkpoints < 1:
-        raise ValueError(
-            "train: expected checkpoint_every, log_every and keep_checkpoints >= 1, found "
-            f"{checkpoint_every}, {log_every}, {keep_checkpoints}"
-        )
-    if resample_steps and not from_config(cfg).resamples:
+    opts = dataclasses.replace(options or LoopOptions(), **changes)
+    if opts.resample_steps and not from_config(cfg).resamples:
         raise ValueError(
             f"train: resampling is for arch='l1' (the others have their own dead-feature loss), "
             f"found arch={cfg.arch!r}"
         )
-    options = {
-        "normalise": normalise,
-        "center": center,
-        "resample_steps": sorted(int(s) for s in resample_steps),
-        "resample_batches": resample_batches,
-    }
-    end = cfg.total_steps if until_step is None else min(int(until_step), cfg.total_steps)
-    loader = _loader(cfg, data, cfg.seed if data_seed is None else data_seed)
-    placement = Placement(cfg, mesh=mesh, devices=devices, pmap=pmap)
-    run = _set_up(cfg, loader, Path(out_dir), placement, options, resume, keep_checkpoints, dtype)
-    metrics = _Metrics(run, log_every, progress, end)
-    checkpoints = _Checkpoints(run, metrics, checkpoint_every)
-    hooks = [_Resampler(run, metrics, resample_batches), metrics, checkpoints]
+    end = cfg.total_steps if opts.until_step is None else min(int(opts.until_step), cfg.total_steps)
+    loader = _loader(cfg, data, cfg.seed if opts.data_seed is None else opts.data_seed)
+    placement = Placement(cfg, mesh=mesh, devices=devices, pmap=opts.pmap)
+    run = _set_up(cfg, loader, Path(out_dir), placement, opts)
+    metrics = _Metrics(run, opts.log_every, opts.progress, end)
+    checkpoints = _Checkpoints(run, metrics, opts.checkpoint_every)
+    hooks = [_Resampler(run, metrics, opts.resample_batches), metrics, checkpoints]
     state, done = _step_loop(run, hooks, metrics, checkpoints, end)
-    params = jax.tree.map(jnp.asarray, placement.gather(state.params))
-    arch = from_config(cfg)  # the returned and exported SAE is the inference form
-    raw = fold_normalisation(
-        arch.to_inference(params),
-        run.norm.mean,
-        run.norm.scale,
-        apply_b_dec_to_input=arch.apply_b_dec_to_input,
-    )
-    if export and done == cfg.total_steps and is_main():
+    raw = _raw_params(run, state)
+    if opts.export and done == cfg.total_steps and is_main():
         from jaxsae.models.saelens import save_saelens
 
         save_saelens(run.out / "sae", raw, _saelens_cfg(cfg, loader.source, run.norm))
     barrier("jaxsae-train-exported")
     return raw, metrics.history
+
+
+def _raw_params(run: _Run, state: TrainState) -> SAEParams:
+    """The trained SAE gathered to the host, in its inference form, acting on raw inputs."""
+    params = jax.tree.map(jnp.asarray, run.placement.gather(state.params))
+    arch = from_config(run.cfg)  # the returned and exported SAE is the inference form
+    return fold_normalisation(
+        arch.to_inference(params),
+        run.norm.mean,
+        run.norm.scale,
+        apply_b_dec_to_input=arch.apply_b_dec_to_input,
+    )
 
 
 @dataclass
@@ -201,23 +231,20 @@ def _loader(cfg: TrainConfig, data: Any, seed: int) -> Loader:
 
 
 def _set_up(
-    cfg: TrainConfig,
-    loader: Loader,
-    out: Path,
-    placement: Placement,
-    options: dict,
-    resume: bool,
-    keep: int,
-    dtype: Any,
+    cfg: TrainConfig, loader: Loader, out: Path, placement: Placement, opts: LoopOptions
 ) -> _Run:
     """The run's state: restored from the newest intact checkpoint, or fresh; ``config.json``."""
+    options, dtype = opts.saved(), opts.dtype
     if is_main():
         out.mkdir(parents=True, exist_ok=True)
     barrier("jaxsae-train-out-dir")
+    keep = opts.keep_checkpoints
     ckpts = Checkpointer(out / "checkpoints", keep=keep, primary=is_main(), barrier=barrier)
-    if not resume:
+    if not opts.resume:
         ckpts.delete_all()
-    ck = ckpts.restore(placement.abstract_state(dtype), config=cfg.to_dict()) if resume else None
+    ck = None
+    if opts.resume:
+        ck = ckpts.restore(placement.abstract_state(dtype), config=cfg.to_dict())
     if ck is not None:
         saved_opts = ck.extra.get("options", options)
         if saved_opts != options:
