@@ -82,79 +82,43 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# options whose default comes from the preset: (flag, preset key, type, help)
+_PRESET_OPTIONS = (
+    ("--layer", "layer", int, "ESM-2 layer whose activations are used, 0..6"),
+    ("--n-proteins", "n_proteins", int, "proteins taken from the default dataset"),
+    (
+        "--n-heldout",
+        "n_heldout",
+        int,
+        "validation + test proteins scored, drawn from the held-out superfamilies",
+    ),
+    ("--max-len", "max_len", int, "longest protein kept, in residues"),
+    ("--d-sae", "d_sae", int, "number of SAE features"),
+    ("--steps", "steps", int, "SAE training steps"),
+    ("--batch-size", "batch_size", int, "residues per training step"),
+    ("--l1-coeff", "l1_coeff", float, "L1 coefficient λ on inputs normalised to E‖x‖² = d"),
+)
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``jaxsae demo`` (the defaults depend on ``--quick``)."""
     d, q = PRESETS["default"], PRESETS["quick"]
-
-    def both(key: str) -> str:
-        return f"(default {d[key]}; --quick: {q[key]})"
-
     parser.add_argument("--out", default="jaxsae-out", help="output folder (default jaxsae-out)")
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="a small run (fewer proteins, a smaller SAE, fewer steps)",
-    )
-    parser.add_argument(
-        "--full",
-        action="store_true",
-        help="InterPLM's ESM-2 8M setting: all embedded proteins, 10,240 features, ~10^8 "
-        "tokens (hours; prints its expected duration first; resumable)",
-    )
-    parser.add_argument(
-        "--plan",
-        action="store_true",
-        help="print the run's plan and expected duration on this machine, then stop",
-    )
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="recompute every stage instead of reusing what is on disk",
-    )
-    parser.add_argument(
-        "--layer",
-        type=int,
-        default=None,
-        help=f"ESM-2 layer whose activations are used, 0..6 {both('layer')}",
-    )
-    parser.add_argument(
-        "--n-proteins",
-        type=int,
-        default=None,
-        help=f"proteins taken from the default dataset {both('n_proteins')}",
-    )
-    parser.add_argument(
-        "--n-heldout",
-        type=int,
-        default=None,
-        help="validation + test proteins scored, drawn from the held-out superfamilies "
-        f"(default {d['n_heldout'] or 'those among --n-proteins'}; --quick: "
-        f"{q['n_heldout'] or 'those among --n-proteins'})",
-    )
-    parser.add_argument(
-        "--max-len",
-        type=int,
-        default=None,
-        help=f"longest protein kept, in residues {both('max_len')}",
-    )
-    parser.add_argument(
-        "--d-sae", type=int, default=None, help=f"number of SAE features {both('d_sae')}"
-    )
-    parser.add_argument(
-        "--steps", type=int, default=None, help=f"SAE training steps {both('steps')}"
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help=f"residues per training step {both('batch_size')}",
-    )
-    parser.add_argument(
-        "--l1-coeff",
-        type=float,
-        default=None,
-        help=f"L1 coefficient λ on inputs normalised to E‖x‖² = d {both('l1_coeff')}",
-    )
+    for flag, text in (
+        ("--quick", "a small run (fewer proteins, a smaller SAE, fewer steps)"),
+        (
+            "--full",
+            "InterPLM's ESM-2 8M setting: all embedded proteins, 10,240 features, ~10^8 "
+            "tokens (hours; prints its expected duration first; resumable)",
+        ),
+        ("--plan", "print the run's plan and expected duration on this machine, then stop"),
+        ("--force", "recompute every stage instead of reusing what is on disk"),
+    ):
+        parser.add_argument(flag, action="store_true", help=text)
+    for flag, key, kind, text in _PRESET_OPTIONS:
+        parser.add_argument(
+            flag, type=kind, default=None, help=f"{text} (default {d[key]}; --quick: {q[key]})"
+        )
     parser.add_argument(
         "--fista-proteins",
         type=int,
@@ -178,16 +142,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     if full and args.quick:
         raise ValueError("--full and --quick: expected one of them, found both")
     s = dict(PRESETS["full" if full else "quick" if args.quick else "default"])
-    for key in (
-        "layer",
-        "n_proteins",
-        "n_heldout",
-        "max_len",
-        "d_sae",
-        "steps",
-        "batch_size",
-        "l1_coeff",
-    ):
+    for _, key, _, _ in _PRESET_OPTIONS:
         value = getattr(args, key, None)
         if value is not None:
             s[key] = value

@@ -158,6 +158,28 @@ def test_interplm_neuron_baseline_is_raw_and_positive_only():
         neuron_featurizer(None, 2, signs="negative")
 
 
+def test_the_analysis_uses_interplm_neurons_unless_the_centred_variant_is_named():
+    from types import SimpleNamespace
+
+    from jaxsae.interpret.analysis import AnalysisConfig, build_featurizers
+
+    rng = np.random.default_rng(0)
+    X = (rng.standard_normal((40, 3)) + 5.0).astype(np.float32)  # an offset: centring matters
+    rows = (X, np.zeros((40, 2), np.int32))
+    store = SimpleNamespace(d=3, mean=X.mean(0))
+    params = init_params(jax.random.key(0), 3, 8)
+    assert AnalysisConfig().neurons == "interplm"
+    for cfg in (AnalysisConfig(), AnalysisConfig(neurons="centred")):
+        nf = build_featurizers(store, params, [], cfg, pca_source=rows)[0]["neurons"]
+        g = np.asarray(nf.apply(nf.params, jnp.asarray(X)))
+        if cfg.neurons == "interplm":  # raw, positive side only: d features
+            assert nf.num_features == 3
+            np.testing.assert_array_equal(g, np.maximum(X, 0))
+        else:  # mean-centred, both signs: 2d features
+            assert nf.num_features == 6
+            np.testing.assert_allclose(g[:, :3] - g[:, 3:], X - X.mean(0), atol=1e-4)
+
+
 def test_sample_rows_of_one_split():
     acts, index = _data(n=120)
     proteins = [
