@@ -5,7 +5,8 @@
    (validation + test) proteins into two activation stores; the held-out set can be larger
    than the training draw (``--n-heldout``: by default every held-out protein ≤ 256 residues, so
    that many SCOPe and DSSP concepts pass InterPLM's concept filter and scores are less noisy);
-3. train an L1 sparse autoencoder (the seed's loss) on the training store;
+3. train an L1 sparse autoencoder (the seed's loss; ``--architecture`` picks another) on the
+   training store;
 4. measure the amortisation gap: the SAE's encoder vs FISTA on the same decoder;
 5. score the SAE's features, the model's neurons and PCA components against secondary
    structure, residue identity and SCOPe classes; write ``report.html``, the PNG plots and
@@ -120,6 +121,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
             flag, type=kind, default=None, help=f"{text} (default {d[key]}; --quick: {q[key]})"
         )
     parser.add_argument(
+        "--architecture",
+        "--arch",
+        choices=_architectures(),
+        default="l1",
+        help="SAE architecture (default l1: the seed's loss, trained with λ = --l1-coeff; topk, "
+        "batchtopk and matryoshka_batchtopk use --k; jumprelu uses --l1-coeff as its L0 "
+        "coefficient); the amortisation gap is measured for l1 only",
+    )
+    parser.add_argument(
+        "--k", type=int, default=32, help="active features per residue, TopK family (default 32)"
+    )
+    parser.add_argument(
         "--fista-proteins",
         type=int,
         default=0,
@@ -129,6 +142,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-progress", dest="progress", action="store_false", help="hide progress bars"
     )
+
+
+def _architectures() -> tuple[str, ...]:
+    from jaxsae.kernels.architectures import architecture_names
+
+    return tuple(architecture_names())
 
 
 def _accelerator() -> bool:
@@ -158,6 +177,15 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(f"--{key.replace('_', '-')}: expected a value > 0, found {s[key]}")
     if s["l1_coeff"] < 0:
         raise ValueError(f"--l1-coeff: expected a value >= 0, found {s['l1_coeff']}")
+    s["architecture"] = getattr(args, "architecture", "l1")
+    s["k"] = getattr(args, "k", 32)
+    if s["k"] <= 0:
+        raise ValueError(f"--k: expected a value > 0, found {s['k']}")
+    if s["architecture"] != "l1" and getattr(args, "fista_proteins", 0):
+        raise ValueError(
+            "--fista-proteins: the FISTA baseline solves the L1 SAE's lasso; expected "
+            f"--architecture l1, found {s['architecture']}"
+        )
     return s
 
 
@@ -212,9 +240,15 @@ def _train(settings: dict, store: Any, run_dir: Path, force: bool, progress: boo
     from jaxsae.training.loop import train
     from jaxsae.training.metrics_log import read_metrics
 
+    d_sae, arch = settings["d_sae"], settings.get("architecture", "l1")
+    extra = {"k": settings.get("k", 32)} if arch != "l1" else {}
+    if arch == "matryoshka_batchtopk":  # jaxsae train's default prefixes
+        extra["matryoshka_widths"] = (d_sae // 8, d_sae // 4, d_sae // 2, d_sae)
     cfg = TrainConfig(
         d_in=store.d,
-        d_sae=settings["d_sae"],
+        d_sae=d_sae,
+        arch=arch,
+        **extra,
         l1_coeff=settings["l1_coeff"],
         total_steps=settings["steps"],
         batch_size=settings["batch_size"],
@@ -230,7 +264,7 @@ def _train(settings: dict, store: Any, run_dir: Path, force: bool, progress: boo
         _say(f"SAE: resuming the interrupted run in {run_dir} from step {done}")
     else:
         _say(
-            f"training an L1 SAE {cfg.d_in} → {cfg.d_sae} (λ = {cfg.l1_coeff}) for "
+            f"training {_describe(cfg)} for "
             f"{cfg.total_steps} steps of {cfg.batch_size} residues on {store.num_rows} "
             f"training residues; run in {run_dir}"
         )
@@ -247,6 +281,28 @@ def _train(settings: dict, store: Any, run_dir: Path, force: bool, progress: boo
         history = read_metrics(run_dir / "metrics.jsonl")
     scale = json.loads((run_dir / "config.json").read_text()).get("normalisation_scale", 1.0)
     return params, history, float(scale), cfg
+
+
+def _describe(cfg: Any) -> str:
+    """``"an L1 SAE 320 → 1280 (λ = 4)"``, ``"a topk SAE 320 → 1280 (k = 32)"``."""
+    if cfg.arch == "l1":
+        return f"an L1 SAE {cfg.d_in} → {cfg.d_sae} (λ = {cfg.l1_coeff:g})"
+    if cfg.arch == "jumprelu":
+        return f"a jumprelu SAE {cfg.d_in} → {cfg.d_sae} (L0 coefficient {cfg.l1_coeff:g})"
+    return f"a {cfg.arch} SAE {cfg.d_in} → {cfg.d_sae} (k = {cfg.k})"
+
+
+def _sae_dir(out: Path, s: dict) -> Path:
+    """The training run's folder: its name carries the settings (L1 runs keep their old name)."""
+    arch = s.get("architecture", "l1")
+    sparsity = (
+        f"l1-{s['l1_coeff']:g}"
+        if arch == "l1"
+        else f"{arch}-{s['l1_coeff']:g}"
+        if arch == "jumprelu"
+        else f"{arch}-k{s['k']}"
+    )
+    return out / f"sae_{_run_tag(s)}_d{s['d_sae']}_{sparsity}_s{s['steps']}_b{s['batch_size']}"
 
 
 def _finished_step(run_dir: Path) -> int | None:
@@ -527,13 +583,13 @@ def _interpret_stage(
     _say(f"interpreting {cfg.d_sae} features on {eval_store.num_rows} held-out residues")
     n_proteins = len(data.train_recs) + len(data.eval_recs)
     config = AnalysisConfig(
-        title=f"Features of ESM-2 t6 8M layer {s['layer']}: an L1 SAE with {cfg.d_sae} features",
+        title=f"Features of ESM-2 t6 8M layer {s['layer']}: {_describe(cfg)}",
         intro=(
-            f"jaxsae demo: {n_proteins} SCOPe domains (≤ {s['max_len']} residues), SAE trained "
-            f"{cfg.total_steps} steps × {cfg.batch_size} residues, λ = {cfg.l1_coeff} on "
+            f"jaxsae demo: {n_proteins} SCOPe domains (≤ {s['max_len']} residues), "
+            f"{_describe(cfg)} trained {cfg.total_steps} steps × {cfg.batch_size} residues on "
             "normalised inputs."
         ),
-        l1_coeff=cfg.l1_coeff / trained.scale,
+        l1_coeff=cfg.l1_coeff / trained.scale if cfg.arch == "l1" else None,
         fista_proteins=args.fista_proteins,
         max_cards=s["max_cards"],
         progress=getattr(args, "progress", True),
@@ -596,18 +652,20 @@ def run(args: argparse.Namespace) -> int:
     timings["extract"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    run_dir = out / (
-        f"sae_{_run_tag(s)}_d{s['d_sae']}_l1-{s['l1_coeff']:g}_s{s['steps']}_b{s['batch_size']}"
-    )
+    run_dir = _sae_dir(out, s)
     params, history, scale, cfg = _train(s, stores[0], run_dir, args.force, progress)
     timings["train"] = time.perf_counter() - t
     _say_training(history)
 
     t = time.perf_counter()
     l1_raw = s["l1_coeff"] / scale  # λ on raw inputs: the loss scales by s² and the L1 term by s
-    amort = _amortisation_stage(
-        params, stores[1], l1_raw, scale, run_dir, rows=128 if args.quick else 256
-    )
+    amort = None
+    if cfg.arch == "l1":
+        amort = _amortisation_stage(
+            params, stores[1], l1_raw, scale, run_dir, rows=128 if args.quick else 256
+        )
+    else:
+        _say(f"amortisation gap: skipped (it is the L1 SAE's lasso; this is {cfg.arch})")
     timings["amortisation"] = time.perf_counter() - t
 
     t = time.perf_counter()

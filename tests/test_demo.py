@@ -109,7 +109,25 @@ def test_demo_quick_runs_reuses_and_interpret_reads_its_outputs(tmp_path, capsys
 def test_demo_rejects_bad_settings(capsys):
     assert cli.main(["demo", "--d-sae", "0", "--out", "unused-dir"]) == 2
     assert "--d-sae" in capsys.readouterr().err
+    bad = ["--arch", "topk", "--fista-proteins", "2"]
+    assert cli.main(["demo", *bad, "--out", "unused-dir"]) == 2
+    assert "--fista-proteins" in capsys.readouterr().err
+    assert cli.main(["demo", "--arch", "topk", "--k", "0", "--out", "unused-dir"]) == 2
+    assert "--k" in capsys.readouterr().err
     assert not Path("unused-dir").exists()
+
+
+def test_demo_trains_and_scores_another_architecture(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert cli.main(["demo", *TINY, "--arch", "topk", "--k", "4", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "training a topk SAE" in text and "(k = 4)" in text
+    assert "amortisation gap: skipped" in text and "concepts F1>0.5" in text
+    (run,) = out.glob("sae_*_topk-k4_s20_b64")
+    cfg = json.loads((run / "sae" / "cfg.json").read_text())
+    assert "topk" in json.dumps(cfg).lower()
+    summary = json.loads((out / "summary.json").read_text())
+    assert not summary["amortisation"]
 
 
 def test_full_preset_settings_and_plan_at_tiny_size(tmp_path, capsys):
