@@ -80,8 +80,14 @@ __all__ = [
     "check_k",
 ]
 
-#: inputs per step of the chunked gathers/scatters of the sparse path (measured best on CPU)
-_CHUNK = 8
+#: elements of the block of gathered rows per step of the chunked gathers/scatters (2.6 MB in
+#: float32; measured best on CPU: 8 inputs × k = 64 rows × d_in = 1,280, and 32 × 64 × 320)
+_BLOCK = 655_360
+
+
+def _chunk_size(n: int, row_elems: int) -> int:
+    """Items per step of a chunked loop: ``_BLOCK / row_elems``, at least 1, at most ``n``."""
+    return max(1, min(n, _BLOCK // max(row_elems, 1)))
 
 
 #: the metrics of a TopK SAE are ``SAEMetrics`` (with ``auxk`` and ``num_dead`` filled in)
@@ -143,32 +149,33 @@ def _pad_rows(a: jax.Array, n_pad: int) -> jax.Array:
     return jnp.pad(a, [(0, n_pad)] + [(0, 0)] * (a.ndim - 1)) if n_pad else a
 
 
-def _chunked(*arrays: jax.Array) -> tuple[int, list[jax.Array]]:
-    """Pad the leading axis to a multiple of ``_CHUNK`` and split it into ``(n/_CHUNK, _CHUNK)``."""
+def _chunked(row_elems: int, *arrays: jax.Array) -> tuple[int, list[jax.Array]]:
+    """Pad the leading axis to a multiple of the chunk size (``_chunk_size``; ``row_elems``:
+    gathered elements per item) and split it into ``(n / chunk, chunk)``."""
     n = arrays[0].shape[0]
-    n_pad = -n % _CHUNK
-    out = [_pad_rows(a, n_pad) for a in arrays]
-    return n, [a.reshape(-1, _CHUNK, *a.shape[1:]) for a in out]
+    c = _chunk_size(n, row_elems)
+    n_pad = -n % c
+    return n, [_pad_rows(a, n_pad).reshape(-1, c, *a.shape[1:]) for a in arrays]
 
 
 def _gather_rows_dot(table: jax.Array, indices: jax.Array, vectors: jax.Array) -> jax.Array:
     """``out[n, j] = table[indices[n, j]] · vectors[n]``: ``(F, D), (N, m), (N, D) → (N, m)``."""
-    n, (ic, vc) = _chunked(indices, vectors)
+    n, (ic, vc) = _chunked(indices.shape[-1] * table.shape[-1], indices, vectors)
     out = lax.map(lambda a: jnp.einsum("bmd,bd->bm", table[a[0]], a[1]), (ic, vc))
     return out.reshape(-1, indices.shape[-1])[:n]
 
 
 def _gather_rows_combine(table: jax.Array, indices: jax.Array, weights: jax.Array) -> jax.Array:
     """``out[n] = Σ_j weights[n, j] table[indices[n, j]]``: ``(F, D), (N, m), (N, m) → (N, D)``."""
-    n, (ic, wc) = _chunked(indices, weights)
+    n, (ic, wc) = _chunked(indices.shape[-1] * table.shape[-1], indices, weights)
     out = lax.map(lambda a: jnp.einsum("bm,bmd->bd", a[1], table[a[0]]), (ic, wc))
     return out.reshape(-1, table.shape[-1])[:n]
 
 
 def _scatter_outer(weights: jax.Array, indices: jax.Array, vectors: jax.Array, d_sae: int):
     """``out[i] = Σ_{n,j: indices[n,j]=i} weights[n, j] vectors[n]``: ``→ (d_sae, D)``."""
-    _, (wc, ic, vc) = _chunked(weights, indices, vectors)  # padded rows have weight 0
     d = vectors.shape[-1]
+    _, (wc, ic, vc) = _chunked(indices.shape[-1] * d, weights, indices, vectors)  # pads: weight 0
 
     def body(acc, a):
         w, i, v = a
@@ -241,16 +248,12 @@ def _pre_acts_at_bwd(res, g):
 _pre_acts_at.defvjp(_pre_acts_at_fwd, _pre_acts_at_bwd)
 
 
-# Flat layout: a list of (row, feature) pairs, processed in chunks of _FLAT_CHUNK pairs.
-
-#: pairs per step of the chunked flat gathers/scatters (as many as _CHUNK rows of k = 64)
-_FLAT_CHUNK = 512
+# Flat layout: a list of (row, feature) pairs, processed in chunks of _BLOCK / d_in pairs.
 
 
-def _flat_chunked(*arrays: jax.Array) -> list[jax.Array]:
-    """Pad the leading axis to a multiple of ``_FLAT_CHUNK`` and split it into chunks."""
-    n_pad = -arrays[0].shape[0] % _FLAT_CHUNK
-    return [_pad_rows(a, n_pad).reshape(-1, _FLAT_CHUNK, *a.shape[1:]) for a in arrays]
+def _flat_chunked(d: int, *arrays: jax.Array) -> list[jax.Array]:
+    """``_chunked`` for pairs that each gather a row of ``d`` elements (padding dropped)."""
+    return _chunked(d, *arrays)[1]
 
 
 def _flat_scatter(src, src_idx, dst_idx, w, n_out):
@@ -261,7 +264,7 @@ def _flat_scatter(src, src_idx, dst_idx, w, n_out):
         return acc.at[d].add(wt[:, None] * src[s]), None
 
     zero = jnp.zeros((n_out, src.shape[-1]), jnp.result_type(src, w))
-    return lax.scan(body, zero, tuple(_flat_chunked(src_idx, dst_idx, w)))[0]
+    return lax.scan(body, zero, tuple(_flat_chunked(src.shape[-1], src_idx, dst_idx, w)))[0]
 
 
 def _flat_combine(table, rows, idx, w, n_rows):
@@ -271,7 +274,7 @@ def _flat_combine(table, rows, idx, w, n_rows):
 
 def _flat_dot(table, rows, idx, vectors):
     """``out[p] = table[idx[p]] · vectors[rows[p]]``: ``→ (P,)``."""
-    rc, ic = _flat_chunked(rows, idx)
+    rc, ic = _flat_chunked(table.shape[-1], rows, idx)
     out = lax.map(lambda a: jnp.sum(table[a[1]] * vectors[a[0]], axis=-1), (rc, ic))
     return out.reshape(-1)[: rows.shape[0]]
 
@@ -332,6 +335,131 @@ def _flat_pre_acts_at_bwd(res, g):
 
 
 _flat_pre_acts_at.defvjp(_flat_pre_acts_at_fwd, _flat_pre_acts_at_bwd)
+
+
+# The encoder and decoder of the selected codes as one layer: one sparse pass backwards.
+#
+# ``values`` are the kept codes ``ReLU(z[n, f])`` (0 in the slots not kept), computed from the
+# pre-activations without gradient; the layer decodes them and its backward pass differentiates
+# the whole ``params → z[n, f] → values → x̂`` path: per (input, feature) pair, the gathered row
+# ``W_dec[f]`` gives ``∂values = W_dec[f] · ∂x̂[n]`` and ``∂z = ∂values · [values > 0]``, and the
+# same loop scatter-adds ``values ⊗ ∂x̂[n]`` into ``∂W_dec[f]`` and ``∂z ⊗ (x[n] − b_dec)`` into
+# ``∂W_encᵀ[f]`` (one gather and two scatter-adds per pair, instead of four separate loops).
+
+
+def _layer_grads(W_enc, b_dec, x, dz, d_W_enc_t, scatter_bias, combine_x):
+    """The encoder's gradients from ``∂z`` of the selected pairs (shared by both layouts)."""
+    d_b_enc = scatter_bias(dz)
+    d_x = combine_x(W_enc.T, dz)  # dropped by XLA unless x is differentiated
+    d_b_dec = -(W_enc @ d_b_enc)  # = −Σ_n d_x[n]
+    return (
+        d_W_enc_t.T.astype(W_enc.dtype),
+        d_b_enc.astype(W_enc.dtype),
+        d_b_dec.astype(b_dec.dtype),
+        d_x.astype(x.dtype),
+    )
+
+
+def _row_layer_scatter(W_dec, values, indices, g, xc):
+    """``(∂W_dec, ∂W_encᵀ, ∂z)`` of the per-input layout in one chunked pass."""
+    d_sae, d = W_dec.shape
+    n, (vc, ic, gc, xs) = _chunked(indices.shape[-1] * d, values, indices, g, xc)
+
+    def body(acc, a):
+        v, i, gg, xx = a
+        dz = jnp.where(v > 0, jnp.einsum("cmd,cd->cm", W_dec[i], gg), 0)
+        i = i.reshape(-1)
+        dec = acc[0].at[i].add((v[..., None] * gg[:, None, :]).reshape(-1, d))
+        enc = acc[1].at[i].add((dz[..., None] * xx[:, None, :]).reshape(-1, d))
+        return (dec, enc), dz
+
+    zero = jnp.zeros((d_sae, d), jnp.result_type(W_dec, g, xc))
+    (dec, enc), dz = lax.scan(body, (zero, zero), (vc, ic, gc, xs))
+    return dec, enc, dz.reshape(-1, indices.shape[-1])[:n]
+
+
+@jax.custom_vjp
+def _sparse_layer(W_enc, b_enc, b_dec, W_dec, x, values, indices):
+    """``Σ_j values[n, j] W_dec[indices[n, j]]`` with ``values = ReLU(z[n, indices[n, j]])``,
+    ``z = (x − b_dec) W_enc + b_enc``, differentiated with respect to ``W_enc, b_enc, b_dec,
+    W_dec, x`` in one sparse pass. ``values``: ``(N, m)``, 0 in the slots not kept."""
+    return _gather_rows_combine(W_dec, indices, values)
+
+
+def _sparse_layer_fwd(W_enc, b_enc, b_dec, W_dec, x, values, indices):
+    out = _sparse_layer(W_enc, b_enc, b_dec, W_dec, x, values, indices)
+    return out, (W_enc, b_dec, W_dec, x, values, indices)
+
+
+def _sparse_layer_bwd(res, g):
+    W_enc, b_dec, W_dec, x, values, indices = res
+    d_sae = W_dec.shape[0]
+    d_W_dec, d_W_enc_t, dz = _row_layer_scatter(W_dec, values, indices, g, x - b_dec[None, :])
+    enc = _layer_grads(
+        W_enc,
+        b_dec,
+        x,
+        dz,
+        d_W_enc_t,
+        lambda dz: jax.ops.segment_sum(dz.reshape(-1), indices.reshape(-1), d_sae),
+        lambda table, dz: _gather_rows_combine(table, indices, dz),
+    )
+    d_W_enc, d_b_enc, d_b_dec, d_x = enc
+    return d_W_enc, d_b_enc, d_b_dec, d_W_dec.astype(W_dec.dtype), d_x, None, None
+
+
+_sparse_layer.defvjp(_sparse_layer_fwd, _sparse_layer_bwd)
+
+
+def _flat_layer_scatter(W_dec, values, rows, idx, g, xc):
+    """``(∂W_dec, ∂W_encᵀ, ∂z)`` of the flat layout in one chunked pass."""
+    d_sae, d = W_dec.shape
+
+    def body(acc, a):
+        v, r, i = a
+        gg = g[r]
+        dz = jnp.where(v > 0, jnp.sum(W_dec[i] * gg, axis=-1), 0)
+        dec = acc[0].at[i].add(v[:, None] * gg)
+        enc = acc[1].at[i].add(dz[:, None] * xc[r])
+        return (dec, enc), dz
+
+    zero = jnp.zeros((d_sae, d), jnp.result_type(W_dec, g, xc))
+    chunks = tuple(_flat_chunked(d, values, rows, idx))
+    (dec, enc), dz = lax.scan(body, (zero, zero), chunks)
+    return dec, enc, dz.reshape(-1)[: values.shape[0]]
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(8,))
+def _flat_layer(W_enc, b_enc, b_dec, W_dec, x, values, rows, idx, n_rows):
+    """The flat counterpart of ``_sparse_layer``: ``out[n] = Σ_{p: rows[p] = n} values[p]
+    W_dec[idx[p]]``, ``values[p] = ReLU(z[rows[p], idx[p]])`` (0 for pairs not kept)."""
+    return _flat_combine(W_dec, rows, idx, values, n_rows)
+
+
+def _flat_layer_fwd(W_enc, b_enc, b_dec, W_dec, x, values, rows, idx, n_rows):
+    out = _flat_layer(W_enc, b_enc, b_dec, W_dec, x, values, rows, idx, n_rows)
+    return out, (W_enc, b_dec, W_dec, x, values, rows, idx)
+
+
+def _flat_layer_bwd(n_rows, res, g):
+    W_enc, b_dec, W_dec, x, values, rows, idx = res
+    d_sae = W_dec.shape[0]
+    xc = x - b_dec[None, :]
+    d_W_dec, d_W_enc_t, dz = _flat_layer_scatter(W_dec, values, rows, idx, g, xc)
+    enc = _layer_grads(
+        W_enc,
+        b_dec,
+        x,
+        dz,
+        d_W_enc_t,
+        lambda dz: jax.ops.segment_sum(dz, idx, d_sae),
+        lambda table, dz: _flat_combine(table, rows, idx, dz, n_rows),
+    )
+    d_W_enc, d_b_enc, d_b_dec, d_x = enc
+    return d_W_enc, d_b_enc, d_b_dec, d_W_dec.astype(W_dec.dtype), d_x, None, None, None
+
+
+_flat_layer.defvjp(_flat_layer_fwd, _flat_layer_bwd)
 
 
 def topk_decode(params: SAEParams, values: ArrayLike, indices: ArrayLike) -> jax.Array:
@@ -563,25 +691,29 @@ def _select(
     return sel._replace(keep=sel.keep & kept), jnp.any(kept[:, -1])
 
 
-def _aux_dense_compact(xf, pre, e, dead_mask, aux_k, p, *, cap):
+def _aux_dense_compact(xf, e, dead_mask, aux_k, p, *, cap):
     """AuxK on the first ``cap`` dead features, gathered into a dense ``(batch, cap)`` block."""
     dead_idx = jnp.nonzero(dead_mask, size=cap, fill_value=0)[0]
     valid = jnp.arange(cap) < jnp.sum(dead_mask)
-    z_stop = jnp.where(valid[None, :], jnp.take(pre, dead_idx, axis=1), 0)
+    # the dead features' pre-activations, computed again rather than gathered from ``pre``
+    # (a column gather of the (batch, d_sae) block costs more than this small matmul)
+    z = (xf - p.b_dec[None, :]) @ jnp.take(p.W_enc, dead_idx, axis=1) + p.b_enc[dead_idx][None, :]
     if aux_k >= cap:  # every dead feature is among the aux_k largest
-        chosen = jnp.broadcast_to(valid[None, :], z_stop.shape)
+        chosen = jnp.broadcast_to(valid[None, :], z.shape)
     else:  # the aux_k largest (only positive ones matter: the codes are ReLU'd)
+        z_stop = jnp.where(valid[None, :], lax.stop_gradient(z), 0)
         cut = nth_largest_positive(z_stop, aux_k, per_row=True)
         chosen = valid[None, :] & (z_stop >= cut[:, None])
-    z = (xf - p.b_dec[None, :]) @ jnp.take(p.W_enc, dead_idx, axis=1) + p.b_enc[dead_idx][None, :]
     codes = jnp.where(chosen, jnp.maximum(z, 0), 0)
     aux_err2 = jnp.sum((e - codes @ jnp.take(p.W_dec, dead_idx, axis=0)) ** 2, axis=-1)
     return _fvu(e, aux_err2)
 
 
 def _aux_buckets(d_sae: int, aux_k: int) -> tuple[int, ...]:
-    """Static sizes of the dead-feature block: ``aux_k · 2^j`` up to ``d_sae``."""
-    caps, c = [], max(aux_k, 1)
+    """Static sizes of the dead-feature block: ``c₀ · 2^j`` up to ``d_sae``, from
+    ``c₀ = max(aux_k / 4, min(aux_k, 64))`` (so that, e.g., 256 dead features of 2,560 take a
+    block of 256 and not of ``aux_k = 512``)."""
+    caps, c = [], max(aux_k // 4, min(aux_k, 64), 1)
     while c < d_sae:
         caps.append(c)
         c *= 2
@@ -600,12 +732,17 @@ class ActiveCodes(NamedTuple):
       index: the global feature index of each slot/pair.
       values: ``values(params) -> ReLU'd pre-activations`` of the kept slots (0 elsewhere).
       decode: ``decode(params, values) -> (batch, d_in)`` this device's partial reconstruction.
+      encode_decode: ``encode_decode(params) -> (values, partial reconstruction)``, the two
+        above in one; on the sparse path one layer whose backward pass is a single sparse loop
+        (``values`` then carry no gradient of their own: use ``values``/``decode`` to decode
+        other values, as the Matryoshka prefixes do).
     """
 
     local: jax.Array
     index: jax.Array
     values: Callable[[SAEParams], jax.Array]
     decode: Callable[[SAEParams, jax.Array], jax.Array]
+    encode_decode: Callable[[SAEParams], tuple[jax.Array, jax.Array]]
 
 
 def _active_codes(params, xf, pre, opts: TopKFamily, feature_axis) -> ActiveCodes:
@@ -646,8 +783,17 @@ def _active_codes(params, xf, pre, opts: TopKFamily, feature_axis) -> ActiveCode
             z = _flat_pre_acts_at(e.W_enc, e.b_enc, e.b_dec, xf, pre, rows, local)
             return jnp.where(valid, jnp.maximum(z, 0), 0)
 
+        def flat_layer(p: SAEParams) -> tuple[jax.Array, jax.Array]:
+            v = jnp.where(valid, jnp.maximum(pre[rows, local], 0), 0)
+            e = encoder_view(p, feature_axis)
+            return v, _flat_layer(e.W_enc, e.b_enc, e.b_dec, p.W_dec, xf, v, rows, local, n)
+
         return ActiveCodes(
-            local, index, flat_values, lambda p, v: _flat_decode(p.W_dec, v, rows, local, n)
+            local,
+            index,
+            flat_values,
+            lambda p, v: _flat_decode(p.W_dec, v, rows, local, n),
+            flat_layer,
         )
 
     sel, _ = _select(lax.stop_gradient(pre), opts, feature_axis, m)
@@ -665,7 +811,16 @@ def _active_codes(params, xf, pre, opts: TopKFamily, feature_axis) -> ActiveCode
             return _sparse_decode(p.W_dec, v, sel.local)
         return _dense_codes(v, sel.local, f_local) @ p.W_dec
 
-    return ActiveCodes(sel.local, sel.index, row_values, row_decode)
+    def row_layer(p: SAEParams) -> tuple[jax.Array, jax.Array]:
+        if not opts.sparse:
+            v = row_values(p)
+            return v, row_decode(p, v)
+        z = jnp.take_along_axis(pre, sel.local, axis=1)
+        v = jnp.where(sel.keep, jnp.maximum(z, 0), 0)
+        e = encoder_view(p, feature_axis)
+        return v, _sparse_layer(e.W_enc, e.b_enc, e.b_dec, p.W_dec, xf, v, sel.local)
+
+    return ActiveCodes(sel.local, sel.index, row_values, row_decode, row_layer)
 
 
 def topk_family_loss(
@@ -713,8 +868,13 @@ def topk_family_loss(
     if sparse:
         pre = lax.stop_gradient(pre)
     codes = _active_codes(params, xf, pre, opts, feature_axis)
-    values, index = codes.values(params), codes.index
-    recon = _combine(codes.decode(params, values), feature_axis) + params.b_dec[None, :]
+    index = codes.index
+    if len(opts.levels) > 1:  # Matryoshka: the inner prefixes decode the same codes again
+        values = codes.values(params)
+        part = codes.decode(params, values)
+    else:
+        values, part = codes.encode_decode(params)
+    recon = _combine(part, feature_axis) + params.b_dec[None, :]
     err = xf - recon
     err2 = jnp.sum(err**2, axis=-1)
     fvu = _fvu(xf, err2)
@@ -752,7 +912,7 @@ def topk_family_loss(
     return loss, FamilyOutput(metrics, fired, min_active)
 
 
-def _switched_auxk(p, xf, pre, e, dead_mask, which, aux_k, caps):
+def _switched_auxk(p, xf, e, dead_mask, which, aux_k, caps):
     """``lax.switch`` over the dead-feature blocks, differentiated inside the chosen branch.
 
     Differentiating through ``lax.switch`` would carry every branch's residuals (the union of
@@ -760,29 +920,29 @@ def _switched_auxk(p, xf, pre, e, dead_mask, which, aux_k, caps):
     and its gradient, and the custom VJP scales that gradient by the cotangent.
     """
 
-    def branches(xf, pre, e, dead_mask):
+    def branches(xf, e, dead_mask):
         def nobody(q: SAEParams):
             zero = jnp.zeros((), jnp.result_type(xf, q.W_dec))
             return zero, jax.tree.map(jnp.zeros_like, q)
 
-        args = (xf, pre, e, dead_mask, aux_k)
+        args = (xf, e, dead_mask, aux_k)
         return [nobody] + [
             jax.value_and_grad(partial(_aux_dense_compact, *args, cap=c)) for c in caps
         ]
 
     @jax.custom_vjp
-    def auxk(q, xf, pre, e, dead_mask, which):
-        return lax.switch(which, branches(xf, pre, e, dead_mask), q)[0]
+    def auxk(q, xf, e, dead_mask, which):
+        return lax.switch(which, branches(xf, e, dead_mask), q)[0]
 
-    def fwd(q, xf, pre, e, dead_mask, which):
-        return lax.switch(which, branches(xf, pre, e, dead_mask), q)
+    def fwd(q, xf, e, dead_mask, which):
+        return lax.switch(which, branches(xf, e, dead_mask), q)
 
     def bwd(grads, g):
         scaled = jax.tree.map(lambda t: (t * g).astype(t.dtype), grads)
-        return scaled, None, None, None, None, None
+        return scaled, None, None, None, None
 
     auxk.defvjp(fwd, bwd)
-    return auxk(p, xf, pre, e, dead_mask, which)
+    return auxk(p, xf, e, dead_mask, which)
 
 
 def _auxk(p, xf, pre, e, dead_mask, opts, feature_axis):
@@ -796,7 +956,7 @@ def _auxk(p, xf, pre, e, dead_mask, opts, feature_axis):
         caps = _aux_buckets(d_sae, aux_k)
         # branch 0: nobody dead (skipped at run time); then the smallest block that holds them
         which = jnp.where(num_dead == 0, 0, 1 + jnp.searchsorted(jnp.asarray(caps), num_dead))
-        return _switched_auxk(p, xf, pre, e, dead_mask, which, aux_k, caps)
+        return _switched_auxk(p, xf, e, dead_mask, which, aux_k, caps)
 
     def aux_loss(q: SAEParams) -> jax.Array:
         dead_pre = jnp.where(dead_mask[None, :], lax.stop_gradient(pre), -jnp.inf)
