@@ -22,20 +22,20 @@ then the auxiliary branch is not computed at all (``lax.cond``). Its cost grows 
 the sparse work per input is ``k + aux_k`` rows instead of ``k``.
 
 Fast path (``sparse=True``, the default of ``topk_loss``): the only dense matmul is the
-encoder's forward ``(x − b_dec) W_enc`` (its biases inside the matmul). The selected codes go
-through one sparse layer (``jax.custom_vjp``; BatchTopK's flat layout keeps separate loops of
-the same maths): forwards, the decoder reads the ``k`` active rows of ``W_dec`` (gather + small
-contraction); backwards, a single loop gathers each active row ``W_dec[i]`` once, forms
-``∂f_i = W_dec[i] · ∂x̂`` and ``∂z_i = ∂f_i · [f_i > 0]``, and scatter-adds ``f_i ∂x̂`` into
-``∂W_dec[i]`` and ``∂z_i (x − b_dec)`` into ``∂W_encᵀ[i]`` — the encoder's gradient is k-sparse
-per input like the decoder's. On a CPU the gathers and scatters run over chunks of the batch (a
-``lax.scan``) sized so that the gathered block holds about 655 k floats (8 inputs × k = 64 ×
-d_in = 1,280; 32 inputs at d_in = 320), which keeps it in cache: measured at d_in = 1280,
-d_sae = 10240, k = 64, batch = 4096, a chunked scatter-add forms ``∂W_enc`` about 5× faster
-than the dense ``(x − b_dec)ᵀ ∂z`` matmul, and an unchunked gather is no faster than the dense
-decoder. What is left dense is the encoder's matmul and the selection (``lax.top_k``; on
-XLA's CPU a single-threaded partial sort, ≈ 16 µs per row of 2,560 for k = 64, the largest
-single cost of the step at d_in = 320, d_sae = 2,560).
+encoder's forward ``(x − b_dec) W_enc`` (computed without gradient, its biases inside the
+matmul). The decoder reads the ``k`` active rows of ``W_dec`` (gather + small contraction); the
+backward pass (``jax.custom_vjp``) forms ``∂W_dec`` by a scatter-add of ``f ⊗ ∂x̂`` into ``k``
+rows per input and ``∂W_enc`` by a scatter-add of ``∂z ⊗ (x − b_dec)`` from the ``k``
+(+ ``aux_k``) selected pre-activations only: the encoder's gradient is k-sparse per input like
+the decoder's. On a CPU the gathers and scatters run over chunks of the batch (a ``lax.scan``)
+sized so that the gathered block holds about 655 k floats (8 inputs × k = 64 × d_in = 1,280;
+32 inputs at d_in = 320, measured 1.2× faster there than 8), which keeps it in cache: measured
+at d_in = 1280, d_sae = 10240, k = 64, batch = 4096, a chunked scatter-add forms ``∂W_enc``
+about 5× faster than the dense ``(x − b_dec)ᵀ ∂z`` matmul, and an unchunked gather is no faster
+than the dense decoder. (One loop doing the decoder's and the encoder's scatter-adds together
+measured no faster than the separate loops.) What is left dense is the encoder's matmul and the
+selection (``lax.top_k``; on XLA's CPU a single-threaded partial sort, ≈ 16 µs per row of
+2,560 for k = 64, the largest single cost of the step at d_in = 320, d_sae = 2,560).
 ``sparse=False`` is the naive dense TopK (codes scattered into ``(batch, d_sae)``, dense
 matmuls, autodiff): the reference the fast path is tested against.
 
@@ -354,69 +354,6 @@ def _flat_pre_acts_at_bwd(res, g):
 _flat_pre_acts_at.defvjp(_flat_pre_acts_at_fwd, _flat_pre_acts_at_bwd)
 
 
-# The encoder and decoder of the selected codes (per-input layout) as one layer: one sparse
-# pass backwards.
-#
-# ``values`` are the kept codes ``ReLU(z[n, f])`` (0 in the slots not kept), computed from the
-# pre-activations without gradient; the layer decodes them and its backward pass differentiates
-# the whole ``params → z[n, f] → values → x̂`` path: per (input, feature) pair, the gathered row
-# ``W_dec[f]`` gives ``∂values = W_dec[f] · ∂x̂[n]`` and ``∂z = ∂values · [values > 0]``, and the
-# same loop scatter-adds ``values ⊗ ∂x̂[n]`` into ``∂W_dec[f]`` and ``∂z ⊗ (x[n] − b_dec)`` into
-# ``∂W_encᵀ[f]`` (one loop instead of three; measured 1.4× faster at d_in = 1,280, level at 320).
-
-
-def _row_layer_scatter(W_dec, values, indices, g, xc):
-    """``(∂W_dec, ∂W_encᵀ, ∂z)`` of the per-input layout in one chunked pass."""
-    d_sae, d = W_dec.shape
-    n, (vc, ic, gc, xs) = _chunked(indices.shape[-1] * d, values, indices, g, xc)
-
-    def body(acc, a):
-        v, i, gg, xx = a
-        dz = jnp.where(v > 0, jnp.einsum("cmd,cd->cm", W_dec[i], gg), 0)
-        i = i.reshape(-1)
-        dec = acc[0].at[i].add((v[..., None] * gg[:, None, :]).reshape(-1, d))
-        enc = acc[1].at[i].add((dz[..., None] * xx[:, None, :]).reshape(-1, d))
-        return (dec, enc), dz
-
-    zero = jnp.zeros((d_sae, d), jnp.result_type(W_dec, g, xc))
-    (dec, enc), dz = lax.scan(body, (zero, zero), (vc, ic, gc, xs))
-    return dec, enc, dz.reshape(-1, indices.shape[-1])[:n]
-
-
-@jax.custom_vjp
-def _sparse_layer(W_enc, b_enc, b_dec, W_dec, x, values, indices):
-    """``Σ_j values[n, j] W_dec[indices[n, j]]`` with ``values = ReLU(z[n, indices[n, j]])``,
-    ``z = (x − b_dec) W_enc + b_enc``, differentiated with respect to ``W_enc, b_enc, b_dec,
-    W_dec, x`` in one sparse pass. ``values``: ``(N, m)``, 0 in the slots not kept."""
-    return _gather_rows_combine(W_dec, indices, values)
-
-
-def _sparse_layer_fwd(W_enc, b_enc, b_dec, W_dec, x, values, indices):
-    out = _sparse_layer(W_enc, b_enc, b_dec, W_dec, x, values, indices)
-    return out, (W_enc, b_dec, W_dec, x, values, indices)
-
-
-def _sparse_layer_bwd(res, g):
-    W_enc, b_dec, W_dec, x, values, indices = res
-    d_sae = W_dec.shape[0]
-    d_W_dec, d_W_enc_t, dz = _row_layer_scatter(W_dec, values, indices, g, x - b_dec[None, :])
-    d_b_enc = jax.ops.segment_sum(dz.reshape(-1), indices.reshape(-1), d_sae)
-    d_x = _gather_rows_combine(W_enc.T, indices, dz)  # dropped by XLA unless x is differentiated
-    d_b_dec = -(W_enc @ d_b_enc)  # = −Σ_n d_x[n]
-    return (
-        d_W_enc_t.T.astype(W_enc.dtype),
-        d_b_enc.astype(W_enc.dtype),
-        d_b_dec.astype(b_dec.dtype),
-        d_W_dec.astype(W_dec.dtype),
-        d_x.astype(x.dtype),
-        None,
-        None,
-    )
-
-
-_sparse_layer.defvjp(_sparse_layer_fwd, _sparse_layer_bwd)
-
-
 def topk_decode(params: SAEParams, values: ArrayLike, indices: ArrayLike) -> jax.Array:
     """Decode from the active features only: ``x̂ = Σ_j values_j W_dec[indices_j] + b_dec``.
 
@@ -687,17 +624,12 @@ class ActiveCodes(NamedTuple):
       index: the global feature index of each slot/pair.
       values: ``values(params) -> ReLU'd pre-activations`` of the kept slots (0 elsewhere).
       decode: ``decode(params, values) -> (batch, d_in)`` this device's partial reconstruction.
-      encode_decode: ``encode_decode(params) -> (values, partial reconstruction)``, the two
-        above in one; on the sparse per-input path one layer whose backward pass is a single
-        sparse loop (``values`` then carry no gradient of their own: use ``values``/``decode``
-        to decode other values, as the Matryoshka prefixes do).
     """
 
     local: jax.Array
     index: jax.Array
     values: Callable[[SAEParams], jax.Array]
     decode: Callable[[SAEParams, jax.Array], jax.Array]
-    encode_decode: Callable[[SAEParams], tuple[jax.Array, jax.Array]]
 
 
 def _active_codes(params, xf, pre, opts: TopKFamily, feature_axis) -> ActiveCodes:
@@ -738,16 +670,9 @@ def _active_codes(params, xf, pre, opts: TopKFamily, feature_axis) -> ActiveCode
             z = _flat_pre_acts_at(e.W_enc, e.b_enc, e.b_dec, xf, pre, rows, local)
             return jnp.where(valid, jnp.maximum(z, 0), 0)
 
-        def flat_decode(p: SAEParams, v: jax.Array) -> jax.Array:
-            return _flat_decode(p.W_dec, v, rows, local, n)
-
-        # the flat layout keeps separate loops: one fused backward loop (as ``_sparse_layer``)
-        # gathers four (pairs, d_in) blocks per step and measured no faster here
-        def flat_layer(p: SAEParams) -> tuple[jax.Array, jax.Array]:
-            v = flat_values(p)
-            return v, flat_decode(p, v)
-
-        return ActiveCodes(local, index, flat_values, flat_decode, flat_layer)
+        return ActiveCodes(
+            local, index, flat_values, lambda p, v: _flat_decode(p.W_dec, v, rows, local, n)
+        )
 
     sel, _ = _select(lax.stop_gradient(pre), opts, feature_axis, m)
 
@@ -764,16 +689,7 @@ def _active_codes(params, xf, pre, opts: TopKFamily, feature_axis) -> ActiveCode
             return _sparse_decode(p.W_dec, v, sel.local)
         return _dense_codes(v, sel.local, f_local) @ p.W_dec
 
-    def row_layer(p: SAEParams) -> tuple[jax.Array, jax.Array]:
-        if not opts.sparse:
-            v = row_values(p)
-            return v, row_decode(p, v)
-        z = jnp.take_along_axis(pre, sel.local, axis=1)
-        v = jnp.where(sel.keep, jnp.maximum(z, 0), 0)
-        e = encoder_view(p, feature_axis)
-        return v, _sparse_layer(e.W_enc, e.b_enc, e.b_dec, p.W_dec, xf, v, sel.local)
-
-    return ActiveCodes(sel.local, sel.index, row_values, row_decode, row_layer)
+    return ActiveCodes(sel.local, sel.index, row_values, row_decode)
 
 
 def topk_family_loss(
@@ -822,13 +738,8 @@ def topk_family_loss(
     else:
         pre = topk_pre_acts(encoder_view(params, feature_axis), xf)
     codes = _active_codes(params, xf, pre, opts, feature_axis)
-    index = codes.index
-    if len(opts.levels) > 1:  # Matryoshka: the inner prefixes decode the same codes again
-        values = codes.values(params)
-        part = codes.decode(params, values)
-    else:
-        values, part = codes.encode_decode(params)
-    recon = _combine(part, feature_axis) + params.b_dec[None, :]
+    values, index = codes.values(params), codes.index
+    recon = _combine(codes.decode(params, values), feature_axis) + params.b_dec[None, :]
     err = xf - recon
     err2 = jnp.sum(err**2, axis=-1)
     fvu = _fvu(xf, err2)

@@ -1,5 +1,6 @@
-"""The TopK family's sparse layer (selected codes decoded, encoder and decoder differentiated in
-one sparse pass) against the dense formula written out here, over several chunks of its loops.
+"""The TopK family's sparse path (custom-VJP gathers and scatter-adds: the encoder's gradient is
+k-sparse per input like the decoder's) against the dense formula written out here, over several
+chunks of its loops, with and without AuxK.
 
 Sizes are chosen so that the chunked loops run more than one step with padding: 400 inputs of
 ``d_in = 64`` with ``k = 32`` are two chunks of the per-input layout and ``k · 400`` pairs are
@@ -56,7 +57,7 @@ def _fvu(target, err):
 
 
 def dense_loss(q, x, mask, aux_mask):
-    """``fvu(x, x̂) + α fvu(e, ê)`` with dense codes: the formula the sparse layer differentiates."""
+    """``fvu(x, x̂) + α fvu(e, ê)`` with dense codes: the formula the sparse path differentiates."""
     pre = (x - q.b_dec[None, :]) @ q.W_enc + q.b_enc[None, :]
     recon = jnp.where(mask, jnp.maximum(pre, 0), 0) @ q.W_dec + q.b_dec[None, :]
     e = jax.lax.stop_gradient(x - recon)
@@ -72,7 +73,7 @@ def dense_loss(q, x, mask, aux_mask):
         (True, 20, 512),  # BatchTopK (flat layout), every dead feature in AuxK
     ],
 )
-def test_sparse_layer_gradients_equal_dense_formula(problem, batch, n_dead, aux_k):
+def test_sparse_gradients_equal_dense_formula(problem, batch, n_dead, aux_k):
     params, x = problem
     dead = np.zeros(F, bool)
     dead[1 : 3 * n_dead : 3] = True
