@@ -50,8 +50,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--archs", default="l1", help="comma-separated architectures (default l1)")
     p.add_argument("--l0-coeff", type=float, default=1.0, help="JumpReLU's λ (default 1)")
-    p.add_argument("--init-threshold", type=float, default=1e-3, help="JumpReLU's initial θ")
-    p.add_argument("--bandwidth", type=float, default=1e-3, help="JumpReLU's ε")
+    p.add_argument("--init-threshold", type=float, default=0.1, help="JumpReLU's initial θ")
+    p.add_argument("--bandwidth", type=float, default=0.01, help="JumpReLU's ε")
     p.add_argument(
         "--matryoshka-widths",
         default="",

@@ -14,7 +14,8 @@ one process, methods alternated in rounds (medians):
   features (dense too); ``torch BatchTopK`` keeps the top ``k·batch`` of the batch (SAELens'
   ``BatchTopK`` activation);
 * ``torch JumpReLU``: SAELens' JumpReLU training step written out (the ``JumpReLU`` and ``Step``
-  autograd functions with the rectangle kernel, L0 penalty, ``log_threshold``).
+  autograd functions with the rectangle kernel, L0 penalty, ``log_threshold``), with jaxsae's
+  default ``ε`` and ``θ₀``.
 
 Usage::
 
@@ -92,7 +93,9 @@ def torch_step(arch: str, d_in: int, d_sae: int, k: int, x: np.ndarray, dead_fra
     b_enc = torch.nn.Parameter(torch.zeros(d_sae))
     b_dec = torch.nn.Parameter(torch.zeros(d_in))
     params = [W_enc, b_enc, W_dec, b_dec]
-    log_t = torch.nn.Parameter(torch.full((d_sae,), float(np.log(1e-3))))
+    from jaxsae.kernels.jumprelu import DEFAULT_BANDWIDTH, DEFAULT_INIT_THRESHOLD
+
+    log_t = torch.nn.Parameter(torch.full((d_sae,), float(np.log(DEFAULT_INIT_THRESHOLD))))
     if arch == "jumprelu":
         params.append(log_t)
     dead = torch.arange(d_sae) < int(dead_frac * d_sae)
@@ -124,9 +127,9 @@ def torch_step(arch: str, d_in: int, d_sae: int, k: int, x: np.ndarray, dead_fra
     def jumprelu():
         pre = xt @ W_enc + b_enc
         theta = log_t.exp()
-        f = _JumpReLU.apply(pre, theta, 1e-3)
+        f = _JumpReLU.apply(pre, theta, DEFAULT_BANDWIDTH)
         err = xt - (f @ W_dec + b_dec)
-        l0 = _Step.apply(pre, theta, 1e-3).sum(-1).mean()
+        l0 = _Step.apply(pre, theta, DEFAULT_BANDWIDTH).sum(-1).mean()
         return (err**2).sum(-1).mean() + l0
 
     loss_fn = jumprelu if arch == "jumprelu" else topk_family

@@ -236,7 +236,7 @@ def _run(step, state):
     return state, m
 
 
-@pytest.mark.parametrize("name", ["topk", "matryoshka_batchtopk", "jumprelu"])
+@pytest.mark.parametrize("name", ["topk", "batchtopk", "matryoshka_batchtopk", "jumprelu"])
 def test_feature_sharding_equals_one_device(name):
     cfg = _cfg(name)
     ref, ref_m = _run(_one_device_step(cfg), init_state(cfg, dtype=jnp.float64))

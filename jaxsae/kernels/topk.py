@@ -22,14 +22,20 @@ then the auxiliary branch is not computed at all (``lax.cond``). Its cost grows 
 the sparse work per input is ``k + aux_k`` rows instead of ``k``.
 
 Fast path (``sparse=True``, the default of ``topk_loss``): the only dense matmul is the
-encoder's forward ``(x − b_dec) W_enc``. The decoder reads the ``k`` active rows of ``W_dec``
-(gather + small contraction); the backward pass (``jax.custom_vjp``) forms ``∂W_dec`` by a
-scatter-add of ``f ⊗ ∂x̂`` into ``k`` rows per input and ``∂W_enc`` by a scatter-add of
-``∂z ⊗ (x − b_dec)`` from the ``k`` (+ ``aux_k``) selected pre-activations only. On a CPU the
-gathers and scatters run over small batch chunks (a ``lax.scan``), which keeps the gathered
-``(chunk, k, d_in)`` block in cache: measured at d_in = 1280, d_sae = 10240, k = 64,
-batch = 4096, a chunked scatter-add forms ``∂W_enc`` about 5× faster than the dense
-``(x − b_dec)ᵀ ∂z`` matmul, and an unchunked gather is no faster than the dense decoder.
+encoder's forward ``(x − b_dec) W_enc`` (computed without gradient, its biases inside the
+matmul). The decoder reads the ``k`` active rows of ``W_dec`` (gather + small contraction); the
+backward pass (``jax.custom_vjp``) forms ``∂W_dec`` by a scatter-add of ``f ⊗ ∂x̂`` into ``k``
+rows per input and ``∂W_enc`` by a scatter-add of ``∂z ⊗ (x − b_dec)`` from the ``k``
+(+ ``aux_k``) selected pre-activations only: the encoder's gradient is k-sparse per input like
+the decoder's. On a CPU the gathers and scatters run over chunks of the batch (a ``lax.scan``)
+sized so that the gathered block holds about 655 k floats (8 inputs × k = 64 × d_in = 1,280;
+32 inputs at d_in = 320, measured 1.2× faster there than 8), which keeps it in cache: measured
+at d_in = 1280, d_sae = 10240, k = 64, batch = 4096, a chunked scatter-add forms ``∂W_enc``
+about 5× faster than the dense ``(x − b_dec)ᵀ ∂z`` matmul, and an unchunked gather is no faster
+than the dense decoder. (One loop doing the decoder's and the encoder's scatter-adds together
+measured no faster than the separate loops.) What is left dense is the encoder's matmul and the
+selection (``lax.top_k``; on XLA's CPU a single-threaded partial sort, ≈ 16 µs per row of
+2,560 for k = 64, the largest single cost of the step at d_in = 320, d_sae = 2,560).
 ``sparse=False`` is the naive dense TopK (codes scattered into ``(batch, d_sae)``, dense
 matmuls, autodiff): the reference the fast path is tested against.
 
@@ -80,8 +86,15 @@ __all__ = [
     "check_k",
 ]
 
-#: inputs per step of the chunked gathers/scatters of the sparse path (measured best on CPU)
-_CHUNK = 8
+#: elements of the block of gathered rows per step of the chunked gathers/scatters (2.6 MB in
+#: float32; measured on CPU: 8 inputs × k = 64 rows × d_in = 1,280 faster than 4 inputs, and
+#: 32 × 64 × 320 1.2× faster than 8)
+_BLOCK = 655_360
+
+
+def _chunk_size(n: int, row_elems: int) -> int:
+    """Items per step of a chunked loop: ``_BLOCK / row_elems``, at least 1, at most ``n``."""
+    return max(1, min(n, _BLOCK // max(row_elems, 1)))
 
 
 #: the metrics of a TopK SAE are ``SAEMetrics`` (with ``auxk`` and ``num_dead`` filled in)
@@ -100,6 +113,17 @@ def check_k(k: int, d_sae: int, *, name: str = "k") -> int:
 def topk_pre_acts(params: SAEParams, x: jax.Array) -> jax.Array:
     """Pre-activations ``(x − b_dec) W_enc + b_enc``: ``(..., d_in) → (..., d_sae)``."""
     return (x - bias_row(params.b_dec, x)) @ params.W_enc + bias_row(params.b_enc, x)
+
+
+def _selection_pre_acts(params: SAEParams, x: jax.Array) -> jax.Array:
+    """``topk_pre_acts`` without gradient (what the sparse path selects from), with both biases
+    inside the matmul: ``[x, 1] · [W_enc; b_enc − b_dec W_enc]``, which saves XLA's CPU a pass
+    over the ``(batch, d_sae)`` block. ``x``: ``(batch, d_in)``."""
+    p = lax.stop_gradient(params)
+    bias = p.b_enc - p.b_dec @ p.W_enc
+    w_t = jnp.concatenate([p.W_enc.T, bias[:, None]], axis=1)  # (d_sae, d_in + 1)
+    x1 = jnp.concatenate([x, jnp.ones((x.shape[0], 1), x.dtype)], axis=1)
+    return lax.dot_general(x1, w_t, (((1,), (1,)), ((), ())))
 
 
 def _dense_codes(values: jax.Array, indices: jax.Array, d_sae: int) -> jax.Array:
@@ -143,32 +167,33 @@ def _pad_rows(a: jax.Array, n_pad: int) -> jax.Array:
     return jnp.pad(a, [(0, n_pad)] + [(0, 0)] * (a.ndim - 1)) if n_pad else a
 
 
-def _chunked(*arrays: jax.Array) -> tuple[int, list[jax.Array]]:
-    """Pad the leading axis to a multiple of ``_CHUNK`` and split it into ``(n/_CHUNK, _CHUNK)``."""
+def _chunked(row_elems: int, *arrays: jax.Array) -> tuple[int, list[jax.Array]]:
+    """Pad the leading axis to a multiple of the chunk size (``_chunk_size``; ``row_elems``:
+    gathered elements per item) and split it into ``(n / chunk, chunk)``."""
     n = arrays[0].shape[0]
-    n_pad = -n % _CHUNK
-    out = [_pad_rows(a, n_pad) for a in arrays]
-    return n, [a.reshape(-1, _CHUNK, *a.shape[1:]) for a in out]
+    c = _chunk_size(n, row_elems)
+    n_pad = -n % c
+    return n, [_pad_rows(a, n_pad).reshape(-1, c, *a.shape[1:]) for a in arrays]
 
 
 def _gather_rows_dot(table: jax.Array, indices: jax.Array, vectors: jax.Array) -> jax.Array:
     """``out[n, j] = table[indices[n, j]] · vectors[n]``: ``(F, D), (N, m), (N, D) → (N, m)``."""
-    n, (ic, vc) = _chunked(indices, vectors)
+    n, (ic, vc) = _chunked(indices.shape[-1] * table.shape[-1], indices, vectors)
     out = lax.map(lambda a: jnp.einsum("bmd,bd->bm", table[a[0]], a[1]), (ic, vc))
     return out.reshape(-1, indices.shape[-1])[:n]
 
 
 def _gather_rows_combine(table: jax.Array, indices: jax.Array, weights: jax.Array) -> jax.Array:
     """``out[n] = Σ_j weights[n, j] table[indices[n, j]]``: ``(F, D), (N, m), (N, m) → (N, D)``."""
-    n, (ic, wc) = _chunked(indices, weights)
+    n, (ic, wc) = _chunked(indices.shape[-1] * table.shape[-1], indices, weights)
     out = lax.map(lambda a: jnp.einsum("bm,bmd->bd", a[1], table[a[0]]), (ic, wc))
     return out.reshape(-1, table.shape[-1])[:n]
 
 
 def _scatter_outer(weights: jax.Array, indices: jax.Array, vectors: jax.Array, d_sae: int):
     """``out[i] = Σ_{n,j: indices[n,j]=i} weights[n, j] vectors[n]``: ``→ (d_sae, D)``."""
-    _, (wc, ic, vc) = _chunked(weights, indices, vectors)  # padded rows have weight 0
     d = vectors.shape[-1]
+    _, (wc, ic, vc) = _chunked(indices.shape[-1] * d, weights, indices, vectors)  # pads: weight 0
 
     def body(acc, a):
         w, i, v = a
@@ -241,16 +266,12 @@ def _pre_acts_at_bwd(res, g):
 _pre_acts_at.defvjp(_pre_acts_at_fwd, _pre_acts_at_bwd)
 
 
-# Flat layout: a list of (row, feature) pairs, processed in chunks of _FLAT_CHUNK pairs.
-
-#: pairs per step of the chunked flat gathers/scatters (as many as _CHUNK rows of k = 64)
-_FLAT_CHUNK = 512
+# Flat layout: a list of (row, feature) pairs, processed in chunks of _BLOCK / d_in pairs.
 
 
-def _flat_chunked(*arrays: jax.Array) -> list[jax.Array]:
-    """Pad the leading axis to a multiple of ``_FLAT_CHUNK`` and split it into chunks."""
-    n_pad = -arrays[0].shape[0] % _FLAT_CHUNK
-    return [_pad_rows(a, n_pad).reshape(-1, _FLAT_CHUNK, *a.shape[1:]) for a in arrays]
+def _flat_chunked(d: int, *arrays: jax.Array) -> list[jax.Array]:
+    """``_chunked`` for pairs that each gather a row of ``d`` elements (padding dropped)."""
+    return _chunked(d, *arrays)[1]
 
 
 def _flat_scatter(src, src_idx, dst_idx, w, n_out):
@@ -261,7 +282,7 @@ def _flat_scatter(src, src_idx, dst_idx, w, n_out):
         return acc.at[d].add(wt[:, None] * src[s]), None
 
     zero = jnp.zeros((n_out, src.shape[-1]), jnp.result_type(src, w))
-    return lax.scan(body, zero, tuple(_flat_chunked(src_idx, dst_idx, w)))[0]
+    return lax.scan(body, zero, tuple(_flat_chunked(src.shape[-1], src_idx, dst_idx, w)))[0]
 
 
 def _flat_combine(table, rows, idx, w, n_rows):
@@ -271,7 +292,7 @@ def _flat_combine(table, rows, idx, w, n_rows):
 
 def _flat_dot(table, rows, idx, vectors):
     """``out[p] = table[idx[p]] · vectors[rows[p]]``: ``→ (P,)``."""
-    rc, ic = _flat_chunked(rows, idx)
+    rc, ic = _flat_chunked(table.shape[-1], rows, idx)
     out = lax.map(lambda a: jnp.sum(table[a[1]] * vectors[a[0]], axis=-1), (rc, ic))
     return out.reshape(-1)[: rows.shape[0]]
 
@@ -563,25 +584,29 @@ def _select(
     return sel._replace(keep=sel.keep & kept), jnp.any(kept[:, -1])
 
 
-def _aux_dense_compact(xf, pre, e, dead_mask, aux_k, p, *, cap):
+def _aux_dense_compact(xf, e, dead_mask, aux_k, p, *, cap):
     """AuxK on the first ``cap`` dead features, gathered into a dense ``(batch, cap)`` block."""
     dead_idx = jnp.nonzero(dead_mask, size=cap, fill_value=0)[0]
     valid = jnp.arange(cap) < jnp.sum(dead_mask)
-    z_stop = jnp.where(valid[None, :], jnp.take(pre, dead_idx, axis=1), 0)
+    # the dead features' pre-activations, computed again rather than gathered from ``pre``
+    # (a column gather of the (batch, d_sae) block costs more than this small matmul)
+    z = (xf - p.b_dec[None, :]) @ jnp.take(p.W_enc, dead_idx, axis=1) + p.b_enc[dead_idx][None, :]
     if aux_k >= cap:  # every dead feature is among the aux_k largest
-        chosen = jnp.broadcast_to(valid[None, :], z_stop.shape)
+        chosen = jnp.broadcast_to(valid[None, :], z.shape)
     else:  # the aux_k largest (only positive ones matter: the codes are ReLU'd)
+        z_stop = jnp.where(valid[None, :], lax.stop_gradient(z), 0)
         cut = nth_largest_positive(z_stop, aux_k, per_row=True)
         chosen = valid[None, :] & (z_stop >= cut[:, None])
-    z = (xf - p.b_dec[None, :]) @ jnp.take(p.W_enc, dead_idx, axis=1) + p.b_enc[dead_idx][None, :]
     codes = jnp.where(chosen, jnp.maximum(z, 0), 0)
     aux_err2 = jnp.sum((e - codes @ jnp.take(p.W_dec, dead_idx, axis=0)) ** 2, axis=-1)
     return _fvu(e, aux_err2)
 
 
 def _aux_buckets(d_sae: int, aux_k: int) -> tuple[int, ...]:
-    """Static sizes of the dead-feature block: ``aux_k · 2^j`` up to ``d_sae``."""
-    caps, c = [], max(aux_k, 1)
+    """Static sizes of the dead-feature block: ``c₀ · 2^j`` up to ``d_sae``, from
+    ``c₀ = max(aux_k / 4, min(aux_k, 64))`` (so that, e.g., 256 dead features of 2,560 take a
+    block of 256 and not of ``aux_k = 512``)."""
+    caps, c = [], max(aux_k // 4, min(aux_k, 64), 1)
     while c < d_sae:
         caps.append(c)
         c *= 2
@@ -709,9 +734,10 @@ def topk_family_loss(
     sparse = opts.sparse
     xf = x.reshape(-1, params.d_in)
     f_local = params.d_sae
-    pre = topk_pre_acts(encoder_view(params, feature_axis), xf)
     if sparse:
-        pre = lax.stop_gradient(pre)
+        pre = _selection_pre_acts(params, xf)
+    else:
+        pre = topk_pre_acts(encoder_view(params, feature_axis), xf)
     codes = _active_codes(params, xf, pre, opts, feature_axis)
     values, index = codes.values(params), codes.index
     recon = _combine(codes.decode(params, values), feature_axis) + params.b_dec[None, :]
@@ -752,7 +778,7 @@ def topk_family_loss(
     return loss, FamilyOutput(metrics, fired, min_active)
 
 
-def _switched_auxk(p, xf, pre, e, dead_mask, which, aux_k, caps):
+def _switched_auxk(p, xf, e, dead_mask, which, aux_k, caps):
     """``lax.switch`` over the dead-feature blocks, differentiated inside the chosen branch.
 
     Differentiating through ``lax.switch`` would carry every branch's residuals (the union of
@@ -760,29 +786,29 @@ def _switched_auxk(p, xf, pre, e, dead_mask, which, aux_k, caps):
     and its gradient, and the custom VJP scales that gradient by the cotangent.
     """
 
-    def branches(xf, pre, e, dead_mask):
+    def branches(xf, e, dead_mask):
         def nobody(q: SAEParams):
             zero = jnp.zeros((), jnp.result_type(xf, q.W_dec))
             return zero, jax.tree.map(jnp.zeros_like, q)
 
-        args = (xf, pre, e, dead_mask, aux_k)
+        args = (xf, e, dead_mask, aux_k)
         return [nobody] + [
             jax.value_and_grad(partial(_aux_dense_compact, *args, cap=c)) for c in caps
         ]
 
     @jax.custom_vjp
-    def auxk(q, xf, pre, e, dead_mask, which):
-        return lax.switch(which, branches(xf, pre, e, dead_mask), q)[0]
+    def auxk(q, xf, e, dead_mask, which):
+        return lax.switch(which, branches(xf, e, dead_mask), q)[0]
 
-    def fwd(q, xf, pre, e, dead_mask, which):
-        return lax.switch(which, branches(xf, pre, e, dead_mask), q)
+    def fwd(q, xf, e, dead_mask, which):
+        return lax.switch(which, branches(xf, e, dead_mask), q)
 
     def bwd(grads, g):
         scaled = jax.tree.map(lambda t: (t * g).astype(t.dtype), grads)
-        return scaled, None, None, None, None, None
+        return scaled, None, None, None, None
 
     auxk.defvjp(fwd, bwd)
-    return auxk(p, xf, pre, e, dead_mask, which)
+    return auxk(p, xf, e, dead_mask, which)
 
 
 def _auxk(p, xf, pre, e, dead_mask, opts, feature_axis):
@@ -796,7 +822,7 @@ def _auxk(p, xf, pre, e, dead_mask, opts, feature_axis):
         caps = _aux_buckets(d_sae, aux_k)
         # branch 0: nobody dead (skipped at run time); then the smallest block that holds them
         which = jnp.where(num_dead == 0, 0, 1 + jnp.searchsorted(jnp.asarray(caps), num_dead))
-        return _switched_auxk(p, xf, pre, e, dead_mask, which, aux_k, caps)
+        return _switched_auxk(p, xf, e, dead_mask, which, aux_k, caps)
 
     def aux_loss(q: SAEParams) -> jax.Array:
         dead_pre = jnp.where(dead_mask[None, :], lax.stop_gradient(pre), -jnp.inf)

@@ -29,6 +29,7 @@ from typing import Any
 
 from jaxsae.kernels._checks import check_nonnegative
 from jaxsae.kernels.architectures import architecture_names, architecture_options, from_config
+from jaxsae.kernels.jumprelu import DEFAULT_BANDWIDTH, DEFAULT_INIT_THRESHOLD
 
 __all__ = ["TrainConfig", "ARCHS"]
 
@@ -67,8 +68,9 @@ class TrainConfig:
       threshold_lr: rate of the running BatchTopK threshold (SAELens' ``topk_threshold_lr``).
       max_per_row: slots per token of BatchTopK's sparse layout (0: ``4 k``; ``d_sae``: exact).
       matryoshka_widths: nested prefix widths of ``matryoshka_batchtopk``, the last ``d_sae``.
-      bandwidth: ``ε`` of JumpReLU's pseudo-derivatives.
-      init_threshold: JumpReLU's ``θ`` at initialisation.
+      bandwidth: ``ε`` of JumpReLU's pseudo-derivatives (0.01: the scale of the inputs
+        ``E‖x‖² = d_in``, see ``jaxsae.kernels.jumprelu``).
+      init_threshold: JumpReLU's ``θ`` at initialisation (0.1, same reason).
       sparsity: JumpReLU's penalty, ``"l0"`` or ``"tanh"``.
       pre_act_coeff: weight of JumpReLU's pre-activation loss on dead features (0: off).
       dec_init_norm: norm of each decoder row at initialisation.
@@ -93,8 +95,8 @@ class TrainConfig:
     threshold_lr: float = 0.01
     max_per_row: int = 0
     matryoshka_widths: tuple[int, ...] = ()
-    bandwidth: float = 1e-3
-    init_threshold: float = 1e-3
+    bandwidth: float = DEFAULT_BANDWIDTH
+    init_threshold: float = DEFAULT_INIT_THRESHOLD
     sparsity: str = "l0"
     pre_act_coeff: float = 0.0
     dec_init_norm: float = 0.1
