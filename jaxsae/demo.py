@@ -123,11 +123,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--architecture",
         "--arch",
-        choices=_architectures(),
         default="l1",
-        help="SAE architecture (default l1: the seed's loss, trained with λ = --l1-coeff; topk, "
-        "batchtopk and matryoshka_batchtopk use --k; jumprelu uses --l1-coeff as its L0 "
-        "coefficient); the amortisation gap is measured for l1 only",
+        help="SAE architecture: l1, topk, batchtopk, matryoshka_batchtopk or jumprelu "
+        "(default l1: the seed's loss, trained with λ = --l1-coeff; the TopK family uses --k; "
+        "jumprelu uses --l1-coeff as its L0 coefficient); the amortisation gap is measured for "
+        "l1 only",
     )
     parser.add_argument(
         "--k", type=int, default=32, help="active features per residue, TopK family (default 32)"
@@ -179,6 +179,11 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--l1-coeff: expected a value >= 0, found {s['l1_coeff']}")
     s["architecture"] = getattr(args, "architecture", "l1")
     s["k"] = getattr(args, "k", 32)
+    if s["architecture"] not in _architectures():
+        raise ValueError(
+            f"--architecture: expected one of {', '.join(_architectures())}, "
+            f"found {s['architecture']!r}"
+        )
     if s["k"] <= 0:
         raise ValueError(f"--k: expected a value > 0, found {s['k']}")
     if s["architecture"] != "l1" and getattr(args, "fista_proteins", 0):

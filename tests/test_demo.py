@@ -114,6 +114,8 @@ def test_demo_rejects_bad_settings(capsys):
     assert "--fista-proteins" in capsys.readouterr().err
     assert cli.main(["demo", "--arch", "topk", "--k", "0", "--out", "unused-dir"]) == 2
     assert "--k" in capsys.readouterr().err
+    assert cli.main(["demo", "--arch", "gated", "--out", "unused-dir"]) == 2
+    assert "--architecture: expected one of l1" in capsys.readouterr().err
     assert not Path("unused-dir").exists()
 
 

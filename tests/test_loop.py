@@ -382,3 +382,14 @@ def test_loop_options_are_validated_and_given_whole_or_by_keyword(tmp_path):
     with pytest.raises(ValueError, match="resampling is for arch='l1'"):
         train(CFG.replace(arch="topk", k=4), _data(), tmp_path, opts)
     assert not (tmp_path / "config.json").exists()  # both refused before anything is written
+
+
+def test_train_command_takes_the_jumprelu_defaults_of_the_kernels():
+    from jaxsae import cli
+    from jaxsae.kernels.jumprelu import DEFAULT_BANDWIDTH
+    from jaxsae.training.cli import _train_config
+
+    base = ["train", "acts.npy", "--out", "run", "--arch", "jumprelu"]
+    assert _train_config(cli.build_parser().parse_args(base), 8).bandwidth == DEFAULT_BANDWIDTH
+    given = cli.build_parser().parse_args([*base, "--bandwidth", "0.05"])
+    assert _train_config(given, 8).bandwidth == 0.05

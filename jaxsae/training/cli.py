@@ -65,8 +65,9 @@ def _add_architecture_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bandwidth",
         type=float,
-        default=1e-3,
-        help="JumpReLU pseudo-derivative bandwidth (default 0.001)",
+        default=None,
+        help="JumpReLU pseudo-derivative bandwidth ε, on inputs normalised to E‖x‖² = d_in "
+        "(default 0.01: jaxsae.kernels.jumprelu.DEFAULT_BANDWIDTH)",
     )
     parser.add_argument(
         "--sparsity",
@@ -251,7 +252,7 @@ def _train_config(args: argparse.Namespace, d_in: int) -> TrainConfig:
         arch=args.arch,
         k=args.k,
         aux_k=args.aux_k,
-        bandwidth=args.bandwidth,
+        **({} if args.bandwidth is None else {"bandwidth": args.bandwidth}),
         sparsity=args.sparsity,
         l1_coeff=args.l1_coeff,
         lr=args.lr,
