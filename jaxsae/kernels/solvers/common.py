@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsae.kernels._checks import is_concrete
 from jaxsae.kernels.lasso import lipschitz_constant
 
 # batches of at least this many samples are compacted as samples finish
@@ -55,9 +56,10 @@ class SolverTrace(NamedTuple):
     objective: jax.Array
 
 
-def bucket(n: int) -> int:
-    """The static block size for ``n`` running samples: a power of two ``≥ n``."""
-    return max(COMPACT_MIN // 4, 1 << max(n - 1, 0).bit_length())
+def bucket(n: int, smallest: int = COMPACT_MIN // 4) -> int:
+    """The static block size for ``n`` running samples: a power of two ``≥ n`` and
+    ``≥ smallest``."""
+    return max(smallest, 1 << max(n - 1, 0).bit_length())
 
 
 def pad_index(rows: np.ndarray, size: int) -> np.ndarray:
@@ -72,5 +74,24 @@ def high_dtype(dtype) -> jnp.dtype:
 
 
 def default_step(W: jax.Array, dtype) -> jax.Array:
-    """``1 / L``, the default step size."""
-    return jnp.asarray(1 / lipschitz_constant(jax.lax.stop_gradient(W)), dtype)
+    """``1 / L``, the default step size.
+
+    For a concrete wide dictionary (``F ≥ 2D``) the power iteration runs on the ``D × D``
+    Cholesky factor ``R`` of ``Wᵀ W`` (``Rᵀ R = Wᵀ W``, so ``‖R‖₂ = ‖W‖₂``): one ``F·D²`` product,
+    then ``2·D²`` per power step instead of ``2·F·D`` (at ``F = 10,240``, ``D = 320`` the power
+    iteration on ``W`` took 1.2–2 s on a 2-core CPU). A factor that is not finite (``W`` of
+    rank ``< D``) falls back to ``W``."""
+    W = jax.lax.stop_gradient(W)
+    F, D = W.shape
+    if F >= 2 * D and is_concrete(W):
+        R = _gram_factor(W)
+        if bool(jnp.all(jnp.isfinite(R))):
+            return jnp.asarray(1 / lipschitz_constant(R), dtype)
+    return jnp.asarray(1 / lipschitz_constant(W), dtype)
+
+
+@jax.jit
+def _gram_factor(W: jax.Array) -> jax.Array:
+    """``R (D, D)`` upper triangular with ``Rᵀ R = Wᵀ W`` (the product in ``W``'s precision,
+    the factor in the certificates')."""
+    return jnp.linalg.cholesky((W.T @ W).astype(high_dtype(W.dtype))).T

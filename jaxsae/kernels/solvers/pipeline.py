@@ -27,7 +27,8 @@ def solve_from_path(X, W, reg, step_size, tol, max_steps: int, **static) -> Solu
     computed only if iterations are needed."""
     F, D = W.shape
     nonneg = static["nonneg"]
-    if F >= working_set.MIN_ATOMS:
+    screened = F >= working_set.MIN_ATOMS
+    if screened:
         codes, gap, obj, certified, steps = working_set.solve_working_sets(
             X, W, reg, float(tol), nonneg=nonneg
         )
@@ -37,7 +38,7 @@ def solve_from_path(X, W, reg, step_size, tol, max_steps: int, **static) -> Solu
         gap, obj = np.full((B,), np.inf, X.dtype), np.zeros((B,), X.dtype)
         certified, steps = np.zeros((B,), bool), 0
     left = np.flatnonzero(~certified)
-    if len(left):
+    if len(left) and not screened:  # (after working sets, what is left needs the iterations)
         max_slots = min(128, F, D)
         path = follow_paths(
             jnp.asarray(np.asarray(X)[left]),
@@ -56,7 +57,7 @@ def solve_from_path(X, W, reg, step_size, tol, max_steps: int, **static) -> Solu
     left = np.flatnonzero(~certified)
     if len(left):
         n = len(left)
-        size = n if n >= COMPACT_MIN else bucket(n)
+        size = n if n >= COMPACT_MIN else bucket(n, smallest=8)
         take = pad_index(left, size)
         real = (np.arange(size) < n)[:, None]
         eta = default_step(W, X.dtype) if step_size is None else step_size

@@ -52,6 +52,9 @@ GRAM_ELEMENTS = 1 << 19
 # at F = 256, level at F = 1,024; the working sets were 1.5× faster at F = 4,096, 2.2× at
 # F = 4,096 with B = 8,192)
 MIN_ATOMS = 2048
+# Newton steps on the active set after a path (D320 F10240, L0 ≈ 200: one step left a sample at
+# a relative gap of 1.1e-6, which then cost the whole fallback, seconds)
+REFINE = 3
 
 
 class WorkingSetResult(NamedTuple):
@@ -134,10 +137,12 @@ def _local_paths(X, W_S, reg_S, max_kinks, *, K: int, nonneg: bool) -> Path:
             q,
             reg_S,
             nonneg=nonneg,
-            direction=lambda _, d: jnp.einsum("bs,bsk->bk", d, rows),
+            direction=lambda _, d: jnp.sum(d[:, :, None] * rows, axis=1),
             gram_row=gram_row,
         )
-        return q, jnp.where(new[:, :, None], g_j[:, None, :], rows)
+        # the joining atom's Gram row into its slot, in place (a select would rewrite all rows)
+        slot = jnp.where(jnp.any(new, axis=1), jnp.argmax(new, axis=1), K)
+        return q, rows.at[jnp.arange(n), slot].set(g_j, mode="drop")
 
     return jax.lax.while_loop(cond, body, (p, jnp.zeros((n, K, k), dt)))[0]
 
@@ -153,17 +158,21 @@ def _round(X, W, W_hi, reg, sets, max_kinks, *, K: int, nonneg: bool, k_next: in
     F = W.shape[0]
     W_S, reg_S = W[sets], reg[sets]  # (n, k, D), (n, k)
     p = _local_paths(X, W_S, reg_S, max_kinks, K=K, nonneg=nonneg)
-    # one Newton step on the active set in the highest available precision (undoes the drift
-    # of the incremental updates), then the duality gap over all atoms
+    # Newton steps on the active set in the highest available precision (undo the drift of
+    # the incremental updates; with a float32 inverse Gram each step gains a few digits, and a
+    # support of a few hundred atoms needs more than one), then the duality gap over all atoms
     hi = high_dtype(X.dtype)
     W_A = jnp.take_along_axis(W_S, p.atom[:, :, None], axis=1).astype(hi)  # (n, K, D)
     X_h = X.astype(hi)
     cs = jnp.where(p.occ, p.codes, 0).astype(hi)
-    r = X_h - jnp.einsum("bs,bsd->bd", cs, W_A)
     lam = jnp.take_along_axis(reg_S, p.atom, 1).astype(hi)
-    e = jnp.where(p.occ, jnp.einsum("bsd,bd->bs", W_A, r) - lam * p.sign, 0)
-    step = jnp.einsum("bij,bj->bi", p.H.astype(hi), e)
-    cs = jnp.where(p.done[:, None] & p.occ, cs + step, cs).astype(X.dtype)
+    H_hi = p.H.astype(hi)
+    for _ in range(REFINE):
+        r = X_h - jnp.einsum("bs,bsd->bd", cs, W_A)
+        e = jnp.where(p.occ, jnp.einsum("bsd,bd->bs", W_A, r) - lam * p.sign, 0)
+        step = jnp.einsum("bij,bj->bi", H_hi, e)
+        cs = jnp.where(p.done[:, None] & p.occ, cs + step, cs)
+    cs = cs.astype(X.dtype)
     rows = jnp.arange(n)[:, None]
     slot_atoms = jnp.take_along_axis(sets, p.atom, 1)
     C = jnp.zeros((n, F), X.dtype).at[rows, jnp.where(p.occ, slot_atoms, F)].set(cs, mode="drop")
@@ -209,6 +218,12 @@ def _chunked_round(X, W, W_hi, reg, sets, *, nonneg: bool, k_next: int, max_kink
     return C, gap, obj, done, next_sets, steps
 
 
+def _unchanged(sets: np.ndarray, next_sets: np.ndarray) -> np.ndarray:
+    """``(n,)`` bool: the next working set holds the same atoms (another round would repeat
+    this one: the sample's path is complete, and only its precision missed the tolerance)."""
+    return np.all(np.sort(sets, axis=1) == np.sort(next_sets, axis=1), axis=1)
+
+
 def _merge(groups: list) -> list:
     """The groups ``(rows, sets, k)`` of equal ``k`` joined: fewer, larger calls (and fewer
     shapes to compile)."""
@@ -252,7 +267,7 @@ def solve_working_sets(
             certified[rows] = ok
             # the others go round again, with twice the atoms where the support fills half
             grow = (2 * (C_r != 0).sum(axis=1) > k) | ~done_r
-            same = np.flatnonzero(~ok & ~grow)
+            same = np.flatnonzero(~ok & ~grow & ~_unchanged(sets, next_sets[:, :k]))
             if len(same):
                 todo.append((rows[same], next_sets[same][:, :k], k))
             more = np.flatnonzero(~ok & grow)
