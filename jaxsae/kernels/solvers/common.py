@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal, NamedTuple
 
 import jax
@@ -20,6 +21,45 @@ GRAM_BUDGET = 1 << 26
 
 Restart = Literal["gradient", "function"] | None
 Form = Literal["auto", "gram", "direct"]
+
+
+@dataclasses.dataclass(frozen=True)
+class IterOptions:
+    """Static options of the proximal iterations, validated (hashable: ``jit`` takes it as one
+    static argument).
+
+    Attributes:
+      accel: FISTA momentum; ``False`` for ISTA.
+      restart: adaptive restart of the momentum, ``"gradient"``, ``"function"`` or ``None``
+        (always ``None`` without ``accel``).
+      nonneg: constrain the codes to ``C ≥ 0``.
+      form: ``"direct"`` (``C W``, ``Wᵀ`` products), ``"gram"`` (``G = W Wᵀ``) or ``"auto"``.
+      check_every: iterations between two duality-gap checks.
+      polish: try an exact solve on each sample's support at each check.
+      max_support: the largest support polished.
+    """
+
+    accel: bool = True
+    restart: Restart = "gradient"
+    nonneg: bool = False
+    form: Form = "auto"
+    check_every: int = 10
+    polish: bool = True
+    max_support: int = 64
+
+    def __post_init__(self):
+        if self.restart not in (None, "gradient", "function"):
+            raise ValueError(
+                f"restart: expected None, 'gradient' or 'function', found {self.restart!r}"
+            )
+        if self.form not in ("auto", "gram", "direct"):
+            raise ValueError(f"form: expected 'auto', 'gram' or 'direct', found {self.form!r}")
+        if self.check_every < 1:
+            raise ValueError(f"check_every: expected an int >= 1, found {self.check_every!r}")
+        if self.max_support < 1:
+            raise ValueError(f"max_support: expected an int >= 1, found {self.max_support!r}")
+        if not self.accel:
+            object.__setattr__(self, "restart", None)
 
 
 class Solution(NamedTuple):

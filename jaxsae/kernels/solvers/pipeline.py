@@ -9,6 +9,7 @@ from jaxsae.kernels.lasso import relative_gap
 from jaxsae.kernels.solvers import working_set
 from jaxsae.kernels.solvers.common import (
     COMPACT_MIN,
+    IterOptions,
     Solution,
     bucket,
     default_step,
@@ -19,14 +20,17 @@ from jaxsae.kernels.solvers.homotopy import follow_paths
 from jaxsae.kernels.solvers.proximal import solve_core
 
 
-def solve_from_path(X, W, reg, step_size, tol, max_steps: int, **static) -> Solution:
-    """Exact paths on working sets for every sample (``solve_working_sets``), the path over the
-    whole dictionary for the samples they did not certify (``follow_paths``), then the
-    iterations (``solve_compacted`` or one block, zero-padded to a power of two) for any sample
-    still not certified, from the best codes so far. ``step_size``: ``None`` for ``1 / L``,
-    computed only if iterations are needed."""
+def solve_from_path(X, W, reg, step_size, tol, max_steps: int, opts: IterOptions) -> Solution:
+    """Exact paths on working sets for every sample (``solve_working_sets``) when ``F ≥
+    working_set.MIN_ATOMS``, else the path over the whole dictionary (``follow_paths``), then
+    the iterations (``solve_compacted``, or one block zero-padded to a power of two ``≥ 8``)
+    for any sample still not certified, from the best codes so far. (After working sets the
+    path over all atoms is not tried: the samples they leave have supports past its slots or
+    codes whose float32 rounding misses ``tol`` by a hair, and at ``F = 10,240`` its kinks over
+    a padded block cost seconds.) ``step_size``: ``None`` for ``1 / L``, computed only if
+    iterations are needed."""
     F, D = W.shape
-    nonneg = static["nonneg"]
+    nonneg = opts.nonneg
     screened = F >= working_set.MIN_ATOMS
     if screened:
         codes, gap, obj, certified, steps = working_set.solve_working_sets(
@@ -70,7 +74,7 @@ def solve_from_path(X, W, reg, step_size, tol, max_steps: int, **static) -> Solu
             tol,
         )
         if size >= COMPACT_MIN:
-            rest = solve_compacted(*sub, max_steps=max_steps, **static)
+            rest = solve_compacted(*sub, max_steps, opts)
         else:
             rest, _ = solve_core(
                 *sub[:4],
@@ -78,7 +82,7 @@ def solve_from_path(X, W, reg, step_size, tol, max_steps: int, **static) -> Solu
                 *sub[4:],
                 jnp.asarray(max_steps, jnp.int32),
                 jnp.asarray(0, jnp.int32),
-                **static,
+                opts=opts,
             )
         codes[left] = np.asarray(rest.codes)[:n]
         gap[left] = np.asarray(rest.gap)[:n]
