@@ -496,6 +496,7 @@ def test_working_sets_in_small_chunks_match(monkeypatch):
     args = (jnp.asarray(Xb), jnp.asarray(Wb), jnp.full((96,), reg))
     ref = working_set.solve_working_sets(*args, 1e-10, nonneg=False)
     monkeypatch.setattr(working_set, "GRAM_ELEMENTS", 2 * 8 * 8)
+    monkeypatch.setattr(working_set, "MIN_CHUNK", 1)
     res = working_set.solve_working_sets(*args, 1e-10, nonneg=False)
     assert working_set._chunk(8, 20, 13) == 2 and working_set._chunk(16, 20, 13) == 1
     assert res.certified.all() and ref.certified.all()

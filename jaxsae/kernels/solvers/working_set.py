@@ -47,6 +47,9 @@ MAX_SIZE = 1024
 # with 2¹⁹, and 1.4× slower with 2¹⁷
 CHUNK_ELEMENTS = 1 << 25
 GRAM_ELEMENTS = 1 << 19
+# ... but never fewer samples than this: at k = 512 (D1280 F10240, L0 ≈ 200) the rule above gives
+# chunks of 2, whose per-kink overhead made a round 1.3–2× slower per sample than chunks of 8–32
+MIN_CHUNK = 8
 # the default pipeline starts with working sets for dictionaries of at least this many atoms
 # (measured on a 2-core CPU, float32, B = 1,024: the path over the whole dictionary was 2× faster
 # at F = 256, level at F = 1,024; the working sets were 1.5× faster at F = 4,096, 2.2× at
@@ -187,8 +190,8 @@ def _round(X, W, W_hi, reg, sets, max_kinks, *, K: int, nonneg: bool, k_next: in
 
 def _chunk(k: int, D: int, n: int) -> int:
     """Samples per chunk: a power of two with ``chunk·k·D ≤ CHUNK_ELEMENTS`` and
-    ``chunk·k² ≤ GRAM_ELEMENTS``, at most ``n``'s bucket."""
-    fit = max(1, min(CHUNK_ELEMENTS // (k * D), GRAM_ELEMENTS // (k * k)))
+    ``chunk·k² ≤ GRAM_ELEMENTS`` (but at least ``MIN_CHUNK``), at most ``n``'s bucket."""
+    fit = max(MIN_CHUNK, min(CHUNK_ELEMENTS // (k * D), GRAM_ELEMENTS // (k * k)))
     return min(bucket(n), 1 << (fit.bit_length() - 1))
 
 
