@@ -108,6 +108,13 @@ def pad_index(rows: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([rows, np.full(size - len(rows), rows[0])])
 
 
+def relative_gaps(gap: np.ndarray, objective: np.ndarray) -> np.ndarray:
+    """``gap / objective`` per sample for NumPy results (``gap > 0`` where the objective is not
+    positive; ``nan``, never certified, for ``inf / inf``: a negative code under ``nonneg``)."""
+    with np.errstate(invalid="ignore"):
+        return np.where(objective > 0, gap / np.where(objective > 0, objective, 1), gap > 0)
+
+
 def high_dtype(dtype) -> jnp.dtype:
     """The precision certificates run in: float64 when x64 is enabled, else ``dtype``."""
     return jnp.dtype(jnp.float64) if jax.config.read("jax_enable_x64") else jnp.dtype(dtype)

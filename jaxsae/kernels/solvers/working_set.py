@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsae.kernels.lasso import gap_from_residual
-from jaxsae.kernels.solvers.common import bucket, high_dtype, pad_index
+from jaxsae.kernels.solvers.common import bucket, high_dtype, pad_index, relative_gaps
 from jaxsae.kernels.solvers.homotopy import Path, path_step
 
 # the smallest working set, and the largest
@@ -265,7 +265,7 @@ def solve_working_sets(
             )
             most = max(most, steps)
             codes[rows], gap[rows], obj[rows] = C_r, gap_r, obj_r
-            rel = np.where(obj_r > 0, gap_r / np.where(obj_r > 0, obj_r, 1), gap_r > 0)
+            rel = relative_gaps(gap_r, obj_r)
             ok = done_r & (rel <= tol)
             certified[rows] = ok
             # the others go round again, with twice the atoms where the support fills half
