@@ -496,14 +496,15 @@ def test_working_sets_in_small_chunks_match(monkeypatch):
     args = (jnp.asarray(Xb), jnp.asarray(Wb), jnp.full((96,), reg))
     ref = working_set.solve_working_sets(*args, 1e-10, nonneg=False)
     monkeypatch.setattr(working_set, "GRAM_ELEMENTS", 2 * 8 * 8)
+    monkeypatch.setattr(working_set, "MIN_CHUNK", 1)
     res = working_set.solve_working_sets(*args, 1e-10, nonneg=False)
     assert working_set._chunk(8, 20, 13) == 2 and working_set._chunk(16, 20, 13) == 1
     assert res.certified.all() and ref.certified.all()
     np.testing.assert_allclose(res.codes, ref.codes, atol=1e-9)
 
 
-def test_working_sets_hand_over_to_the_full_path(monkeypatch):
-    # one round only: what it does not certify goes on to the path over all atoms
+def test_working_sets_hand_over_to_the_iterations(monkeypatch):
+    # one round only: what it does not certify goes on to FISTA + restart + polish
     monkeypatch.setattr(working_set, "MIN_SIZE", 8)
     monkeypatch.setattr(working_set, "MIN_ATOMS", 0)
     Xb, Wb, reg = make_lasso_problem(7, B=24, D=20, F=96, nnz=(3, 9))
@@ -540,3 +541,48 @@ def test_polish_without_the_gram_matrix(monkeypatch):
     Xb, Wb, reg = make_lasso_problem(8, B=10, D=12, F=44)  # a shape of its own: a new trace
     sol = fista(Xb, Wb, reg, tol=1e-10, homotopy=False)
     _check_optimal(sol, Xb, Wb, reg, 1e-10)
+
+
+# --------------------------------------------------------------------------- options, step size
+
+
+def test_iteration_options_are_validated_static_config():
+    from jaxsae.kernels.solvers.common import IterOptions
+
+    opts = IterOptions(nonneg=True, max_support=8)
+    assert opts == IterOptions(nonneg=True, max_support=8) and hash(opts) == hash(
+        IterOptions(nonneg=True, max_support=8)
+    )
+    assert IterOptions(accel=False).restart is None  # ISTA has no momentum to restart
+    for bad, match in (
+        (dict(form="sparse"), "form"),
+        (dict(restart="sometimes"), "restart"),
+        (dict(check_every=0), "check_every"),
+        (dict(max_support=0), "max_support"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            IterOptions(**bad)
+    with pytest.raises(ValueError, match="check_every"):
+        fista(X, W, REG, check_every=0)
+    with pytest.raises(ValueError, match="form"):
+        ista(X, W, REG, form="sparse")
+
+
+def test_default_step_from_the_gram_factor():
+    # a wide dictionary's 1/L comes from the D x D Cholesky factor of Wᵀ W: the same ‖W‖₂²
+    from jaxsae.kernels.solvers.common import default_step
+
+    Ww = np.random.default_rng(3).standard_normal((64, 8))
+    exact = np.linalg.norm(Ww, 2) ** 2
+    L_wide = 1 / float(default_step(jnp.asarray(Ww), jnp.float64))
+    assert exact <= L_wide <= 1.011 * exact
+    np.testing.assert_allclose(L_wide, float(lipschitz_constant(Ww)), rtol=1e-6)
+    low = np.repeat(Ww[:, :1], 8, axis=1)  # rank 1: no Cholesky factor, the power iteration
+    L_low = 1 / float(default_step(jnp.asarray(low), jnp.float64))
+    assert np.linalg.norm(low, 2) ** 2 <= L_low <= 1.011 * np.linalg.norm(low, 2) ** 2
+
+
+def test_working_sets_do_not_repeat_a_round():
+    sets = np.array([[3, 1, 2], [4, 5, 6]])
+    nxt = np.array([[1, 2, 3], [4, 5, 7]])
+    assert working_set._unchanged(sets, nxt).tolist() == [True, False]

@@ -22,8 +22,8 @@ Samples the path certifies (duality gap ``≤ tol``) are final; the others (acti
 slots, singular Gram, too many kinks) continue by FISTA from the path's codes
 (``solve_from_path``). For dictionaries of at least ``working_set.MIN_ATOMS`` (2,048) atoms the
 path first runs on per-sample *working sets* of a few dozen to a few hundred atoms, checked
-against the whole dictionary by one product per round (``working_set``); only the samples they
-do not certify take the path over all atoms.
+against the whole dictionary by one product per round (``working_set``); the samples they do
+not certify go on to the iterations.
 
 Which method the default call starts with depends on the backend (``default_method``): the
 paths on a CPU, where doing less work wins; FISTA + restart + polish on GPU/TPU, where large

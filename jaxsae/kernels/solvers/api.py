@@ -11,6 +11,7 @@ from jaxsae.kernels.lasso import check_problem, lipschitz_constant
 from jaxsae.kernels.solvers.common import (
     COMPACT_MIN,
     Form,
+    IterOptions,
     Restart,
     Solution,
     SolverTrace,
@@ -53,20 +54,20 @@ def _prepare(X, W, reg, init, step_size, lazy: bool = False):
     return X, W, reg, init, jnp.asarray(step_size, X.dtype), squeeze
 
 
-def _check_options(max_steps, tol, check_every, restart, form, max_support, F):
+def _check_budget(max_steps, tol) -> None:
     if isinstance(max_steps, int) and max_steps < 0:
         raise ValueError(f"max_steps: expected an int >= 0, found {max_steps}")
     if is_concrete(tol) and not float(tol) >= 0:
         raise ValueError(f"tol: expected a relative gap >= 0, found {tol}")
-    if check_every < 1:
-        raise ValueError(f"check_every: expected an int >= 1, found {check_every}")
-    if restart not in (None, "gradient", "function"):
-        raise ValueError(f"restart: expected None, 'gradient' or 'function', found {restart!r}")
-    if form not in ("auto", "gram", "direct"):
-        raise ValueError(f"form: expected 'auto', 'gram' or 'direct', found {form!r}")
+
+
+def _options(*, max_support, F: int, D: int, **options) -> IterOptions:
+    """The validated static options; ``max_support`` ``None`` -> ``min(64, D, F)``, and at
+    most ``F``."""
     if max_support is not None and max_support < 1:
         raise ValueError(f"max_support: expected an int >= 1, found {max_support}")
-    return F if max_support is None else min(max_support, F)
+    k = min(64, D, F) if max_support is None else min(max_support, F)
+    return IterOptions(max_support=k, **options)
 
 
 def default_method(backend: str | None = None) -> str:
@@ -88,60 +89,29 @@ def default_tol(dtype) -> float:
     return 1e-6 if jnp.dtype(dtype) == jnp.float64 else 1e-4
 
 
-def _solve(
-    X,
-    W,
-    reg,
-    *,
-    accel,
-    nonneg,
-    max_steps,
-    tol,
-    init,
-    step_size,
-    restart,
-    check_every,
-    form,
-    polish,
-    max_support,
-    homotopy=False,
-) -> Solution:
+def _solve(X, W, reg, *, opts: dict, max_steps, tol, init, step_size, homotopy=False) -> Solution:
+    """The solvers' common body; ``opts``: ``IterOptions``' fields, ``max_support`` possibly
+    ``None``."""
     init_given = init is not None
     X, W, reg, init, eta, squeeze = _prepare(X, W, reg, init, step_size, lazy=True)
     F, D = W.shape
     tol = default_tol(X.dtype) if tol is None else tol
-    k = _check_options(
-        max_steps,
-        tol,
-        check_every,
-        restart,
-        form,
-        min(64, D, F) if max_support is None else max_support,
-        F,
-    )
+    _check_budget(max_steps, tol)
+    options = _options(F=F, D=D, **opts)
     sg = jax.lax.stop_gradient
-    static = dict(
-        accel=accel,
-        restart=restart if accel else None,
-        nonneg=nonneg,
-        form=form,
-        check_every=check_every,
-        polish=polish,
-        max_support=k,
-    )
     concrete = all(is_concrete(a) for a in (X, W, reg, init, tol, max_steps))
     concrete = concrete and (eta is None or is_concrete(eta))
     if homotopy is None:  # auto: the default solver, outside jit, from zero, on a CPU
-        homotopy = polish and init_given is False and default_method() == "homotopy"
+        homotopy = options.polish and not init_given and default_method() == "homotopy"
     homotopy = homotopy and concrete and int(max_steps) > 0 and bool(jnp.all(reg > 0))
     tol_a = jnp.asarray(tol, X.dtype)
     if homotopy:
-        sol = solve_from_path(sg(X), sg(W), sg(reg), eta, tol_a, max_steps=int(max_steps), **static)
+        sol = solve_from_path(sg(X), sg(W), sg(reg), eta, tol_a, int(max_steps), options)
     else:
         eta = default_step(W, X.dtype) if eta is None else eta
         args = (sg(X), sg(W), sg(reg), sg(init), sg(eta), tol_a)
         if concrete and X.shape[0] >= COMPACT_MIN:
-            sol = solve_compacted(*args, max_steps=int(max_steps), **static)
+            sol = solve_compacted(*args, int(max_steps), options)
         else:
             sol, _ = solve_core(
                 *args[:4],
@@ -149,7 +119,7 @@ def _solve(
                 *args[4:],
                 jnp.asarray(max_steps, jnp.int32),
                 jnp.asarray(0, jnp.int32),
-                **static,
+                opts=options,
             )
     codes = implicit_codes(X, W, reg, sol.codes)
     sol = sol._replace(codes=codes)
@@ -219,21 +189,24 @@ def fista(
       >>> sol = fista(X, params.W_dec, 0.1, nonneg=True)
       >>> sol.codes.shape, bool(sol.converged)
     """
+    opts = dict(
+        accel=True,
+        restart=restart,
+        nonneg=nonneg,
+        form=form,
+        check_every=check_every,
+        polish=polish,
+        max_support=max_support,
+    )
     return _solve(
         X,
         W,
         reg,
-        accel=True,
-        nonneg=nonneg,
+        opts=opts,
         max_steps=max_steps,
         tol=tol,
         init=init,
         step_size=step_size,
-        restart=restart,
-        check_every=check_every,
-        form=form,
-        polish=polish,
-        max_support=max_support,
         homotopy=homotopy,
     )
 
@@ -258,21 +231,17 @@ def ista(
     Same problem, arguments and result as ``fista`` (no ``restart``; ``polish`` off by default,
     so that it is the textbook algorithm).
     """
-    return _solve(
-        X,
-        W,
-        reg,
+    opts = dict(
         accel=False,
-        nonneg=nonneg,
-        max_steps=max_steps,
-        tol=tol,
-        init=init,
-        step_size=step_size,
         restart=None,
-        check_every=check_every,
+        nonneg=nonneg,
         form=form,
+        check_every=check_every,
         polish=polish,
         max_support=max_support,
+    )
+    return _solve(
+        X, W, reg, opts=opts, max_steps=max_steps, tol=tol, init=init, step_size=step_size
     )
 
 
@@ -291,20 +260,9 @@ def solve_lasso(
 def _trace(X, W, reg, *, num_steps, accel, nonneg, init, step_size, restart, form):
     if not isinstance(num_steps, int) or num_steps < 0:
         raise ValueError(f"num_steps: expected an int >= 0, found {num_steps!r}")
-    _check_options(0, 0.0, 1, restart, form, None, 1)
+    opts = IterOptions(accel=accel, restart=restart, nonneg=nonneg, form=form)
     X, W, reg, init, eta, squeeze = _prepare(X, W, reg, init, step_size)
-    out = trace_core(
-        X,
-        W,
-        reg,
-        init,
-        eta,
-        num_steps=num_steps,
-        accel=accel,
-        restart=restart if accel else None,
-        nonneg=nonneg,
-        form=form,
-    )
+    out = trace_core(X, W, reg, init, eta, num_steps=num_steps, opts=opts)
     if squeeze:
         out = SolverTrace(codes=out.codes[0], objective=out.objective[:, 0])
     return out

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsae.kernels._checks import is_concrete
 from jaxsae.kernels.lasso import lipschitz_constant
 
 # batches of at least this many samples are compacted as samples finish
@@ -19,6 +21,45 @@ GRAM_BUDGET = 1 << 26
 
 Restart = Literal["gradient", "function"] | None
 Form = Literal["auto", "gram", "direct"]
+
+
+@dataclasses.dataclass(frozen=True)
+class IterOptions:
+    """Static options of the proximal iterations, validated (hashable: ``jit`` takes it as one
+    static argument).
+
+    Attributes:
+      accel: FISTA momentum; ``False`` for ISTA.
+      restart: adaptive restart of the momentum, ``"gradient"``, ``"function"`` or ``None``
+        (always ``None`` without ``accel``).
+      nonneg: constrain the codes to ``C ≥ 0``.
+      form: ``"direct"`` (``C W``, ``Wᵀ`` products), ``"gram"`` (``G = W Wᵀ``) or ``"auto"``.
+      check_every: iterations between two duality-gap checks.
+      polish: try an exact solve on each sample's support at each check.
+      max_support: the largest support polished.
+    """
+
+    accel: bool = True
+    restart: Restart = "gradient"
+    nonneg: bool = False
+    form: Form = "auto"
+    check_every: int = 10
+    polish: bool = True
+    max_support: int = 64
+
+    def __post_init__(self):
+        if self.restart not in (None, "gradient", "function"):
+            raise ValueError(
+                f"restart: expected None, 'gradient' or 'function', found {self.restart!r}"
+            )
+        if self.form not in ("auto", "gram", "direct"):
+            raise ValueError(f"form: expected 'auto', 'gram' or 'direct', found {self.form!r}")
+        if self.check_every < 1:
+            raise ValueError(f"check_every: expected an int >= 1, found {self.check_every!r}")
+        if self.max_support < 1:
+            raise ValueError(f"max_support: expected an int >= 1, found {self.max_support!r}")
+        if not self.accel:
+            object.__setattr__(self, "restart", None)
 
 
 class Solution(NamedTuple):
@@ -55,9 +96,10 @@ class SolverTrace(NamedTuple):
     objective: jax.Array
 
 
-def bucket(n: int) -> int:
-    """The static block size for ``n`` running samples: a power of two ``≥ n``."""
-    return max(COMPACT_MIN // 4, 1 << max(n - 1, 0).bit_length())
+def bucket(n: int, smallest: int = COMPACT_MIN // 4) -> int:
+    """The static block size for ``n`` running samples: a power of two ``≥ n`` and
+    ``≥ smallest``."""
+    return max(smallest, 1 << max(n - 1, 0).bit_length())
 
 
 def pad_index(rows: np.ndarray, size: int) -> np.ndarray:
@@ -66,11 +108,37 @@ def pad_index(rows: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([rows, np.full(size - len(rows), rows[0])])
 
 
+def relative_gaps(gap: np.ndarray, objective: np.ndarray) -> np.ndarray:
+    """``gap / objective`` per sample for NumPy results (``gap > 0`` where the objective is not
+    positive; ``nan``, never certified, for ``inf / inf``: a negative code under ``nonneg``)."""
+    with np.errstate(invalid="ignore"):
+        return np.where(objective > 0, gap / np.where(objective > 0, objective, 1), gap > 0)
+
+
 def high_dtype(dtype) -> jnp.dtype:
     """The precision certificates run in: float64 when x64 is enabled, else ``dtype``."""
     return jnp.dtype(jnp.float64) if jax.config.read("jax_enable_x64") else jnp.dtype(dtype)
 
 
 def default_step(W: jax.Array, dtype) -> jax.Array:
-    """``1 / L``, the default step size."""
-    return jnp.asarray(1 / lipschitz_constant(jax.lax.stop_gradient(W)), dtype)
+    """``1 / L``, the default step size.
+
+    For a concrete wide dictionary (``F ≥ 2D``) the power iteration runs on the ``D × D``
+    Cholesky factor ``R`` of ``Wᵀ W`` (``Rᵀ R = Wᵀ W``, so ``‖R‖₂ = ‖W‖₂``): one ``F·D²`` product,
+    then ``2·D²`` per power step instead of ``2·F·D`` (at ``F = 10,240``, ``D = 320`` the power
+    iteration on ``W`` took 1.2–2 s on a 2-core CPU). A factor that is not finite (``W`` of
+    rank ``< D``) falls back to ``W``."""
+    W = jax.lax.stop_gradient(W)
+    F, D = W.shape
+    if F >= 2 * D and is_concrete(W):
+        R = _gram_factor(W)
+        if bool(jnp.all(jnp.isfinite(R))):
+            return jnp.asarray(1 / lipschitz_constant(R), dtype)
+    return jnp.asarray(1 / lipschitz_constant(W), dtype)
+
+
+@jax.jit
+def _gram_factor(W: jax.Array) -> jax.Array:
+    """``R (D, D)`` upper triangular with ``Rᵀ R = Wᵀ W`` (the product in ``W``'s precision,
+    the factor in the certificates')."""
+    return jnp.linalg.cholesky((W.T @ W).astype(high_dtype(W.dtype))).T

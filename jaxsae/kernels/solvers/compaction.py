@@ -5,11 +5,11 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsae.kernels.solvers.common import COMPACT_MIN, Solution, bucket, pad_index
+from jaxsae.kernels.solvers.common import COMPACT_MIN, IterOptions, Solution, bucket, pad_index
 from jaxsae.kernels.solvers.proximal import Carry, solve_core
 
 
-def solve_compacted(X, W, reg, C0, step_size, tol, max_steps: int, **static) -> Solution:
+def solve_compacted(X, W, reg, C0, step_size, tol, max_steps: int, opts: IterOptions) -> Solution:
     """Solve in blocks of shrinking static size: when at most half of a block's samples
     are still running, gather them (with their momentum) into the next power-of-two block,
     zero-padded (a zero input is certified at once), continue there, and scatter the results
@@ -32,7 +32,7 @@ def solve_compacted(X, W, reg, C0, step_size, tol, max_steps: int, **static) -> 
             tol,
             jnp.asarray(max_steps - steps, jnp.int32),
             jnp.asarray(min_running, jnp.int32),
-            **static,
+            opts=opts,
         )
         steps += int(sol.num_steps)
         m = len(rows)

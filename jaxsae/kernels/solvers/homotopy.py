@@ -16,6 +16,7 @@ from jaxsae.kernels.solvers.common import (
     bucket,
     high_dtype,
     pad_index,
+    relative_gaps,
 )
 
 
@@ -298,7 +299,7 @@ def follow_paths(X, W, reg, tol, *, nonneg: bool, max_slots: int, max_kinks: int
                 np.asarray(gb)[:n_out],
                 np.asarray(ob)[:n_out],
             )
-            rel = np.where(obj[r] > 0, gap[r] / np.where(obj[r] > 0, obj[r], 1), gap[r] > 0)
+            rel = relative_gaps(gap[r], obj[r])
             certified[r] = done[out] & (rel <= tol)
         if last:
             break

@@ -9,6 +9,7 @@ from jaxsae.kernels.lasso import relative_gap
 from jaxsae.kernels.solvers import working_set
 from jaxsae.kernels.solvers.common import (
     COMPACT_MIN,
+    IterOptions,
     Solution,
     bucket,
     default_step,
@@ -19,15 +20,19 @@ from jaxsae.kernels.solvers.homotopy import follow_paths
 from jaxsae.kernels.solvers.proximal import solve_core
 
 
-def solve_from_path(X, W, reg, step_size, tol, max_steps: int, **static) -> Solution:
-    """Exact paths on working sets for every sample (``solve_working_sets``), the path over the
-    whole dictionary for the samples they did not certify (``follow_paths``), then the
-    iterations (``solve_compacted`` or one block, zero-padded to a power of two) for any sample
-    still not certified, from the best codes so far. ``step_size``: ``None`` for ``1 / L``,
-    computed only if iterations are needed."""
+def solve_from_path(X, W, reg, step_size, tol, max_steps: int, opts: IterOptions) -> Solution:
+    """Exact paths on working sets for every sample (``solve_working_sets``) when ``F ≥
+    working_set.MIN_ATOMS``, else the path over the whole dictionary (``follow_paths``), then
+    the iterations (``solve_compacted``, or one block zero-padded to a power of two ``≥ 8``)
+    for any sample still not certified, from the best codes so far. (After working sets the
+    path over all atoms is not tried: the samples they leave have supports past its slots or
+    codes whose float32 rounding misses ``tol`` by a hair, and at ``F = 10,240`` its kinks over
+    a padded block cost seconds.) ``step_size``: ``None`` for ``1 / L``, computed only if
+    iterations are needed."""
     F, D = W.shape
-    nonneg = static["nonneg"]
-    if F >= working_set.MIN_ATOMS:
+    nonneg = opts.nonneg
+    screened = F >= working_set.MIN_ATOMS
+    if screened:
         codes, gap, obj, certified, steps = working_set.solve_working_sets(
             X, W, reg, float(tol), nonneg=nonneg
         )
@@ -37,7 +42,7 @@ def solve_from_path(X, W, reg, step_size, tol, max_steps: int, **static) -> Solu
         gap, obj = np.full((B,), np.inf, X.dtype), np.zeros((B,), X.dtype)
         certified, steps = np.zeros((B,), bool), 0
     left = np.flatnonzero(~certified)
-    if len(left):
+    if len(left) and not screened:  # (after working sets, what is left needs the iterations)
         max_slots = min(128, F, D)
         path = follow_paths(
             jnp.asarray(np.asarray(X)[left]),
@@ -56,7 +61,7 @@ def solve_from_path(X, W, reg, step_size, tol, max_steps: int, **static) -> Solu
     left = np.flatnonzero(~certified)
     if len(left):
         n = len(left)
-        size = n if n >= COMPACT_MIN else bucket(n)
+        size = n if n >= COMPACT_MIN else bucket(n, smallest=8)
         take = pad_index(left, size)
         real = (np.arange(size) < n)[:, None]
         eta = default_step(W, X.dtype) if step_size is None else step_size
@@ -69,7 +74,7 @@ def solve_from_path(X, W, reg, step_size, tol, max_steps: int, **static) -> Solu
             tol,
         )
         if size >= COMPACT_MIN:
-            rest = solve_compacted(*sub, max_steps=max_steps, **static)
+            rest = solve_compacted(*sub, max_steps, opts)
         else:
             rest, _ = solve_core(
                 *sub[:4],
@@ -77,7 +82,7 @@ def solve_from_path(X, W, reg, step_size, tol, max_steps: int, **static) -> Solu
                 *sub[4:],
                 jnp.asarray(max_steps, jnp.int32),
                 jnp.asarray(0, jnp.int32),
-                **static,
+                opts=opts,
             )
         codes[left] = np.asarray(rest.codes)[:n]
         gap[left] = np.asarray(rest.gap)[:n]

@@ -15,7 +15,7 @@ from jaxsae.kernels.solvers.common import (
     COMPACT_MIN,
     GRAM_BUDGET,
     Form,
-    Restart,
+    IterOptions,
     Solution,
     SolverTrace,
     high_dtype,
@@ -61,6 +61,11 @@ class _Ops(NamedTuple):
     xx: jax.Array  # (B,) ‖x‖²
     reg: jax.Array  # (F,)
 
+    @property
+    def gram(self) -> bool:
+        """The Gram form (static: from ``G``'s shape)."""
+        return self.G.shape[0] > 0
+
 
 def _lin(ops: _Ops, C: jax.Array, gram: bool) -> jax.Array:
     return C @ ops.G if gram else C @ ops.W
@@ -80,17 +85,9 @@ def _value(ops: _Ops, C: jax.Array, lin: jax.Array, gram: bool) -> jax.Array:
     return 0.5 * jnp.sum(R * R, -1) + pen
 
 
-def _step(
-    state: _State,
-    ops: _Ops,
-    eta: jax.Array,
-    *,
-    accel: bool,
-    restart: Restart,
-    nonneg: bool,
-    gram: bool,
-) -> _State:
+def _step(state: _State, ops: _Ops, eta: jax.Array, *, opts: IterOptions, gram: bool) -> _State:
     """One proximal-gradient iteration with the configured momentum rule."""
+    accel, restart, nonneg = opts.accel, opts.restart, opts.nonneg
     C, Y = state.codes, state.aux
     thr = (eta * ops.reg)[None, :]
     Cn = prox_l1(Y + eta * _neg_grad(ops, state.aux_lin, gram), thr, nonneg=nonneg)
@@ -173,133 +170,123 @@ def _polish(
     return C.at[jnp.arange(M)[:, None], jnp.where(on, idx, F)].set(new, mode="drop")
 
 
+class _Gaps(NamedTuple):
+    """The duality gaps of a check and which samples they certify."""
+
+    gap: jax.Array  # (B,) absolute duality gap
+    objective: jax.Array  # (B,)
+    ok: jax.Array  # (B,) bool, relative gap <= tol
+
+
+class _Certifier(NamedTuple):
+    """What the polish runs in (the highest available precision) and the test it must pass."""
+
+    W: jax.Array  # (F, D)
+    G: jax.Array | None  # (F, F) W Wᵀ, or None above the Gram budget
+    reg: jax.Array  # (F,)
+    tol: jax.Array  # relative gap
+    nonneg: bool
+
+
+def _polish_attempt(ops: _Ops, C: jax.Array, cert: _Certifier, rows, k: int):
+    """The polished codes of the samples ``rows`` (support ``≤ k``), their gaps and whether the
+    gap certifies them: ``(codes (n, F), gap (n,), objective (n,), ok (n,))``."""
+    # in the highest available precision (float64 when x64 is on): the support system of a
+    # large support is ill-conditioned enough to miss a 1e-6 gap in float32
+    hi = cert.W.dtype
+    Cs = C[rows].astype(hi)
+    Xr = ops.X[rows].astype(hi)
+    Rs = Xr - Cs @ cert.W
+    Cp = _polish(
+        cert.reg, Cs, Rs @ cert.W.T, cert.W, cert.G, nonneg=cert.nonneg, max_support=k
+    ).astype(C.dtype)
+    Cp_hi = Cp.astype(hi)
+    Rp = Xr - Cp_hi @ cert.W
+    gap_p, obj_p = gap_from_residual(Cp_hi, Rp, Rp @ cert.W.T, cert.reg, cert.nonneg)
+    gap_p, obj_p = gap_p.astype(C.dtype), obj_p.astype(C.dtype)
+    ok = (relative_gap(gap_p, obj_p) <= cert.tol) & jnp.all(jnp.isfinite(Cp), axis=-1)
+    return Cp, gap_p, obj_p, ok
+
+
 def _polish_group(
-    state,
-    ops,
-    tol,
-    hi,
-    *,
-    C,
-    gap,
-    obj,
-    ok,
-    group,
-    n_cand,
-    running,
-    max_support,
-    n_rows,
-    nonneg,
-    gram,
-):
-    """Polish up to ``n_rows`` samples of ``group``; keep those the duality gap certifies."""
-    W_hi, G_hi, reg_hi = hi
-    score_sel, rows = jax.lax.top_k(group.astype(jnp.int32), n_rows)
-    # worth a solve: the group fills half the block, or the candidates are half of the samples
-    # still running, or every fifth check
-    n = jnp.sum(group)
-    worth = (2 * n >= n_rows) | (2 * n_cand >= running) | (state.num_checks % 5 == 4)
-    worth = worth & (n > 0)
+    state: _State, ops: _Ops, gaps: _Gaps, cert: _Certifier, *, group, worth, k: int, n_rows: int
+) -> tuple[_State, _Gaps]:
+    """Polish up to ``n_rows`` samples of ``group`` (``(B,)`` bool, supports ``≤ k``) if
+    ``worth``; keep those the duality gap certifies."""
+    C = state.codes
+    selected, rows = jax.lax.top_k(group.astype(jnp.int32), n_rows)
 
-    def attempt(_):
-        # in the highest available precision (float64 when x64 is on): the support system of a
-        # large support is ill-conditioned enough to miss a 1e-6 gap in float32
-        Cs = C[rows]
-        Xr = ops.X[rows].astype(W_hi.dtype)
-        Rs = Xr - Cs.astype(W_hi.dtype) @ W_hi
-        Cp = _polish(
-            reg_hi,
-            Cs.astype(W_hi.dtype),
-            Rs @ W_hi.T,
-            W_hi,
-            G_hi,
-            nonneg=nonneg,
-            max_support=max_support,
-        ).astype(C.dtype)
-        Cp_hi = Cp.astype(W_hi.dtype)
-        Rp = Xr - Cp_hi @ W_hi
-        gap_p, obj_p = gap_from_residual(Cp_hi, Rp, Rp @ W_hi.T, reg_hi, nonneg)
-        gap_p, obj_p = gap_p.astype(C.dtype), obj_p.astype(C.dtype)
-        take = (relative_gap(gap_p, obj_p) <= tol) & (score_sel > 0)
-        take = take & jnp.all(jnp.isfinite(Cp), axis=-1)
-        return Cp, gap_p, obj_p, take
-
-    def skip(_):
+    def skip():
         zeros = jnp.zeros((n_rows,), C.dtype)
         return jnp.zeros((n_rows, C.shape[1]), C.dtype), zeros, zeros, jnp.zeros((n_rows,), bool)
 
-    Cp, gap_p, obj_p, take = jax.lax.cond(worth, attempt, skip, None)
+    Cp, gap_p, obj_p, take = jax.lax.cond(
+        worth & jnp.any(group), lambda: _polish_attempt(ops, C, cert, rows, k), skip
+    )
+    take = take & (selected > 0)
     Cs = C[rows]
     t2 = take[:, None]
-    lin_p = _lin(ops, Cp, gram)
     C = C.at[rows].set(jnp.where(t2, Cp, Cs))
+    lin_p = _lin(ops, Cp, ops.gram)
     lin = state.codes_lin.at[rows].set(jnp.where(t2, lin_p, state.codes_lin[rows]))
-    taken = jnp.zeros_like(ok).at[rows].set(take)
-    gap = gap.at[rows].set(jnp.where(take, gap_p, gap[rows]))
-    obj = obj.at[rows].set(jnp.where(take, obj_p, obj[rows]))
+    taken = jnp.zeros_like(gaps.ok).at[rows].set(take)
+    gaps = _Gaps(
+        gap=gaps.gap.at[rows].set(jnp.where(take, gap_p, gaps.gap[rows])),
+        objective=gaps.objective.at[rows].set(jnp.where(take, obj_p, gaps.objective[rows])),
+        ok=gaps.ok | taken,
+    )
     t_all = taken[:, None]
     state = state._replace(
         codes=C,
         codes_lin=lin,
         aux=jnp.where(t_all, C, state.aux),
         aux_lin=jnp.where(t_all, lin, state.aux_lin),
-        value=jnp.where(taken, obj, state.value),
+        value=jnp.where(taken, gaps.objective, state.value),
     )
-    return state, gap, obj, ok | taken
+    return state, gaps
 
 
 def _check(
     state: _State,
     ops: _Ops,
     tol: jax.Array,
-    hi: tuple,
+    cert: _Certifier | None,
     *,
-    nonneg: bool,
-    gram: bool,
-    polish: bool,
-    max_support: int,
+    opts: IterOptions,
     polish_rows: int,
 ) -> _State:
-    """Duality gap of every sample, optional polish, and the done flags.
+    """Duality gap of every sample, optional polish (``cert``: None without), and the done
+    flags.
 
-    The polish is tried on samples not yet done whose support fits in ``max_support`` and did
-    not change since the last check: those with at most ``SMALL_SUPPORT`` atoms in a block of
-    ``polish_rows``, larger ones in a block of ``polish_rows // 4``. ``hi = (W, W Wᵀ, reg)`` in
-    the precision the polish runs in."""
+    The polish is tried on samples not yet done whose support fits in ``opts.max_support`` and
+    did not change since the last check: those with at most ``SMALL_SUPPORT`` atoms in a block of
+    ``polish_rows``, larger ones in a block of ``polish_rows // 4``; a block is worth a solve
+    when the group fills half of it, or the candidates are half of the samples still running, or
+    at every fifth check."""
     C = state.codes
-    R, WR = _residual(ops, C, state.codes_lin, gram)
-    gap, obj = gap_from_residual(C, R, WR, ops.reg, nonneg)
-    ok = relative_gap(gap, obj) <= tol
+    R, WR = _residual(ops, C, state.codes_lin, ops.gram)
+    gap, obj = gap_from_residual(C, R, WR, ops.reg, opts.nonneg)
+    gaps = _Gaps(gap, obj, relative_gap(gap, obj) <= tol)
     support = C != 0
-    if polish:
+    if cert is not None:
         nnz = jnp.sum(support, axis=-1)
         stable = jnp.all(support == state.support, axis=-1)
         # candidates: not done, support unchanged since the last check and small enough
-        cand = ~ok & ~state.done & stable & (nnz > 0) & (nnz <= max_support)
-        running = jnp.sum(~ok & ~state.done)
-        small_k = min(SMALL_SUPPORT, max_support)
+        cand = ~gaps.ok & ~state.done & stable & (nnz > 0) & (nnz <= opts.max_support)
+        n_cand, running = jnp.sum(cand), jnp.sum(~gaps.ok & ~state.done)
+        small_k = min(SMALL_SUPPORT, opts.max_support)
         groups = [(cand & (nnz <= small_k), small_k, polish_rows)]
-        if max_support > small_k:  # the few large supports, in a smaller block
-            groups.append((cand & (nnz > small_k), max_support, max(1, polish_rows // 4)))
+        if opts.max_support > small_k:  # the few large supports, in a smaller block
+            groups.append((cand & (nnz > small_k), opts.max_support, max(1, polish_rows // 4)))
         for group, k, n_rows in groups:
-            state, gap, obj, ok = _polish_group(
-                state,
-                ops,
-                tol,
-                hi,
-                C=state.codes,
-                gap=gap,
-                obj=obj,
-                ok=ok,
-                group=group,
-                n_cand=jnp.sum(cand),
-                running=running,
-                max_support=k,
-                n_rows=n_rows,
-                nonneg=nonneg,
-                gram=gram,
+            n = jnp.sum(group)
+            worth = (2 * n >= n_rows) | (2 * n_cand >= running) | (state.num_checks % 5 == 4)
+            state, gaps = _polish_group(
+                state, ops, gaps, cert, group=group, worth=worth, k=k, n_rows=n_rows
             )
-    done = state.done | ok
-    return state._replace(done=done, gap=gap, objective=obj, support=support)
+    return state._replace(
+        done=state.done | gaps.ok, gap=gaps.gap, objective=gaps.objective, support=support
+    )
 
 
 def _use_gram(form: Form, F: int, D: int) -> bool:
@@ -343,55 +330,28 @@ def _init_state(ops: _Ops, C0: jax.Array, gram: bool, carry: Carry | None = None
     )
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("accel", "restart", "nonneg", "form", "check_every", "polish", "max_support"),
-)
+@functools.partial(jax.jit, static_argnames="opts")
 def solve_core(
-    X,
-    W,
-    reg,
-    C0,
-    carry,
-    step_size,
-    tol,
-    max_steps,
-    min_running,
-    *,
-    accel,
-    restart,
-    nonneg,
-    form,
-    check_every,
-    polish,
-    max_support,
+    X, W, reg, C0, carry, step_size, tol, max_steps, min_running, *, opts: IterOptions
 ) -> tuple[Solution, Carry]:
     """Iterate until every sample is certified, ``max_steps``, or (at a check) at most
     ``min_running`` samples are still running. ``carry``: momentum and support from a previous
     block, or None."""
     F, D = W.shape
-    gram = _use_gram(form, F, D)
+    gram = _use_gram(opts.form, F, D)
     ops = _make_ops(X, W, reg, gram)
-    hi = None
-    if polish:  # the polish runs in float64 when x64 is enabled
+    cert = None
+    if opts.polish:  # the polish runs in float64 when x64 is enabled
         hi_dtype = high_dtype(X.dtype)
         W_hi = W.astype(hi_dtype)
         small = F * F * W_hi.dtype.itemsize <= GRAM_BUDGET
-        hi = (W_hi, W_hi @ W_hi.T if small else None, reg.astype(hi_dtype))
-    step = functools.partial(
-        _step, ops=ops, eta=step_size, accel=accel, restart=restart, nonneg=nonneg, gram=gram
-    )
+        G_hi = W_hi @ W_hi.T if small else None
+        cert = _Certifier(W_hi, G_hi, reg.astype(hi_dtype), tol, opts.nonneg)
+    step = functools.partial(_step, ops=ops, eta=step_size, opts=opts, gram=gram)
     B = X.shape[0]
+    polish_rows = min(B, max(COMPACT_MIN, B // POLISH_FRACTION))
     check = functools.partial(
-        _check,
-        ops=ops,
-        tol=tol,
-        hi=hi,
-        nonneg=nonneg,
-        gram=gram,
-        polish=polish,
-        max_support=max_support,
-        polish_rows=min(B, max(COMPACT_MIN, B // POLISH_FRACTION)),
+        _check, ops=ops, tol=tol, cert=cert, opts=opts, polish_rows=polish_rows
     )
 
     def cond(state):
@@ -402,7 +362,7 @@ def solve_core(
     def body(state):
         # the first pass only checks the initial point (one copy of the check in the graph)
         n = jnp.where(
-            state.num_checks == 0, 0, jnp.minimum(check_every, max_steps - state.num_steps)
+            state.num_checks == 0, 0, jnp.minimum(opts.check_every, max_steps - state.num_steps)
         )
         state = jax.lax.fori_loop(0, n, lambda _, s: step(s), state)
         return check(state)._replace(num_checks=state.num_checks + 1)
@@ -418,20 +378,19 @@ def solve_core(
     return sol, Carry(aux=state.aux, t=state.t, support=state.support, done=state.done)
 
 
-@functools.partial(jax.jit, static_argnames=("num_steps", "accel", "restart", "nonneg", "form"))
-def trace_core(X, W, reg, C0, step_size, *, num_steps, accel, restart, nonneg, form):
+@functools.partial(jax.jit, static_argnames=("num_steps", "opts"))
+def trace_core(X, W, reg, C0, step_size, *, num_steps: int, opts: IterOptions) -> SolverTrace:
+    """Exactly ``num_steps`` iterations (``lax.scan``), recording every iterate's objective."""
     F, D = W.shape
-    gram = _use_gram(form, F, D)
+    gram = _use_gram(opts.form, F, D)
     ops = _make_ops(X, W, reg, gram)
-    step = functools.partial(
-        _step, ops=ops, eta=step_size, accel=accel, restart=restart, nonneg=nonneg, gram=gram
-    )
+    step = functools.partial(_step, ops=ops, eta=step_size, opts=opts, gram=gram)
 
     def body(state, _):
         state = step(state)
-        return state, batch_objective(X, W, state.codes, reg, nonneg)
+        return state, batch_objective(X, W, state.codes, reg, opts.nonneg)
 
     state0 = _init_state(ops, C0, gram)
     state, objs = jax.lax.scan(body, state0, None, length=num_steps)
-    objs = jnp.concatenate([batch_objective(X, W, C0, reg, nonneg)[None, :], objs], axis=0)
+    objs = jnp.concatenate([batch_objective(X, W, C0, reg, opts.nonneg)[None, :], objs], axis=0)
     return SolverTrace(codes=state.codes, objective=objs)

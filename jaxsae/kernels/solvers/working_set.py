@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsae.kernels.lasso import gap_from_residual
-from jaxsae.kernels.solvers.common import bucket, high_dtype, pad_index
+from jaxsae.kernels.solvers.common import bucket, high_dtype, pad_index, relative_gaps
 from jaxsae.kernels.solvers.homotopy import Path, path_step
 
 # the smallest working set, and the largest
@@ -47,11 +47,17 @@ MAX_SIZE = 1024
 # with 2¹⁹, and 1.4× slower with 2¹⁷
 CHUNK_ELEMENTS = 1 << 25
 GRAM_ELEMENTS = 1 << 19
+# ... but never fewer samples than this: at k = 512 (D1280 F10240, L0 ≈ 200) the rule above gives
+# chunks of 2, whose per-kink overhead made a round 1.3–2× slower per sample than chunks of 8–32
+MIN_CHUNK = 8
 # the default pipeline starts with working sets for dictionaries of at least this many atoms
 # (measured on a 2-core CPU, float32, B = 1,024: the path over the whole dictionary was 2× faster
 # at F = 256, level at F = 1,024; the working sets were 1.5× faster at F = 4,096, 2.2× at
 # F = 4,096 with B = 8,192)
 MIN_ATOMS = 2048
+# Newton steps on the active set after a path (D320 F10240, L0 ≈ 200: one step left a sample at
+# a relative gap of 1.1e-6, which then cost the whole fallback, seconds)
+REFINE = 3
 
 
 class WorkingSetResult(NamedTuple):
@@ -134,10 +140,12 @@ def _local_paths(X, W_S, reg_S, max_kinks, *, K: int, nonneg: bool) -> Path:
             q,
             reg_S,
             nonneg=nonneg,
-            direction=lambda _, d: jnp.einsum("bs,bsk->bk", d, rows),
+            direction=lambda _, d: jnp.sum(d[:, :, None] * rows, axis=1),
             gram_row=gram_row,
         )
-        return q, jnp.where(new[:, :, None], g_j[:, None, :], rows)
+        # the joining atom's Gram row into its slot, in place (a select would rewrite all rows)
+        slot = jnp.where(jnp.any(new, axis=1), jnp.argmax(new, axis=1), K)
+        return q, rows.at[jnp.arange(n), slot].set(g_j, mode="drop")
 
     return jax.lax.while_loop(cond, body, (p, jnp.zeros((n, K, k), dt)))[0]
 
@@ -153,17 +161,21 @@ def _round(X, W, W_hi, reg, sets, max_kinks, *, K: int, nonneg: bool, k_next: in
     F = W.shape[0]
     W_S, reg_S = W[sets], reg[sets]  # (n, k, D), (n, k)
     p = _local_paths(X, W_S, reg_S, max_kinks, K=K, nonneg=nonneg)
-    # one Newton step on the active set in the highest available precision (undoes the drift
-    # of the incremental updates), then the duality gap over all atoms
+    # Newton steps on the active set in the highest available precision (undo the drift of
+    # the incremental updates; with a float32 inverse Gram each step gains a few digits, and a
+    # support of a few hundred atoms needs more than one), then the duality gap over all atoms
     hi = high_dtype(X.dtype)
     W_A = jnp.take_along_axis(W_S, p.atom[:, :, None], axis=1).astype(hi)  # (n, K, D)
     X_h = X.astype(hi)
     cs = jnp.where(p.occ, p.codes, 0).astype(hi)
-    r = X_h - jnp.einsum("bs,bsd->bd", cs, W_A)
     lam = jnp.take_along_axis(reg_S, p.atom, 1).astype(hi)
-    e = jnp.where(p.occ, jnp.einsum("bsd,bd->bs", W_A, r) - lam * p.sign, 0)
-    step = jnp.einsum("bij,bj->bi", p.H.astype(hi), e)
-    cs = jnp.where(p.done[:, None] & p.occ, cs + step, cs).astype(X.dtype)
+    H_hi = p.H.astype(hi)
+    for _ in range(REFINE):
+        r = X_h - jnp.einsum("bs,bsd->bd", cs, W_A)
+        e = jnp.where(p.occ, jnp.einsum("bsd,bd->bs", W_A, r) - lam * p.sign, 0)
+        step = jnp.einsum("bij,bj->bi", H_hi, e)
+        cs = jnp.where(p.done[:, None] & p.occ, cs + step, cs)
+    cs = cs.astype(X.dtype)
     rows = jnp.arange(n)[:, None]
     slot_atoms = jnp.take_along_axis(sets, p.atom, 1)
     C = jnp.zeros((n, F), X.dtype).at[rows, jnp.where(p.occ, slot_atoms, F)].set(cs, mode="drop")
@@ -178,8 +190,8 @@ def _round(X, W, W_hi, reg, sets, max_kinks, *, K: int, nonneg: bool, k_next: in
 
 def _chunk(k: int, D: int, n: int) -> int:
     """Samples per chunk: a power of two with ``chunk·k·D ≤ CHUNK_ELEMENTS`` and
-    ``chunk·k² ≤ GRAM_ELEMENTS``, at most ``n``'s bucket."""
-    fit = max(1, min(CHUNK_ELEMENTS // (k * D), GRAM_ELEMENTS // (k * k)))
+    ``chunk·k² ≤ GRAM_ELEMENTS`` (but at least ``MIN_CHUNK``), at most ``n``'s bucket."""
+    fit = max(MIN_CHUNK, min(CHUNK_ELEMENTS // (k * D), GRAM_ELEMENTS // (k * k)))
     return min(bucket(n), 1 << (fit.bit_length() - 1))
 
 
@@ -207,6 +219,12 @@ def _chunked_round(X, W, W_hi, reg, sets, *, nonneg: bool, k_next: int, max_kink
         outs.append([np.asarray(x)[: len(part)] for x in (*res[:4], res[5])])
     C, gap, obj, done, next_sets = (np.concatenate(x) for x in zip(*outs, strict=True))
     return C, gap, obj, done, next_sets, steps
+
+
+def _unchanged(sets: np.ndarray, next_sets: np.ndarray) -> np.ndarray:
+    """``(n,)`` bool: the next working set holds the same atoms (another round would repeat
+    this one: the sample's path is complete, and only its precision missed the tolerance)."""
+    return np.all(np.sort(sets, axis=1) == np.sort(next_sets, axis=1), axis=1)
 
 
 def _merge(groups: list) -> list:
@@ -247,12 +265,12 @@ def solve_working_sets(
             )
             most = max(most, steps)
             codes[rows], gap[rows], obj[rows] = C_r, gap_r, obj_r
-            rel = np.where(obj_r > 0, gap_r / np.where(obj_r > 0, obj_r, 1), gap_r > 0)
+            rel = relative_gaps(gap_r, obj_r)
             ok = done_r & (rel <= tol)
             certified[rows] = ok
             # the others go round again, with twice the atoms where the support fills half
             grow = (2 * (C_r != 0).sum(axis=1) > k) | ~done_r
-            same = np.flatnonzero(~ok & ~grow)
+            same = np.flatnonzero(~ok & ~grow & ~_unchanged(sets, next_sets[:, :k]))
             if len(same):
                 todo.append((rows[same], next_sets[same][:, :k], k))
             more = np.flatnonzero(~ok & grow)
