@@ -580,6 +580,9 @@ def test_default_step_from_the_gram_factor():
     low = np.repeat(Ww[:, :1], 8, axis=1)  # rank 1: no Cholesky factor, the power iteration
     L_low = 1 / float(default_step(jnp.asarray(low), jnp.float64))
     assert np.linalg.norm(low, 2) ** 2 <= L_low <= 1.011 * np.linalg.norm(low, 2) ** 2
+    # under jit the dictionary is a tracer: the power iteration on W itself, the same norm
+    L_traced = float(jax.jit(lambda w: lipschitz_constant(w, safety=1.0))(jnp.asarray(Ww)))
+    np.testing.assert_allclose(L_traced, exact, rtol=1e-5)
 
 
 def test_working_sets_do_not_repeat_a_round():

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxsae.kernels._checks import check_array, check_nonnegative
+from jaxsae.kernels._checks import check_array, check_nonnegative, is_concrete
 
 __all__ = ["lasso_objective", "duality_gap", "lipschitz_constant", "check_problem"]
 
@@ -167,6 +167,34 @@ def _power_iteration(W: jax.Array, tol: jax.Array, max_steps: int) -> jax.Array:
 _power_iteration_jit = jax.jit(_power_iteration, static_argnames="max_steps")
 
 
+def high_dtype(dtype) -> jnp.dtype:
+    """The precision certificates run in: float64 when x64 is enabled, else ``dtype``."""
+    return jnp.dtype(jnp.float64) if jax.config.read("jax_enable_x64") else jnp.dtype(dtype)
+
+
+@jax.jit
+def _gram_factor(W: jax.Array) -> jax.Array:
+    """``R (D, D)`` upper triangular with ``Rᵀ R = Wᵀ W`` (the product in ``W``'s precision,
+    the factor in the certificates')."""
+    return jnp.linalg.cholesky((W.T @ W).astype(high_dtype(W.dtype))).T
+
+
+def _spectral_operand(W: jax.Array) -> jax.Array:
+    """A matrix with ``W``'s spectral norm that is cheap to iterate on.
+
+    For a concrete wide dictionary (``F ≥ 2D``) the ``D × D`` Cholesky factor ``R`` of ``Wᵀ W``
+    (``Rᵀ R = Wᵀ W``, so ``‖R‖₂ = ‖W‖₂``): one ``F·D²`` product, then ``2·D²`` per power step
+    instead of ``2·F·D`` (5× faster at ``F = 10,240``, ``D = 320`` and 9× at ``F = 40,960``,
+    ``D = 1,280`` on a 2-core CPU). ``W`` itself otherwise, and when the factor is not finite
+    (``W`` of rank ``< D``)."""
+    F, D = W.shape
+    if F >= 2 * D and is_concrete(W):
+        R = _gram_factor(W)
+        if bool(jnp.all(jnp.isfinite(R))):
+            return R
+    return W
+
+
 # --------------------------------------------------------------------------------------------
 # public API
 
@@ -241,7 +269,9 @@ def lipschitz_constant(
 ) -> jax.Array:
     """Lipschitz constant ``L = ‖W‖₂²`` of the lasso gradient ``c ↦ (c W − x) Wᵀ``.
 
-    Power iteration on ``Wᵀ W`` from a fixed (seeded) start, so the result is deterministic; it
+    Power iteration on ``Wᵀ W`` (for a wide dictionary, on ``Rᵀ R`` with ``R`` the ``D × D``
+    Cholesky factor of ``Wᵀ W``: the same norm, cheaper steps) from a fixed (seeded) start, so
+    the result is deterministic; it
     stops when the eigenvalue estimate changes by less than ``tol`` (relative) or after
     ``max_steps``. The Rayleigh estimate approaches ``‖W‖₂²`` from below, so it is multiplied by
     ``safety`` (default 1 %): a step ``1/L`` slightly too small costs ~1 % more iterations, one
@@ -262,5 +292,6 @@ def lipschitz_constant(
         raise ValueError(f"safety: expected a factor >= 1, found {safety}")
     if max_steps < 1:
         raise ValueError(f"max_steps: expected >= 1, found {max_steps}")
-    lam = _power_iteration_jit(W, jnp.asarray(tol, W.dtype), max_steps)
+    op = _spectral_operand(W)
+    lam = _power_iteration_jit(op, jnp.asarray(tol, op.dtype), max_steps).astype(W.dtype)
     return lam * jnp.asarray(safety, W.dtype)

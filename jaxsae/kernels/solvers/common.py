@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsae.kernels._checks import is_concrete
 from jaxsae.kernels.lasso import lipschitz_constant
 
 # batches of at least this many samples are compacted as samples finish
@@ -115,30 +114,7 @@ def relative_gaps(gap: np.ndarray, objective: np.ndarray) -> np.ndarray:
         return np.where(objective > 0, gap / np.where(objective > 0, objective, 1), gap > 0)
 
 
-def high_dtype(dtype) -> jnp.dtype:
-    """The precision certificates run in: float64 when x64 is enabled, else ``dtype``."""
-    return jnp.dtype(jnp.float64) if jax.config.read("jax_enable_x64") else jnp.dtype(dtype)
-
-
 def default_step(W: jax.Array, dtype) -> jax.Array:
-    """``1 / L``, the default step size.
-
-    For a concrete wide dictionary (``F ≥ 2D``) the power iteration runs on the ``D × D``
-    Cholesky factor ``R`` of ``Wᵀ W`` (``Rᵀ R = Wᵀ W``, so ``‖R‖₂ = ‖W‖₂``): one ``F·D²`` product,
-    then ``2·D²`` per power step instead of ``2·F·D`` (at ``F = 10,240``, ``D = 320`` the power
-    iteration on ``W`` took 1.2–2 s on a 2-core CPU). A factor that is not finite (``W`` of
-    rank ``< D``) falls back to ``W``."""
-    W = jax.lax.stop_gradient(W)
-    F, D = W.shape
-    if F >= 2 * D and is_concrete(W):
-        R = _gram_factor(W)
-        if bool(jnp.all(jnp.isfinite(R))):
-            return jnp.asarray(1 / lipschitz_constant(R), dtype)
-    return jnp.asarray(1 / lipschitz_constant(W), dtype)
-
-
-@jax.jit
-def _gram_factor(W: jax.Array) -> jax.Array:
-    """``R (D, D)`` upper triangular with ``Rᵀ R = Wᵀ W`` (the product in ``W``'s precision,
-    the factor in the certificates')."""
-    return jnp.linalg.cholesky((W.T @ W).astype(high_dtype(W.dtype))).T
+    """``1 / L``, the default step size (``L = lipschitz_constant(W)``, which iterates on the
+    ``D × D`` Cholesky factor of ``Wᵀ W`` for a wide dictionary)."""
+    return jnp.asarray(1 / lipschitz_constant(jax.lax.stop_gradient(W)), dtype)

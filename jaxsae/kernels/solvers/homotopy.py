@@ -9,12 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsae.kernels.lasso import gap_from_residual
+from jaxsae.kernels.lasso import gap_from_residual, high_dtype
 from jaxsae.kernels.solvers.common import (
     COMPACT_MIN,
     GRAM_BUDGET,
     bucket,
-    high_dtype,
     pad_index,
     relative_gaps,
 )

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxsae.kernels.lasso import batch_objective, gap_from_residual, relative_gap
+from jaxsae.kernels.lasso import batch_objective, gap_from_residual, high_dtype, relative_gap
 from jaxsae.kernels.prox import prox_l1
 from jaxsae.kernels.solvers.common import (
     COMPACT_MIN,
@@ -18,7 +18,6 @@ from jaxsae.kernels.solvers.common import (
     IterOptions,
     Solution,
     SolverTrace,
-    high_dtype,
 )
 
 # the polish handles at most B / POLISH_FRACTION samples per check

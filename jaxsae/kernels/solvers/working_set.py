@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsae.kernels.lasso import gap_from_residual
-from jaxsae.kernels.solvers.common import bucket, high_dtype, pad_index, relative_gaps
+from jaxsae.kernels.lasso import gap_from_residual, high_dtype
+from jaxsae.kernels.solvers.common import bucket, pad_index, relative_gaps
 from jaxsae.kernels.solvers.homotopy import Path, path_step
 
 # the smallest working set, and the largest
