@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
@@ -533,6 +532,8 @@ def _amortisation_stage(
     params: Any, eval_store: Any, l1_raw: float, scale: float, run_dir: Path, rows: int
 ) -> dict | None:
     """Stage 4: the certified amortisation gap on ``rows`` held-out residues (cached)."""
+    from jaxsae.data.store import atomic_save_text
+
     try:
         _say("amortisation gap: SAE encoder vs FISTA on the same decoder (held-out residues)")
         cache = run_dir / "amortisation.json"
@@ -541,9 +542,7 @@ def _amortisation_stage(
             _say(f"amortisation gap: reusing {cache}")
         else:
             amort = _amortisation(params, eval_store, l1_raw, scale, rows=rows)
-            tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
-            tmp.write_text(json.dumps(amort, indent=1))
-            os.replace(tmp, cache)
+            atomic_save_text(cache, json.dumps(amort, indent=1))
     except ImportError as err:  # the kernel is optional for the report
         _say(f"amortisation gap skipped ({err})")
         return None
@@ -618,9 +617,10 @@ def _interpret_stage(
 
 def _finish(s: dict, out: Path, timings: dict, console: str, images: dict, run_dir: Path) -> None:
     """Stage 6: ``timings.json`` (atomic) and the closing lines."""
-    tmp = out / f".timings.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps({"settings": s, "timings_s": timings}, indent=1))
-    os.replace(tmp, out / "timings.json")
+    from jaxsae.data.store import atomic_save_text
+
+    record = {"settings": s, "timings_s": timings}
+    atomic_save_text(out / "timings.json", json.dumps(record, indent=1))
     print()
     print(console)
     print()

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from jaxsae.data.store import atomic_save_text
 from jaxsae.interpret.association import (
     MIN_INSTANCES,
     MIN_RESIDUES,
@@ -842,9 +843,7 @@ def _facts(store, proteins, params, sae_stats, concepts: ConceptSets, n_dead: in
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> Path:
     """Write ``data`` to ``path`` atomically (write, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, default=_json_default))
-    os.replace(tmp, path)
+    atomic_save_text(path, json.dumps(data, indent=1, default=_json_default))
     return path
 
 
