@@ -240,14 +240,14 @@ def _extract(records: list, model: Any, layer: int, path: Path, force: bool, pro
 
 def _train(settings: dict, store: Any, run_dir: Path, force: bool, progress: bool):
     """Train the SAE (or reuse the finished run); returns ``(params, history, scale)``."""
-    from jaxsae.training.config import TrainConfig
+    from jaxsae.training.config import TrainConfig, default_matryoshka_widths
     from jaxsae.training.loop import train
     from jaxsae.training.metrics_log import read_metrics
 
     d_sae, arch = settings["d_sae"], settings.get("architecture", "l1")
     extra = {"k": settings.get("k", 32)} if arch != "l1" else {}
     if arch == "matryoshka_batchtopk":  # jaxsae train's default prefixes
-        extra["matryoshka_widths"] = (d_sae // 8, d_sae // 4, d_sae // 2, d_sae)
+        extra["matryoshka_widths"] = default_matryoshka_widths(d_sae)
     cfg = TrainConfig(
         d_in=store.d,
         d_sae=d_sae,

@@ -235,16 +235,14 @@ def _warn_large_batch(batch_size: int, num_rows: int) -> None:
 
 def _train_config(args: argparse.Namespace, d_in: int) -> TrainConfig:
     """The ``TrainConfig`` the flags ask for, on inputs of width ``d_in``."""
-    from jaxsae.training.config import TrainConfig
+    from jaxsae.training.config import TrainConfig, default_matryoshka_widths
 
     extra = {} if args.dead_tokens is None else {"dead_tokens": args.dead_tokens}
     d_sae = args.d_sae if args.d_sae is not None else 8 * d_in
     if args.arch == "matryoshka_batchtopk":
         widths = args.matryoshka_widths
         extra["matryoshka_widths"] = (
-            tuple(int(w) for w in widths.split(","))
-            if widths
-            else (d_sae // 8, d_sae // 4, d_sae // 2, d_sae)
+            tuple(int(w) for w in widths.split(",")) if widths else default_matryoshka_widths(d_sae)
         )
     return TrainConfig(
         d_in=d_in,

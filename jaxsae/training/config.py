@@ -31,10 +31,16 @@ from jaxsae.kernels._checks import check_nonnegative
 from jaxsae.kernels.architectures import architecture_names, architecture_options, from_config
 from jaxsae.kernels.jumprelu import DEFAULT_BANDWIDTH, DEFAULT_INIT_THRESHOLD
 
-__all__ = ["TrainConfig", "ARCHS"]
+__all__ = ["TrainConfig", "ARCHS", "default_matryoshka_widths"]
 
 #: the registered architectures (``jaxsae.kernels.architectures``)
 ARCHS = architecture_names()
+
+
+def default_matryoshka_widths(d_sae: int) -> tuple[int, ...]:
+    """The nested prefixes ``jaxsae train`` and ``jaxsae demo`` give ``matryoshka_batchtopk``
+    when none are named: ``(d_sae/8, d_sae/4, d_sae/2, d_sae)``."""
+    return (d_sae // 8, d_sae // 4, d_sae // 2, d_sae)
 
 
 @dataclass(frozen=True)
