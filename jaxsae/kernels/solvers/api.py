@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxsae.kernels._checks import check_array, is_concrete
-from jaxsae.kernels.lasso import check_problem, lipschitz_constant
+from jaxsae.kernels.lasso import check_problem
 from jaxsae.kernels.solvers.common import (
     COMPACT_MIN,
     Form,
@@ -46,7 +46,7 @@ def _prepare(X, W, reg, init, step_size, lazy: bool = False):
     if step_size is None:
         if lazy:
             return X, W, reg, init, None, squeeze
-        step_size = 1 / lipschitz_constant(jax.lax.stop_gradient(W))
+        step_size = default_step(W, X.dtype)
     else:
         step_size = check_array("step_size", step_size, ndim=0)
         if is_concrete(step_size) and not float(step_size) > 0:
