@@ -299,13 +299,8 @@ def _describe(cfg: Any) -> str:
 def _sae_dir(out: Path, s: dict) -> Path:
     """The training run's folder: its name carries the settings (L1 runs keep their old name)."""
     arch = s.get("architecture", "l1")
-    sparsity = (
-        f"l1-{s['l1_coeff']:g}"
-        if arch == "l1"
-        else f"{arch}-{s['l1_coeff']:g}"
-        if arch == "jumprelu"
-        else f"{arch}-k{s['k']}"
-    )
+    uses_coeff = arch in ("l1", "jumprelu")
+    sparsity = f"{arch}-{s['l1_coeff']:g}" if uses_coeff else f"{arch}-k{s['k']}"
     return out / f"sae_{_run_tag(s)}_d{s['d_sae']}_{sparsity}_s{s['steps']}_b{s['batch_size']}"
 
 
