@@ -299,8 +299,10 @@ def _describe(cfg: Any) -> str:
 def _sae_dir(out: Path, s: dict) -> Path:
     """The training run's folder: its name carries the settings (L1 runs keep their old name)."""
     arch = s.get("architecture", "l1")
-    uses_coeff = arch in ("l1", "jumprelu")
-    sparsity = f"{arch}-{s['l1_coeff']:g}" if uses_coeff else f"{arch}-k{s['k']}"
+    from jaxsae.kernels.architectures import architecture_options
+
+    topk_family = "k" in architecture_options(arch)
+    sparsity = f"{arch}-k{s['k']}" if topk_family else f"{arch}-{s['l1_coeff']:g}"
     return out / f"sae_{_run_tag(s)}_d{s['d_sae']}_{sparsity}_s{s['steps']}_b{s['batch_size']}"
 
 
