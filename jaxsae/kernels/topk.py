@@ -57,6 +57,7 @@ from jax.typing import ArrayLike
 
 from jaxsae.kernels._checks import check_nonnegative
 from jaxsae.kernels.axes import all_gather, axis_index, axis_size, pmean, psum
+from jaxsae.kernels.row_select import row_top_k
 from jaxsae.kernels.sae import (
     SAEMetrics,
     SAEOutput,
@@ -437,11 +438,11 @@ def select_rows(pre: jax.Array, m: int, feature_axis: str | None = None) -> Sele
       ``Selection`` with ``keep`` = "held by this device".
     """
     f = pre.shape[-1]
-    top, idx = lax.top_k(pre, min(m, f))
+    top, idx = row_top_k(pre, min(m, f))
     if axis_size(feature_axis) == 1:
         return Selection(top, idx, jnp.ones(top.shape, jnp.bool_), idx)
     off = axis_index(feature_axis) * f
-    top, pos = lax.top_k(all_gather(top, feature_axis, along=1), m)
+    top, pos = row_top_k(all_gather(top, feature_axis, along=1), m)
     index = jnp.take_along_axis(all_gather(idx + off, feature_axis, along=1), pos, axis=1)
     mine = (index >= off) & (index < off + f)
     return Selection(top, jnp.where(mine, index - off, 0), mine, index)
@@ -581,7 +582,7 @@ def _select(
         return sel, jnp.zeros((), jnp.bool_)
     cut = batch_cutoff(sel.top, opts.k * pre.shape[0])
     kept = (sel.top >= cut) & (sel.top > 0)
-    return sel._replace(keep=sel.keep & kept), jnp.any(kept[:, -1])
+    return sel._replace(keep=sel.keep & kept), jnp.any(jnp.all(kept, axis=1))
 
 
 def _aux_dense_compact(xf, e, dead_mask, aux_k, p, *, cap):
