@@ -69,7 +69,7 @@ def dense_loss(q, x, mask, aux_mask):
     "batch, n_dead, aux_k",
     [
         (False, 0, 512),  # TopK, no AuxK
-        (False, 20, 8),  # TopK, AuxK picks the 8 largest of 20 dead features (bisection)
+        (False, 20, 8),  # TopK, AuxK picks the 8 largest of 20 dead features
         (True, 20, 512),  # BatchTopK (flat layout), every dead feature in AuxK
     ],
 )
