@@ -102,3 +102,13 @@ def test_feature_sharding_with_host_selection_equals_one_device(host_everywhere,
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(got_m.loss, ref_m.loss, rtol=1e-9)
     assert float(ref_m.dead_frac) > 0
+
+
+@pytest.mark.parametrize("platforms", [("cuda",), ("tpu",), ("cpu", "cuda")])
+def test_other_platforms_lower_to_lax_top_k(platforms):
+    """GPU and TPU (and a module exported for several platforms) select with ``lax.top_k``."""
+    spec = jax.ShapeDtypeStruct((64, row_select.HOST_SELECT_MIN // 64 + 1), jnp.float32)
+    f = jax.jit(lambda v: row_top_k(v, 8)[1])
+    text = jax.export.export(f, platforms=platforms)(spec).mlir_module()
+    assert "python_cpu_callback" not in text
+    assert "top_k" in text.lower() or "topk" in text.lower()

@@ -82,7 +82,6 @@ def _lax_indices(x: jax.Array, *, m: int) -> jax.Array:
 _argtop_p = Primitive("jaxsae_row_argtop")
 _argtop_p.def_impl(partial(jax.jit, static_argnames="m")(_lax_indices))
 _argtop_p.def_abstract_eval(lambda x, *, m: jax.core.ShapedArray((*x.shape[:-1], m), jnp.int32))
-mlir.register_lowering(_argtop_p, mlir.lower_fun(_lax_indices, multiple_results=False))
 
 
 def _batch_rule(args, dims, *, m):
@@ -93,7 +92,14 @@ def _batch_rule(args, dims, *, m):
 batching.primitive_batchers[_argtop_p] = _batch_rule
 
 
+_lax_lowering = mlir.lower_fun(_lax_indices, multiple_results=False)
+mlir.register_lowering(_argtop_p, _lax_lowering)  # GPU, TPU (and CPU without the emitter)
+
+
 def _cpu_lowering(ctx, x, *, m):
+    if len(ctx.module_context.platforms) > 1:  # exported for several platforms: no callbacks
+        return _lax_lowering(ctx, x, m=m)
+
     def callback(a: np.ndarray) -> tuple[np.ndarray]:
         return (_host_argtop(a, m),)
 
