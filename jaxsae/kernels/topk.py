@@ -735,24 +735,17 @@ def topk_family_loss(
     Returns:
       ``(loss, FamilyOutput)``.
     """
-    sparse = opts.sparse
     xf = x.reshape(-1, params.d_in)
-    f_local = params.d_sae
-    if sparse:
+    if opts.sparse:
         pre = _selection_pre_acts(params, xf)
     else:
         pre = topk_pre_acts(encoder_view(params, feature_axis), xf)
     codes = _active_codes(params, xf, pre, opts, feature_axis)
-    values, index = codes.values(params), codes.index
-    recon = _combine(codes.decode(params, values), feature_axis) + params.b_dec[None, :]
-    err = xf - recon
+    values = codes.values(params)
+    err = xf - _reconstruction(params, codes, values, feature_axis)
     err2 = jnp.sum(err**2, axis=-1)
     fvu = _fvu(xf, err2)
-    loss = fvu
-    for w in opts.levels[:-1]:  # the inner Matryoshka prefixes
-        v_w = jnp.where(index < w, values, 0)
-        r_w = _combine(codes.decode(params, v_w), feature_axis) + params.b_dec[None, :]
-        loss = loss + _fvu(xf, jnp.sum((xf - r_w) ** 2, axis=-1))
+    loss = sum(_inner_prefix_losses(params, xf, codes, values, opts.levels, feature_axis), fvu)
 
     zero = jnp.zeros((), xf.dtype)
     if dead_mask is not None:
@@ -761,25 +754,46 @@ def topk_family_loss(
     else:
         auxk = num_dead = zero
     loss = loss + jnp.asarray(aux_coeff, xf.dtype) * auxk
-
-    norms = decoder_norms(params)
-    recon_err = jnp.mean(err2)
-    active = values > 0
-    metrics = SAEMetrics(
-        loss=loss,
-        recon=recon_err,
-        mse=recon_err / params.d_in,
-        l1=psum(jnp.sum(values * norms[codes.local]) / xf.shape[0], feature_axis),
-        l0=psum(jnp.sum(active).astype(xf.dtype) / xf.shape[0], feature_axis),
-        fvu=fvu,
-        explained_variance=1.0 - fvu,
-        dec_norm=pmean(jnp.mean(norms), feature_axis),
-        auxk=auxk,
-        num_dead=num_dead,
+    metrics = _family_metrics(
+        params, codes, values, err2, feature_axis, loss=loss, fvu=fvu, auxk=auxk, num_dead=num_dead
     )
-    fired = jnp.zeros((f_local,), jnp.bool_).at[codes.local.reshape(-1)].max(active.reshape(-1))
+    active = values > 0
+    fired = (
+        jnp.zeros((params.d_sae,), jnp.bool_).at[codes.local.reshape(-1)].max(active.reshape(-1))
+    )
     min_active = jnp.min(jnp.where(active, lax.stop_gradient(values), jnp.inf))
     return loss, FamilyOutput(metrics, fired, min_active)
+
+
+def _reconstruction(params: SAEParams, codes: ActiveCodes, values, feature_axis) -> jax.Array:
+    """``x̂ = Σ`` (every slice's decoded active codes) ``+ b_dec``: ``(batch, d_in)``."""
+    return _combine(codes.decode(params, values), feature_axis) + params.b_dec[None, :]
+
+
+def _inner_prefix_losses(params, xf, codes: ActiveCodes, values, levels, feature_axis) -> list:
+    """``fvu(x, x̂_w)`` of each inner Matryoshka prefix ``[0, w)`` (none with one level), each
+    decoded from the batch's active codes of the features below ``w``."""
+    return [
+        _fvu(xf, jnp.sum((xf - _reconstruction(params, codes, v_w, feature_axis)) ** 2, axis=-1))
+        for v_w in (jnp.where(codes.index < w, values, 0) for w in levels[:-1])
+    ]
+
+
+def _family_metrics(params, codes: ActiveCodes, values, err2, feature_axis, **terms) -> SAEMetrics:
+    """``SAEMetrics`` of a batch from its codes and squared errors (``terms``: ``loss``, ``fvu``,
+    ``auxk``, ``num_dead``), global over the feature slices."""
+    n = err2.shape[0]
+    norms = decoder_norms(params)
+    recon_err = jnp.mean(err2)
+    return SAEMetrics(
+        recon=recon_err,
+        mse=recon_err / params.d_in,
+        l1=psum(jnp.sum(values * norms[codes.local]) / n, feature_axis),
+        l0=psum(jnp.sum(values > 0).astype(err2.dtype) / n, feature_axis),
+        explained_variance=1.0 - terms["fvu"],
+        dec_norm=pmean(jnp.mean(norms), feature_axis),
+        **terms,
+    )
 
 
 def _switched_auxk(p, xf, e, dead_mask, which, aux_k, caps):
