@@ -499,7 +499,7 @@ def splice_scores(
     Raises:
       ValueError: no head, a bad layer, no sequences or an invalid one.
     """
-    from jaxsae.protein.esm2 import esm2_prefix, residue_mask, resolve_layers
+    from jaxsae.protein.esm2 import resolve_layers
 
     t0 = time.perf_counter()
     config, params = model
@@ -511,46 +511,83 @@ def splice_scores(
             "(load_esm2_heads), found neither"
         )
     recs = _sequences(sequences, options.buckets[-1] - 2)
-    lengths = [len(r["sequence"]) for r in recs]
     params = jax.device_put(params)
     if mean is None:
         mean = _mean_activation((config, params), recs, layer, options)
+    run = _SpliceRun(
+        (config, params), reconstruct, mean, layer, lm, contact,
+        [len(r["sequence"]) for r in recs], options,
+    )  # fmt: skip
     unmasked, masked, kept = _LMTally(), _LMTally(), []
-    for tokens, seg, pos, placed in _batches(recs, options):
-        res = residue_mask(tokens, seg)
+    for batch in _batches(recs, options):
+        kept += _splice_batch(run, batch, unmasked, masked)
+    out = _splice_result(run, unmasked, masked, kept)
+    return {"layer": layer, "num_proteins": len(recs), **out, "seconds": time.perf_counter() - t0}
+
+
+@dataclasses.dataclass(frozen=True)
+class _SpliceRun:
+    """What every batch of ``splice_scores`` shares: the model (parameters on the device), the
+    SAE's ``reconstruct``, the mean-ablation value, the layer, the heads, the proteins' lengths
+    and the options."""
+
+    model: tuple[Any, Any]
+    reconstruct: Callable[[jax.Array], jax.Array]
+    mean: Any
+    layer: int
+    lm: Any
+    contact: Any
+    lengths: list[int]
+    options: SpliceOptions
+
+    def variants(self, tokens, seg, pos, res, contact) -> tuple[dict, Any]:
+        """Every variant (clean, SAE, zero, mean) run from ``layer`` on: ``(runs, pre)``."""
+        from jaxsae.protein.esm2 import esm2_prefix
+
+        config, params = self.model
         h, pre = esm2_prefix(
-            params, tokens, seg, pos, config=config, layer=layer, contact_head=contact
+            params, tokens, seg, pos, config=config, layer=self.layer, contact_head=contact
         )
-        runs = _run_variants(
-            (config, params), _variants(h, res, reconstruct, mean), seg, pos, res, layer, contact
-        )
-        if contact is not None:
-            kept += _contact_kept(contact, runs, pre, seg, res, placed, lengths, options)
-        if lm is None:
-            continue
-        unmasked.add(config, lm, {v: r[0] for v, r in runs.items()}, tokens, res)
-        if options.mask_fraction > 0:
-            mtok, scored = _masked_batch(tokens, placed, lengths, options)
-            hm, _ = esm2_prefix(params, mtok, seg, pos, config=config, layer=layer)
-            runs = _run_variants(
-                (config, params), _variants(hm, res, reconstruct, mean), seg, pos, res, layer,
-                None,
-            )  # fmt: skip
-            masked.add(config, lm, {v: r[0] for v, r in runs.items()}, tokens, scored)
-    out: dict[str, Any] = {"layer": layer, "num_proteins": len(recs)}
-    out["lm_unmasked"] = unmasked.result() if lm is not None else None
-    out["lm_masked"] = (
-        {
+        hs = _variants(h, res, self.reconstruct, self.mean)
+        return _run_variants(self.model, hs, seg, pos, res, self.layer, contact), pre
+
+
+def _splice_batch(run: _SpliceRun, batch, unmasked: _LMTally, masked: _LMTally) -> list[dict]:
+    """One batch: the LM tallies updated (unmasked, then masked), the contacts kept returned."""
+    from jaxsae.protein.esm2 import residue_mask
+
+    tokens, seg, pos, placed = batch
+    config = run.model[0]
+    res = residue_mask(tokens, seg)
+    runs, pre = run.variants(tokens, seg, pos, res, run.contact)
+    kept = []
+    if run.contact is not None:
+        kept = _contact_kept(run.contact, runs, pre, seg, res, placed, run.lengths, run.options)
+    if run.lm is None:
+        return kept
+    unmasked.add(config, run.lm, {v: r[0] for v, r in runs.items()}, tokens, res)
+    if run.options.mask_fraction > 0:
+        mtok, scored = _masked_batch(tokens, placed, run.lengths, run.options)
+        runs, _ = run.variants(mtok, seg, pos, res, None)
+        masked.add(config, run.lm, {v: r[0] for v, r in runs.items()}, tokens, scored)
+    return kept
+
+
+def _splice_result(run: _SpliceRun, unmasked: _LMTally, masked: _LMTally, kept: list) -> dict:
+    """``{"lm_unmasked", "lm_masked", "contacts"}`` (``None`` where a head or masking is off)."""
+    opts, lm = run.options, run.lm
+    lm_masked = None
+    if lm is not None and opts.mask_fraction > 0:
+        lm_masked = {
             **masked.result(),
-            "mask_fraction": options.mask_fraction,
-            "mask_scheme": options.mask_scheme,
-        }  # fmt: skip
-        if lm is not None and options.mask_fraction > 0
-        else None
-    )
-    out["contacts"] = _contact_result(kept, options) if contact is not None else None
-    out["seconds"] = time.perf_counter() - t0
-    return out
+            "mask_fraction": opts.mask_fraction,
+            "mask_scheme": opts.mask_scheme,
+        }
+    return {
+        "lm_unmasked": unmasked.result() if lm is not None else None,
+        "lm_masked": lm_masked,
+        "contacts": _contact_result(kept, opts) if run.contact is not None else None,
+    }
 
 
 def _contact_result(kept: list[dict], opts: SpliceOptions) -> dict:
