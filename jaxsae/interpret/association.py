@@ -509,28 +509,9 @@ def associate(
         raise ValueError("associate: expected at least one concept set, found none")
     thr = np.asarray(tuple(thresholds), np.float32)
     num_f = featurizer.num_features
-    max_act = np.asarray(max_act, np.float32)
-    if max_act.shape != (num_f,):
-        raise ValueError(f"max_act: expected shape ({num_f},), found {max_act.shape}")
-    inv_scale = np.where(max_act > 0, 1.0 / np.where(max_act > 0, max_act, 1.0), 0.0)
-    inv_scale = inv_scale.astype(np.float32)
-    base = split_codes(proteins)
-    splits = list(splits) if splits is not None else [None] * len(concept_sets)
-    if len(splits) != len(concept_sets):
-        raise ValueError(f"splits: expected {len(concept_sets)} entries, found {len(splits)}")
-    evals = []
-    for sp in splits:
-        code = base if sp is None else np.asarray(sp)
-        if code.shape != base.shape:
-            raise ValueError(f"splits: expected shape {base.shape}, found {code.shape}")
-        evals.append(np.where(code == 1, 0, np.where(code == 2, 1, -1)))
-    sizes = [len(t.names) for t in concept_sets]
-    col0 = tuple(int(c) for c in np.concatenate([[0], np.cumsum(sizes)[:-1]]))
-    layout = _Layout(tuple(concept_sets), tuple(evals), col0, int(sum(sizes)))
+    inv_scale = _inverse_scale(max_act, num_f)
+    layout, any_eval = _eval_layout(proteins, concept_sets, splits)
     num_s, num_k, num_g = 2, layout.num_k, len(concept_sets)
-    any_eval = np.zeros_like(base, dtype=bool)
-    for ev in evals:
-        any_eval |= ev >= 0
 
     tally = _Tally(thr, num_f, num_k, num_g)
     step = _step(featurizer.apply)
@@ -539,7 +520,7 @@ def associate(
         chunks = progress(chunks)
     for n_chunk, (acts, index) in enumerate(chunks):
         prot = np.asarray(index[:, 0], np.int64)
-        if not any_eval[np.clip(prot, 0, len(base) - 1)].any():
+        if not any_eval[np.clip(prot, 0, len(any_eval) - 1)].any():
             continue
         cm, masks, starts, ends, ic, bidx, partial = _chunk_inputs(
             layout, np.asarray(index), chunk_size, num_s
@@ -553,7 +534,40 @@ def associate(
             tally.add_partial(np.asarray(bhit), partial)
         if (n_chunk + 1) % 4096 == 0:  # float32 sums stay exact below 2^24 rows
             tally.drain()
-    return tally.result(sizes, col0)
+    return tally.result([len(t.names) for t in concept_sets], layout.col0)
+
+
+def _inverse_scale(max_act: Any, num_f: int) -> np.ndarray:
+    """``(F,)`` float32 ``1 / max_act`` (0 for features that never fire), after a shape check."""
+    max_act = np.asarray(max_act, np.float32)
+    if max_act.shape != (num_f,):
+        raise ValueError(f"max_act: expected shape ({num_f},), found {max_act.shape}")
+    inv_scale = np.where(max_act > 0, 1.0 / np.where(max_act > 0, max_act, 1.0), 0.0)
+    return inv_scale.astype(np.float32)
+
+
+def _eval_layout(
+    proteins: Sequence[dict], concept_sets: Sequence[ConceptTable], splits: Sequence[Any] | None
+) -> tuple[_Layout, np.ndarray]:
+    """The concept sets' ``_Layout`` (each set's evaluation split per protein: 0 valid, 1 test,
+    −1 not counted) and ``(P,)`` bool: the protein counts for some set."""
+    base = split_codes(proteins)
+    splits = list(splits) if splits is not None else [None] * len(concept_sets)
+    if len(splits) != len(concept_sets):
+        raise ValueError(f"splits: expected {len(concept_sets)} entries, found {len(splits)}")
+    evals = []
+    for sp in splits:
+        code = base if sp is None else np.asarray(sp)
+        if code.shape != base.shape:
+            raise ValueError(f"splits: expected shape {base.shape}, found {code.shape}")
+        evals.append(np.where(code == 1, 0, np.where(code == 2, 1, -1)))
+    sizes = [len(t.names) for t in concept_sets]
+    col0 = tuple(int(c) for c in np.concatenate([[0], np.cumsum(sizes)[:-1]]))
+    layout = _Layout(tuple(concept_sets), tuple(evals), col0, int(sum(sizes)))
+    any_eval = np.zeros_like(base, dtype=bool)
+    for ev in evals:
+        any_eval |= ev >= 0
+    return layout, any_eval
 
 
 class _Tally:
