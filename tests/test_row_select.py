@@ -41,6 +41,18 @@ def test_same_entries_as_lax_top_k(dtype, shape, m):
     np.testing.assert_array_equal(v, jnp.take_along_axis(x, i, axis=-1))
 
 
+def test_ordered_equals_lax_top_k_exactly(host_everywhere):
+    x = jax.random.normal(jax.random.key(3), (200, 300))
+    # a tie inside the selection (entries 5 and 7 are each row's largest): equal values come by
+    # increasing index, as in lax.top_k (a tie at the m-th value may select either entry)
+    x = x.at[:, 7].set(jnp.max(x, axis=1) + 1).at[:, 5].set(jnp.max(x, axis=1) + 1)
+    for m in (2, 16, 64):
+        got = jax.jit(partial(row_top_k, m=m, ordered=True))(x)
+        want = jax.lax.top_k(x, m)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
 def test_bfloat16_selects_the_same_values():
     x = jax.random.normal(jax.random.key(2), (300, 257)).astype(jnp.bfloat16)  # with ties
     v, _ = jax.jit(row_top_k, static_argnums=1)(x, 40)

@@ -122,12 +122,15 @@ if emit_python_callback is not None:
     mlir.register_lowering(_argtop_p, _cpu_lowering, platform="cpu")
 
 
-def row_top_k(x: jax.Array, m: int) -> tuple[jax.Array, jax.Array]:
-    """The ``m`` largest entries of each row of ``x``, in no particular order within a row.
+def row_top_k(x: jax.Array, m: int, *, ordered: bool = False) -> tuple[jax.Array, jax.Array]:
+    """The ``m`` largest entries of each row of ``x``.
 
     Args:
       x: ``(..., n)`` float array (finite).
       m: entries per row (static), ``0 < m ≤ n``.
+      ordered: ``False`` (default): in no particular order within a row. ``True``: as
+        ``lax.top_k`` orders them, values descending and equal values by increasing index (a
+        sort of the ``m`` selected entries only).
 
     Returns:
       ``(values, indices)``, each ``(..., m)``; ``indices`` int32. ``values`` is differentiable
@@ -140,4 +143,6 @@ def row_top_k(x: jax.Array, m: int) -> tuple[jax.Array, jax.Array]:
     if keys.dtype not in (jnp.float32, jnp.float64):
         keys = keys.astype(jnp.float32)  # NumPy has no fast path for bfloat16; order unchanged
     idx = _argtop_p.bind(keys, m=m)
+    if ordered:
+        _, idx = lax.sort((-jnp.take_along_axis(keys, idx, axis=-1), idx), num_keys=2)
     return jnp.take_along_axis(x, idx, axis=-1), idx

@@ -155,7 +155,7 @@ def topk_encode(params: SAEParams, x: ArrayLike, k: int) -> tuple[jax.Array, jax
 
 @partial(jax.jit, static_argnums=2)
 def _topk_encode(params: SAEParams, x: jax.Array, k: int):
-    top, indices = lax.top_k(topk_pre_acts(params, x), k)
+    top, indices = row_top_k(topk_pre_acts(params, x), k, ordered=True)
     values = jnp.maximum(top, 0)
     return _dense_codes(values, indices, params.d_sae), values, indices
 
@@ -395,7 +395,7 @@ def topk_forward(params: SAEParams, x: ArrayLike, k: int) -> SAEOutput:
 @partial(jax.jit, static_argnums=2)
 def _topk_forward(params: SAEParams, x: jax.Array, k: int) -> SAEOutput:
     pre = topk_pre_acts(params, x)
-    top, indices = lax.top_k(pre, k)
+    top, indices = row_top_k(pre, k, ordered=True)
     values = jnp.maximum(top, 0)
     codes = _dense_codes(values, indices, params.d_sae)
     return SAEOutput(codes=codes, recon=_topk_decode(params, values, indices), pre_acts=pre)
