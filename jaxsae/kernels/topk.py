@@ -449,19 +449,15 @@ def select_rows(pre: jax.Array, m: int, feature_axis: str | None = None) -> Sele
     return Selection(top, jnp.where(mine, index - off, 0), mine, index)
 
 
-def nth_largest_positive(
-    v: jax.Array, n: int, *, per_row: bool = False, axis_name: str | None = None
-) -> jax.Array:
+def nth_largest_positive(v: jax.Array, n: int, *, axis_name: str | None = None) -> jax.Array:
     """The ``n``-th largest of the positive part of ``v`` (``0`` if fewer are positive).
 
-    Over all of ``v``, or over each row of a 2-D ``v`` (``per_row``), and over every device's
-    ``v`` along the mesh axis ``axis_name`` (counts summed with ``psum``). Found exactly by
-    bisection on the bit patterns of the non-negative values, which order like the values: one
-    count per bit, much cheaper on a CPU than ``lax.top_k`` or a sort when ``n`` is large.
+    Over all of ``v`` and over every device's ``v`` along the mesh axis ``axis_name`` (counts
+    summed with ``psum``). Found exactly by bisection on the bit patterns of the non-negative
+    values, which order like the values: one count per bit, much cheaper on a CPU than a
+    selection or a sort when ``n`` is large (BatchTopK's ``k · batch``).
     """
-    v = jnp.where(v > 0, v, 0)
-    if not per_row:
-        v = v.reshape(1, -1)
+    v = jnp.where(v > 0, v, 0).reshape(-1)
     itype = jnp.int64 if v.dtype == jnp.float64 else jnp.int32
     bits = lax.bitcast_convert_type(v, itype)
     nbits = jnp.finfo(v.dtype).bits - 1
@@ -469,14 +465,12 @@ def nth_largest_positive(
     def body(_, lohi):
         lo, hi = lohi
         mid = lo + (hi - lo) // 2
-        enough = psum(jnp.sum(bits >= mid[:, None], axis=1), axis_name) >= n
+        enough = psum(jnp.sum(bits >= mid), axis_name) >= n
         return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid)
 
-    rows = v.shape[0]
-    start = (jnp.zeros((rows,), itype), jnp.full((rows,), jnp.iinfo(itype).max, itype))
+    start = (jnp.zeros((), itype), jnp.array(jnp.iinfo(itype).max, itype))
     lo, _ = lax.fori_loop(0, nbits, body, start)
-    out = lax.bitcast_convert_type(lo, v.dtype)
-    return out if per_row else out[0]
+    return lax.bitcast_convert_type(lo, v.dtype)
 
 
 def batch_cutoff(top: jax.Array, n_active: int) -> jax.Array:
