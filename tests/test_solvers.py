@@ -589,3 +589,21 @@ def test_working_sets_do_not_repeat_a_round():
     sets = np.array([[3, 1, 2], [4, 5, 6]])
     nxt = np.array([[1, 2, 3], [4, 5, 7]])
     assert working_set._unchanged(sets, nxt).tolist() == [True, False]
+
+
+def test_working_set_selection_splits_the_best_first():
+    # a block large enough for the host selection (row_top_k): the same atoms as lax.top_k, and
+    # the first k of the 2k are the k best (the support's atoms, scored highest, among them)
+    from jaxsae.kernels.row_select import HOST_SELECT_MIN
+
+    n, F, k = 16, 4096, 32
+    assert n * F >= HOST_SELECT_MIN
+    rng = np.random.default_rng(4)
+    G = jnp.asarray(rng.standard_normal((n, F)), jnp.float32)
+    C = jnp.zeros((n, F), jnp.float32).at[:, :5].set(1.0)
+    scores = working_set._scores(G, C, jnp.ones((F,), jnp.float32), nonneg=False)
+    sets = np.asarray(jax.jit(working_set._top_sets, static_argnums=(1, 2))(scores, 2 * k, k))
+    ref = np.asarray(jax.lax.top_k(scores, 2 * k)[1])
+    assert np.array_equal(np.sort(sets, axis=1), np.sort(ref, axis=1))
+    assert np.array_equal(np.sort(sets[:, :k], axis=1), np.sort(ref[:, :k], axis=1))
+    assert np.all(np.sort(sets[:, :k], axis=1)[:, :5] == np.arange(5))

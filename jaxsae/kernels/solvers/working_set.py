@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsae.kernels.lasso import gap_from_residual, high_dtype
+from jaxsae.kernels.row_select import row_top_k
 from jaxsae.kernels.solvers.common import bucket, pad_index, relative_gaps
 from jaxsae.kernels.solvers.homotopy import Path, path_step
 
@@ -79,16 +80,31 @@ class WorkingSetResult(NamedTuple):
 
 
 def _scores(G: jax.Array, C: jax.Array, reg: jax.Array, nonneg: bool) -> jax.Array:
-    """``(B, F)`` how strongly each atom asks to join: ``excess(g_j) / λ_j``, the support first."""
+    """``(B, F)`` how strongly each atom asks to join: ``excess(g_j) / λ_j``, the support first
+    (the largest finite value: ``row_top_k`` takes finite scores)."""
     excess = jnp.maximum(G, 0) if nonneg else jnp.abs(G)
-    return jnp.where(C != 0, jnp.inf, excess / reg[None, :])
+    return jnp.where(C != 0, jnp.finfo(G.dtype).max, excess / reg[None, :])
+
+
+def _top_sets(scores: jax.Array, k: int, first: int) -> jax.Array:
+    """``(n, k)`` int32 the ``k`` highest-scoring atoms of each row of ``scores (n, F)``, the
+    ``first`` highest first (as a set, in no particular order within each part).
+
+    The selection over all ``F`` atoms is ``row_top_k`` (on a CPU, NumPy's introselect on every
+    core: XLA's ``TopK`` is a single-threaded heap whose cost grows with ``k``); the split
+    into the ``first`` best and the rest sorts only the ``k`` selected scores."""
+    vals, idx = row_top_k(scores, k)
+    if first >= k:
+        return idx
+    order = jnp.argsort(-vals, axis=1)
+    return jnp.take_along_axis(idx, order, axis=1)
 
 
 @functools.partial(jax.jit, static_argnames=("k", "nonneg"))
 def _first_sets(X, W, reg, *, k: int, nonneg: bool) -> jax.Array:
     """``(B, k)`` the atoms most correlated with each input (the residual at ``c = 0``)."""
     G = X @ W.T
-    return jax.lax.top_k(_scores(G, jnp.zeros_like(G), reg, nonneg), k)[1]
+    return _top_sets(_scores(G, jnp.zeros_like(G), reg, nonneg), k, k)
 
 
 def _row(M: jax.Array, i: jax.Array) -> jax.Array:
@@ -156,7 +172,7 @@ def _round(X, W, W_hi, reg, sets, max_kinks, *, K: int, nonneg: bool, k_next: in
 
     ``X (n, D)``, ``sets (n, k)``, ``W_hi`` the dictionary in the certificate's precision.
     Returns ``(codes (n, F), gap (n,), objective (n,), path_done (n,) bool, kinks,
-    next_sets (n, k_next))``."""
+    next_sets (n, k_next))``; ``next_sets[:, :k]`` are the ``k`` best of them."""
     n, k = sets.shape
     F = W.shape[0]
     W_S, reg_S = W[sets], reg[sets]  # (n, k, D), (n, k)
@@ -182,9 +198,9 @@ def _round(X, W, W_hi, reg, sets, max_kinks, *, K: int, nonneg: bool, k_next: in
     R = X_h - jnp.einsum("bs,bsd->bd", cs.astype(hi), W_A)
     G = R @ W_hi.T
     gap, obj = gap_from_residual(C.astype(hi), R, G, reg.astype(hi), nonneg)
-    # the selection in float32: XLA's top_k is several times slower in float64
+    # the selection in float32 (half the bytes to select from)
     scores = _scores(G.astype(jnp.float32), C, reg.astype(jnp.float32), nonneg)
-    next_sets = jax.lax.top_k(scores, k_next)[1]
+    next_sets = _top_sets(scores, k_next, k)
     return C, gap.astype(X.dtype), obj.astype(X.dtype), p.done, p.steps, next_sets
 
 
