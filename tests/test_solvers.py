@@ -607,3 +607,24 @@ def test_working_set_selection_splits_the_best_first():
     assert np.array_equal(np.sort(sets, axis=1), np.sort(ref, axis=1))
     assert np.array_equal(np.sort(sets[:, :k], axis=1), np.sort(ref[:, :k], axis=1))
     assert np.all(np.sort(sets[:, :k], axis=1)[:, :5] == np.arange(5))
+
+
+def test_refinement_drops_a_code_of_the_wrong_sign():
+    # the equations on three slots give the third code a sign opposite to its slot's: it
+    # leaves, and the codes are the solution on the other two (the inverse Gram downdated)
+    rng = np.random.default_rng(5)
+    W_A = rng.standard_normal((3, 12))
+    G = W_A @ W_A.T
+    lam, sign = np.full(3, 0.1), np.ones(3)
+    x = W_A.T @ (np.array([1.0, 0.8, -0.05]) + np.linalg.solve(G, lam * sign))
+    args = [jnp.asarray(a[None]) for a in (x, W_A, lam, sign, np.zeros(3))]
+    cs, occ = homotopy.refine_active(
+        *args,
+        jnp.ones((1, 3), bool),
+        jnp.asarray(np.linalg.inv(G)[None]),
+        jnp.ones((1,), bool),
+        steps=2,
+    )
+    expect = np.linalg.solve(G[:2, :2], W_A[:2] @ x - lam[:2])
+    assert occ.tolist() == [[True, True, False]]
+    np.testing.assert_allclose(cs[0], [*expect, 0], atol=1e-10)

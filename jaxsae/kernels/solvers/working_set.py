@@ -35,7 +35,7 @@ import numpy as np
 from jaxsae.kernels.lasso import gap_from_residual, high_dtype
 from jaxsae.kernels.row_select import row_top_k
 from jaxsae.kernels.solvers.common import bucket, pad_index, relative_gaps
-from jaxsae.kernels.solvers.homotopy import Path, path_step
+from jaxsae.kernels.solvers.homotopy import Path, path_step, refine_active
 
 # the smallest working set, and the largest
 MIN_SIZE = 64
@@ -183,18 +183,22 @@ def _round(X, W, W_hi, reg, sets, max_kinks, *, K: int, nonneg: bool, k_next: in
     hi = high_dtype(X.dtype)
     W_A = jnp.take_along_axis(W_S, p.atom[:, :, None], axis=1).astype(hi)  # (n, K, D)
     X_h = X.astype(hi)
-    cs = jnp.where(p.occ, p.codes, 0).astype(hi)
     lam = jnp.take_along_axis(reg_S, p.atom, 1).astype(hi)
-    H_hi = p.H.astype(hi)
-    for _ in range(REFINE):
-        r = X_h - jnp.einsum("bs,bsd->bd", cs, W_A)
-        e = jnp.where(p.occ, jnp.einsum("bsd,bd->bs", W_A, r) - lam * p.sign, 0)
-        step = jnp.einsum("bij,bj->bi", H_hi, e)
-        cs = jnp.where(p.done[:, None] & p.occ, cs + step, cs)
+    cs, occ = refine_active(
+        X_h,
+        W_A,
+        lam,
+        p.sign.astype(hi),
+        p.codes.astype(hi),
+        p.occ,
+        p.H.astype(hi),
+        p.done,
+        steps=REFINE,
+    )
     cs = cs.astype(X.dtype)
     rows = jnp.arange(n)[:, None]
     slot_atoms = jnp.take_along_axis(sets, p.atom, 1)
-    C = jnp.zeros((n, F), X.dtype).at[rows, jnp.where(p.occ, slot_atoms, F)].set(cs, mode="drop")
+    C = jnp.zeros((n, F), X.dtype).at[rows, jnp.where(occ, slot_atoms, F)].set(cs, mode="drop")
     R = X_h - jnp.einsum("bs,bsd->bd", cs.astype(hi), W_A)
     G = R @ W_hi.T
     gap, obj = gap_from_residual(C.astype(hi), R, G, reg.astype(hi), nonneg)
