@@ -166,11 +166,11 @@ def path_step(p: Path, reg: jax.Array, *, nonneg: bool, direction, gram_row):
     )
     gone = (jnp.arange(K)[None, :] == i[:, None]) & rem[:, None]  # (B, K)
     keep = ~gone
-    H = jnp.where(
-        keep[:, :, None] & keep[:, None, :],
-        p.H + coef[:, None, None] * v[:, :, None] * v[:, None, :],
-        0,
-    )
+    # the rank-one term, then the dropped slot's row and column exactly zero (two small
+    # scatters: a mask over all of H would be one more pass over it)
+    H = p.H + jnp.einsum("bi,bj->bij", coef[:, None] * v, v)
+    off = jnp.where(rem, i, K)
+    H = H.at[rows[:, 0], off].set(0, mode="drop").at[rows[:, 0], :, off].set(0, mode="drop")
     new = (jnp.arange(K)[None, :] == slot[:, None]) & add[:, None]
     codes = jnp.where(gone | new, 0, codes)
     atom_i = jnp.take_along_axis(p.atom, i[:, None], 1)[:, 0]

@@ -156,7 +156,7 @@ def _local_paths(X, W_S, reg_S, max_kinks, *, K: int, nonneg: bool) -> Path:
             q,
             reg_S,
             nonneg=nonneg,
-            direction=lambda _, d: jnp.sum(d[:, :, None] * rows, axis=1),
+            direction=lambda _, d: jnp.einsum("bs,bsk->bk", d, rows),
             gram_row=gram_row,
         )
         # the joining atom's Gram row into its slot, in place (a select would rewrite all rows)
