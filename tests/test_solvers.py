@@ -628,3 +628,23 @@ def test_refinement_drops_a_code_of_the_wrong_sign():
     expect = np.linalg.solve(G[:2, :2], W_A[:2] @ x - lam[:2])
     assert occ.tolist() == [[True, True, False]]
     np.testing.assert_allclose(cs[0], [*expect, 0], atol=1e-10)
+
+
+def test_support_joined_by_its_violators_is_solved_exactly():
+    # codes exact on the support less one atom: that atom violates its constraint; the
+    # support joined by its violators, solved exactly, gives the optimum back
+    Xb, Wb, reg = make_lasso_problem(9, B=6, D=20, F=96, nnz=(3, 9))
+    ref = solve_lasso(Xb, Wb, reg, tol=1e-12)
+    C = np.asarray(ref.codes)
+    C0 = np.zeros_like(C)
+    for b in range(len(C)):
+        S = np.flatnonzero(C[b])
+        S = np.delete(S, np.argmin(np.abs(C[b, S])))
+        WS = Wb[S]
+        C0[b, S] = np.linalg.solve(WS @ WS.T, WS @ Xb[b] - reg * np.sign(C[b, S]))
+    regv = jnp.full((96,), reg)
+    C2, gap, obj = working_set._support_and_violators(
+        jnp.asarray(Xb), jnp.asarray(Wb), regv, jnp.asarray(C0), S=16, V=4, nonneg=False
+    )
+    assert np.all(np.asarray(gap) <= 1e-10 * np.asarray(obj))
+    np.testing.assert_allclose(C2, C, atol=1e-8)
