@@ -11,7 +11,12 @@ atom and the duality gap over the *full* problem, in float64 when x64 is enabled
 relative gap is ``≤ tol`` is certified (its restricted solution is the global one, Fercoq et al.
 2015); the others get a new working set from the new correlations (the support kept, the atoms
 that violate ``|g_j| ≤ λ_j`` most added, ``k`` doubled when the support fills half of it) and
-go round again (celer, Massias et al. 2018, with exact inner solves).
+go round again (celer, Massias et al. 2018, with exact inner solves). The selections over all
+``F`` atoms go through ``row_top_k`` (on a CPU, NumPy's introselect on every core). A path run
+in float32 can miss a kink within ~1e-6 of its end (a code of the wrong sign, or an atom that
+violates its constraint by a hair): the Newton refinement removes such codes, and the samples
+still uncertified after the rounds are solved once more, exactly, on their support joined by
+their worst violators (``_finish``), before any iterations.
 
 Memory: ``O(F·D + B·F)`` for the dictionary and the correlations, plus ``O(n·k·D + n·k²)`` for the
 working sets of the ``n`` samples of a chunk, with ``n`` chosen so that ``n·k·D`` stays under
