@@ -589,3 +589,62 @@ def test_working_sets_do_not_repeat_a_round():
     sets = np.array([[3, 1, 2], [4, 5, 6]])
     nxt = np.array([[1, 2, 3], [4, 5, 7]])
     assert working_set._unchanged(sets, nxt).tolist() == [True, False]
+
+
+def test_working_set_selection_splits_the_best_first():
+    # a block large enough for the host selection (row_top_k): the same atoms as lax.top_k, and
+    # the first k of the 2k are the k best (the support's atoms, scored highest, among them)
+    from jaxsae.kernels.row_select import HOST_SELECT_MIN
+
+    n, F, k = 16, 4096, 32
+    assert n * F >= HOST_SELECT_MIN
+    rng = np.random.default_rng(4)
+    G = jnp.asarray(rng.standard_normal((n, F)), jnp.float32)
+    C = jnp.zeros((n, F), jnp.float32).at[:, :5].set(1.0)
+    scores = working_set._scores(G, C, jnp.ones((F,), jnp.float32), nonneg=False)
+    sets = np.asarray(jax.jit(working_set._top_sets, static_argnums=(1, 2))(scores, 2 * k, k))
+    ref = np.asarray(jax.lax.top_k(scores, 2 * k)[1])
+    assert np.array_equal(np.sort(sets, axis=1), np.sort(ref, axis=1))
+    assert np.array_equal(np.sort(sets[:, :k], axis=1), np.sort(ref[:, :k], axis=1))
+    assert np.all(np.sort(sets[:, :k], axis=1)[:, :5] == np.arange(5))
+
+
+def test_refinement_drops_a_code_of_the_wrong_sign():
+    # the equations on three slots give the third code a sign opposite to its slot's: it
+    # leaves, and the codes are the solution on the other two (the inverse Gram downdated)
+    rng = np.random.default_rng(5)
+    W_A = rng.standard_normal((3, 12))
+    G = W_A @ W_A.T
+    lam, sign = np.full(3, 0.1), np.ones(3)
+    x = W_A.T @ (np.array([1.0, 0.8, -0.05]) + np.linalg.solve(G, lam * sign))
+    args = [jnp.asarray(a[None]) for a in (x, W_A, lam, sign, np.zeros(3))]
+    cs, occ = homotopy.refine_active(
+        *args,
+        jnp.ones((1, 3), bool),
+        jnp.asarray(np.linalg.inv(G)[None]),
+        jnp.ones((1,), bool),
+        steps=2,
+    )
+    expect = np.linalg.solve(G[:2, :2], W_A[:2] @ x - lam[:2])
+    assert occ.tolist() == [[True, True, False]]
+    np.testing.assert_allclose(cs[0], [*expect, 0], atol=1e-10)
+
+
+def test_support_joined_by_its_violators_is_solved_exactly():
+    # codes exact on the support less one atom: that atom violates its constraint; the
+    # support joined by its violators, solved exactly, gives the optimum back
+    Xb, Wb, reg = make_lasso_problem(9, B=6, D=20, F=96, nnz=(3, 9))
+    ref = solve_lasso(Xb, Wb, reg, tol=1e-12)
+    C = np.asarray(ref.codes)
+    C0 = np.zeros_like(C)
+    for b in range(len(C)):
+        S = np.flatnonzero(C[b])
+        S = np.delete(S, np.argmin(np.abs(C[b, S])))
+        WS = Wb[S]
+        C0[b, S] = np.linalg.solve(WS @ WS.T, WS @ Xb[b] - reg * np.sign(C[b, S]))
+    regv = jnp.full((96,), reg)
+    C2, gap, obj = working_set._support_and_violators(
+        jnp.asarray(Xb), jnp.asarray(Wb), regv, jnp.asarray(C0), S=16, V=4, nonneg=False
+    )
+    assert np.all(np.asarray(gap) <= 1e-10 * np.asarray(obj))
+    np.testing.assert_allclose(C2, C, atol=1e-8)

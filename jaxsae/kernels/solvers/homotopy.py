@@ -166,11 +166,11 @@ def path_step(p: Path, reg: jax.Array, *, nonneg: bool, direction, gram_row):
     )
     gone = (jnp.arange(K)[None, :] == i[:, None]) & rem[:, None]  # (B, K)
     keep = ~gone
-    H = jnp.where(
-        keep[:, :, None] & keep[:, None, :],
-        p.H + coef[:, None, None] * v[:, :, None] * v[:, None, :],
-        0,
-    )
+    # the rank-one term, then the dropped slot's row and column exactly zero (two small
+    # scatters: a mask over all of H would be one more pass over it)
+    H = p.H + jnp.einsum("bi,bj->bij", coef[:, None] * v, v)
+    off = jnp.where(rem, i, K)
+    H = H.at[rows[:, 0], off].set(0, mode="drop").at[rows[:, 0], :, off].set(0, mode="drop")
     new = (jnp.arange(K)[None, :] == slot[:, None]) & add[:, None]
     codes = jnp.where(gone | new, 0, codes)
     atom_i = jnp.take_along_axis(p.atom, i[:, None], 1)[:, 0]
@@ -220,12 +220,67 @@ def path_block(X, W, G, reg, p: Path, min_running, max_steps, *, nonneg: bool) -
     return jax.lax.while_loop(cond, step, p)
 
 
+# codes of the wrong sign removed after the Newton steps, at most this many per sample
+MAX_DROPS = 4
+
+
+def refine_active(Xh, W_A, lam, sign, cs, occ, H, done, *, steps: int):
+    """Newton steps ``c_A += H (W_A r − λ_A s_A)`` on the active set of the samples at ``τ = 1``
+    (undoing the drift of the path's incremental updates), in the precision of the arguments.
+
+    A code that comes out with the wrong sign (``c_i s_i < 0``: the path, in low precision,
+    missed the kink where it leaves; the equations then hold on the wrong set) is removed: its
+    slot is cleared, ``H`` downdated to the inverse Gram of the others (``H − h hᵀ / h_ii``) and
+    the steps repeated, at most ``MAX_DROPS`` times per sample (one code per time).
+
+    Args:
+      Xh: ``(B, D)`` inputs; W_A: ``(B, K, D)`` the slots' atoms; lam, sign: ``(B, K)`` their
+        ``λ`` and signs; cs: ``(B, K)`` codes; occ: ``(B, K)`` bool, slot occupied; H: ``(B, K,
+        K)`` inverse Gram of the occupied slots; done: ``(B,)`` bool, at ``τ = 1``.
+
+    Returns:
+      ``(cs, occ)``: the refined codes (zero in free slots) and the slots still occupied.
+    """
+    K = occ.shape[1]
+
+    def newton(cs, occ, H):
+        cs = jnp.where(occ, cs, 0)
+        for _ in range(steps):
+            r = Xh - jnp.einsum("bs,bsd->bd", cs, W_A)
+            e = jnp.where(occ, jnp.einsum("bsd,bd->bs", W_A, r) - lam * sign, 0)
+            cs = jnp.where(done[:, None] & occ, cs + jnp.einsum("bij,bj->bi", H, e), cs)
+        return cs
+
+    def wrong(cs, occ):
+        return occ & (cs * sign < 0) & done[:, None]
+
+    def cond(c):
+        cs, occ, _, n = c
+        return (n < MAX_DROPS) & jnp.any(wrong(cs, occ))
+
+    def body(c):
+        cs, occ, H, n = c
+        bad = wrong(cs, occ)
+        has = jnp.any(bad, axis=1)
+        i = jnp.argmax(bad, axis=1)
+        h = jnp.take_along_axis(H, i[:, None, None], axis=1)[:, 0, :]  # (B, K), row i
+        hii = jnp.take_along_axis(h, i[:, None], 1)
+        gone = (jnp.arange(K)[None, :] == i[:, None]) & has[:, None]
+        H = jnp.where(has[:, None, None], H - h[:, :, None] * (h / hii)[:, None, :], H)
+        H = jnp.where(gone[:, :, None] | gone[:, None, :], 0, H)
+        occ = occ & ~gone
+        return newton(cs, occ, H), occ, H, n + 1
+
+    cs = newton(cs, occ, H)
+    cs, occ, _, _ = jax.lax.while_loop(cond, body, (cs, occ, H, jnp.asarray(0, jnp.int32)))
+    return jnp.where(occ, cs, 0), occ
+
+
 @functools.partial(jax.jit, static_argnames=("nonneg", "refine"))
 def path_finish(X, W, reg, p: Path, take, *, nonneg: bool, refine: int):
     """The codes of the rows ``take`` of a block; those of the samples at ``τ = 1`` refined by
-    Newton steps on their active set (``c_A += G_AA⁻¹ (W_A r − λ_A s_A)``, undoing the drift of
-    the incremental updates), and the duality gaps in the highest available precision (float64
-    when x64 is enabled).
+    ``refine`` Newton steps on their active set (``refine_active``), and the duality gaps in the
+    highest available precision (float64 when x64 is enabled).
 
     Returns ``(codes (n, F), gap (n,), objective (n,))`` in ``X.dtype``, ``n = len(take)``."""
     X = X[take]
@@ -234,13 +289,17 @@ def path_finish(X, W, reg, p: Path, take, *, nonneg: bool, refine: int):
     hi = high_dtype(X.dtype)
     # in the highest available precision, with products over the active atoms only
     W_act, Xh = W[atom].astype(hi), X.astype(hi)
-    cs = jnp.where(occ, cs0, 0).astype(hi)
-    for _ in range(refine):  # W_A r = λ_A s_A on the active set
-        r = Xh - jnp.einsum("bk,bkd->bd", cs, W_act)
-        g = jnp.einsum("bkd,bd->bk", W_act, r)
-        e = jnp.where(occ, g - reg[atom].astype(hi) * sign.astype(hi), 0)
-        step = jnp.einsum("bij,bj->bi", H.astype(hi), e)
-        cs = jnp.where(done[:, None] & occ, cs + step, cs)
+    cs, occ = refine_active(
+        Xh,
+        W_act,
+        reg[atom].astype(hi),
+        sign.astype(hi),
+        cs0.astype(hi),
+        occ,
+        H.astype(hi),
+        done,
+        steps=refine,
+    )
     cs = cs.astype(X.dtype)
     idx = jnp.where(occ, atom, F)
     C = jnp.zeros((B, F), X.dtype).at[jnp.arange(B)[:, None], idx].set(cs, mode="drop")

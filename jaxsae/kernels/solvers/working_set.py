@@ -11,7 +11,12 @@ atom and the duality gap over the *full* problem, in float64 when x64 is enabled
 relative gap is ``≤ tol`` is certified (its restricted solution is the global one, Fercoq et al.
 2015); the others get a new working set from the new correlations (the support kept, the atoms
 that violate ``|g_j| ≤ λ_j`` most added, ``k`` doubled when the support fills half of it) and
-go round again (celer, Massias et al. 2018, with exact inner solves).
+go round again (celer, Massias et al. 2018, with exact inner solves). The selections over all
+``F`` atoms go through ``row_top_k`` (on a CPU, NumPy's introselect on every core). A path run
+in float32 can miss a kink within ~1e-6 of its end (a code of the wrong sign, or an atom that
+violates its constraint by a hair): the Newton refinement removes such codes, and the samples
+still uncertified after the rounds are solved once more, exactly, on their support joined by
+their worst violators (``_finish``), before any iterations.
 
 Memory: ``O(F·D + B·F)`` for the dictionary and the correlations, plus ``O(n·k·D + n·k²)`` for the
 working sets of the ``n`` samples of a chunk, with ``n`` chosen so that ``n·k·D`` stays under
@@ -33,8 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsae.kernels.lasso import gap_from_residual, high_dtype
+from jaxsae.kernels.row_select import row_top_k
 from jaxsae.kernels.solvers.common import bucket, pad_index, relative_gaps
-from jaxsae.kernels.solvers.homotopy import Path, path_step
+from jaxsae.kernels.solvers.homotopy import Path, path_step, refine_active
 
 # the smallest working set, and the largest
 MIN_SIZE = 64
@@ -58,6 +64,10 @@ MIN_ATOMS = 2048
 # Newton steps on the active set after a path (D320 F10240, L0 ≈ 200: one step left a sample at
 # a relative gap of 1.1e-6, which then cost the whole fallback, seconds)
 REFINE = 3
+# the samples left uncertified after the rounds: their support and this many of their worst
+# violators solved exactly, at most FINISH_PASSES times
+FINISH_VIOLATORS = 8
+FINISH_PASSES = 2
 
 
 class WorkingSetResult(NamedTuple):
@@ -79,16 +89,31 @@ class WorkingSetResult(NamedTuple):
 
 
 def _scores(G: jax.Array, C: jax.Array, reg: jax.Array, nonneg: bool) -> jax.Array:
-    """``(B, F)`` how strongly each atom asks to join: ``excess(g_j) / λ_j``, the support first."""
+    """``(B, F)`` how strongly each atom asks to join: ``excess(g_j) / λ_j``, the support first
+    (the largest finite value: ``row_top_k`` takes finite scores)."""
     excess = jnp.maximum(G, 0) if nonneg else jnp.abs(G)
-    return jnp.where(C != 0, jnp.inf, excess / reg[None, :])
+    return jnp.where(C != 0, jnp.finfo(G.dtype).max, excess / reg[None, :])
+
+
+def _top_sets(scores: jax.Array, k: int, first: int) -> jax.Array:
+    """``(n, k)`` int32 the ``k`` highest-scoring atoms of each row of ``scores (n, F)``, the
+    ``first`` highest first (as a set, in no particular order within each part).
+
+    The selection over all ``F`` atoms is ``row_top_k`` (on a CPU, NumPy's introselect on every
+    core: XLA's ``TopK`` is a single-threaded heap whose cost grows with ``k``); the split
+    into the ``first`` best and the rest sorts only the ``k`` selected scores."""
+    vals, idx = row_top_k(scores, k)
+    if first >= k:
+        return idx
+    order = jnp.argsort(-vals, axis=1)
+    return jnp.take_along_axis(idx, order, axis=1)
 
 
 @functools.partial(jax.jit, static_argnames=("k", "nonneg"))
 def _first_sets(X, W, reg, *, k: int, nonneg: bool) -> jax.Array:
     """``(B, k)`` the atoms most correlated with each input (the residual at ``c = 0``)."""
     G = X @ W.T
-    return jax.lax.top_k(_scores(G, jnp.zeros_like(G), reg, nonneg), k)[1]
+    return _top_sets(_scores(G, jnp.zeros_like(G), reg, nonneg), k, k)
 
 
 def _row(M: jax.Array, i: jax.Array) -> jax.Array:
@@ -140,7 +165,7 @@ def _local_paths(X, W_S, reg_S, max_kinks, *, K: int, nonneg: bool) -> Path:
             q,
             reg_S,
             nonneg=nonneg,
-            direction=lambda _, d: jnp.sum(d[:, :, None] * rows, axis=1),
+            direction=lambda _, d: jnp.einsum("bs,bsk->bk", d, rows),
             gram_row=gram_row,
         )
         # the joining atom's Gram row into its slot, in place (a select would rewrite all rows)
@@ -156,7 +181,7 @@ def _round(X, W, W_hi, reg, sets, max_kinks, *, K: int, nonneg: bool, k_next: in
 
     ``X (n, D)``, ``sets (n, k)``, ``W_hi`` the dictionary in the certificate's precision.
     Returns ``(codes (n, F), gap (n,), objective (n,), path_done (n,) bool, kinks,
-    next_sets (n, k_next))``."""
+    next_sets (n, k_next))``; ``next_sets[:, :k]`` are the ``k`` best of them."""
     n, k = sets.shape
     F = W.shape[0]
     W_S, reg_S = W[sets], reg[sets]  # (n, k, D), (n, k)
@@ -167,24 +192,28 @@ def _round(X, W, W_hi, reg, sets, max_kinks, *, K: int, nonneg: bool, k_next: in
     hi = high_dtype(X.dtype)
     W_A = jnp.take_along_axis(W_S, p.atom[:, :, None], axis=1).astype(hi)  # (n, K, D)
     X_h = X.astype(hi)
-    cs = jnp.where(p.occ, p.codes, 0).astype(hi)
     lam = jnp.take_along_axis(reg_S, p.atom, 1).astype(hi)
-    H_hi = p.H.astype(hi)
-    for _ in range(REFINE):
-        r = X_h - jnp.einsum("bs,bsd->bd", cs, W_A)
-        e = jnp.where(p.occ, jnp.einsum("bsd,bd->bs", W_A, r) - lam * p.sign, 0)
-        step = jnp.einsum("bij,bj->bi", H_hi, e)
-        cs = jnp.where(p.done[:, None] & p.occ, cs + step, cs)
+    cs, occ = refine_active(
+        X_h,
+        W_A,
+        lam,
+        p.sign.astype(hi),
+        p.codes.astype(hi),
+        p.occ,
+        p.H.astype(hi),
+        p.done,
+        steps=REFINE,
+    )
     cs = cs.astype(X.dtype)
     rows = jnp.arange(n)[:, None]
     slot_atoms = jnp.take_along_axis(sets, p.atom, 1)
-    C = jnp.zeros((n, F), X.dtype).at[rows, jnp.where(p.occ, slot_atoms, F)].set(cs, mode="drop")
+    C = jnp.zeros((n, F), X.dtype).at[rows, jnp.where(occ, slot_atoms, F)].set(cs, mode="drop")
     R = X_h - jnp.einsum("bs,bsd->bd", cs.astype(hi), W_A)
     G = R @ W_hi.T
     gap, obj = gap_from_residual(C.astype(hi), R, G, reg.astype(hi), nonneg)
-    # the selection in float32: XLA's top_k is several times slower in float64
+    # the selection in float32 (half the bytes to select from)
     scores = _scores(G.astype(jnp.float32), C, reg.astype(jnp.float32), nonneg)
-    next_sets = jax.lax.top_k(scores, k_next)[1]
+    next_sets = _top_sets(scores, k_next, k)
     return C, gap.astype(X.dtype), obj.astype(X.dtype), p.done, p.steps, next_sets
 
 
@@ -280,4 +309,96 @@ def solve_working_sets(
         groups = _merge(todo)
         if not groups:
             break
+    _finish(X_np, W_hi, reg, codes, gap, obj, certified, tol, nonneg=nonneg)
     return WorkingSetResult(codes, gap, obj, certified, kinks)
+
+
+@functools.partial(jax.jit, static_argnames=("S", "V", "nonneg"))
+def _support_and_violators(X, W_hi, reg, C, *, S: int, V: int, nonneg: bool):
+    """Each row's support (at most ``S`` atoms) joined by its ``V`` atoms that violate their
+    constraint most (``|g_j| > λ_j``), the equations solved on that set in the certificate's
+    precision (``refine_active`` with the inverse of its Gram matrix, which also removes codes
+    of the wrong sign), rounded to ``C.dtype`` to nearest or toward zero, whichever has the
+    smaller duality gap.
+
+    Returns ``(codes (n, F) in C.dtype, gap (n,), objective (n,))``."""
+    n, F = C.shape
+    hi = W_hi.dtype
+    X_h, reg_h = X.astype(hi), reg.astype(hi)
+    g = (X_h - C.astype(hi) @ W_hi) @ W_hi.T
+    excess = jnp.maximum(g, 0) if nonneg else jnp.abs(g)
+    on = C != 0
+    top, viol = row_top_k(jnp.where(on, 0, excess / reg_h[None, :]).astype(jnp.float32), V)
+    size, support = row_top_k(on.astype(jnp.float32), S)
+    atom = jnp.concatenate([support, viol], axis=1)  # (n, S + V)
+    occ = jnp.concatenate([size > 0, top > 1], axis=1)
+    c0 = jnp.take_along_axis(C, atom, 1).astype(hi)
+    g_A = jnp.take_along_axis(g, atom, 1)
+    sign = jnp.ones_like(c0) if nonneg else jnp.where(c0 != 0, jnp.sign(c0), jnp.sign(g_A))
+    W_A = W_hi[atom]  # (n, S + V, D)
+    both = occ[:, :, None] & occ[:, None, :]
+    eye = jnp.eye(S + V, dtype=hi)[None]
+    Gram = jnp.where(both, jnp.einsum("bkd,bjd->bkj", W_A, W_A), eye)
+    L = jax.lax.linalg.cholesky(Gram)
+    L_inv = jax.lax.linalg.triangular_solve(
+        L, jnp.broadcast_to(eye, L.shape), left_side=True, lower=True
+    )
+    H = jnp.where(both, jnp.einsum("bki,bkj->bij", L_inv, L_inv), 0)
+    lam = reg_h[atom]
+    cs, occ = refine_active(X_h, W_A, lam, sign, c0, occ, H, jnp.ones((n,), bool), steps=REFINE)
+    idx = jnp.where(occ, atom, F)
+
+    def rounded(c):
+        C2 = jnp.zeros_like(C).at[jnp.arange(n)[:, None], idx].set(c, mode="drop")
+        R = X_h - jnp.einsum("bs,bsd->bd", c.astype(hi), W_A)
+        gap, obj = gap_from_residual(C2.astype(hi), R, R @ W_hi.T, reg_h, nonneg)
+        return C2, gap.astype(C.dtype), obj.astype(C.dtype)
+
+    # the exact codes rounded to C.dtype to nearest, and toward zero: the gap of the rounded
+    # codes is first order in the rounding errors, and toward zero their first-order term is
+    # negative (a support of a few hundred atoms can miss 1e-6 by the nearest rounding alone)
+    near = cs.astype(C.dtype)
+    zero = jnp.where(
+        jnp.abs(near.astype(hi)) > jnp.abs(cs), jnp.nextafter(near, jnp.zeros_like(near)), near
+    )
+    (C_a, gap_a, obj_a), (C_b, gap_b, obj_b) = rounded(near), rounded(zero)
+    pick = gap_b < gap_a
+    return (
+        jnp.where(pick[:, None], C_b, C_a),
+        jnp.where(pick, gap_b, gap_a),
+        jnp.where(pick, obj_b, obj_a),
+    )
+
+
+def _finish(X, W_hi, reg, codes, gap, obj, certified, tol: float, *, nonneg: bool) -> None:
+    """The samples the rounds leave uncertified (few: a path that, in float32, missed a kink
+    within a hair of its end, so that an atom violates its constraint by ~1e-6 or a code has
+    the wrong sign), tried on their support joined by their worst violators, up to
+    ``FINISH_PASSES`` times (again only where the previous pass improved the codes); a result
+    is kept where its gap is smaller. Updates the arrays in place."""
+    D = X.shape[1]
+    left = np.flatnonzero(~certified)
+    for _ in range(FINISH_PASSES):
+        nnz = (codes[left] != 0).sum(axis=1)
+        fits = (nnz > 0) & (nnz + FINISH_VIOLATORS <= D)
+        left, nnz = left[fits], nnz[fits]
+        if len(left) == 0:
+            return
+        take = pad_index(left, bucket(len(left), smallest=8))
+        C2, gap2, obj2 = (
+            np.asarray(a)[: len(left)]
+            for a in _support_and_violators(
+                jnp.asarray(X[take]),
+                W_hi,
+                reg,
+                jnp.asarray(codes[take]),
+                S=bucket(int(nnz.max()), smallest=8),
+                V=FINISH_VIOLATORS,
+                nonneg=nonneg,
+            )
+        )
+        better = gap2 < gap[left]
+        rows = left[better]
+        codes[rows], gap[rows], obj[rows] = C2[better], gap2[better], obj2[better]
+        certified[rows] = relative_gaps(gap2[better], obj2[better]) <= tol
+        left = rows[~certified[rows]]  # another pass only where this one changed the codes
