@@ -109,11 +109,21 @@ def _top_sets(scores: jax.Array, k: int, first: int) -> jax.Array:
     return jnp.take_along_axis(idx, order, axis=1)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "nonneg"))
+# A function of its own, compiled apart: on a CPU ``row_top_k`` is a host callback, and JAX's
+# persistent compilation cache (``jaxsae solve``) does not keep executables that hold one, so
+# the paths and the correlations stay in functions without it.
+_select_sets = jax.jit(_top_sets, static_argnums=(1, 2))
+
+
+@functools.partial(jax.jit, static_argnames=("nonneg",))
+def _first_scores(X, W, reg, *, nonneg: bool) -> jax.Array:
+    G = X @ W.T
+    return _scores(G, jnp.zeros_like(G), reg, nonneg)
+
+
 def _first_sets(X, W, reg, *, k: int, nonneg: bool) -> jax.Array:
     """``(B, k)`` the atoms most correlated with each input (the residual at ``c = 0``)."""
-    G = X @ W.T
-    return _top_sets(_scores(G, jnp.zeros_like(G), reg, nonneg), k, k)
+    return _select_sets(_first_scores(X, W, reg, nonneg=nonneg), k, k)
 
 
 def _row(M: jax.Array, i: jax.Array) -> jax.Array:
@@ -175,13 +185,13 @@ def _local_paths(X, W_S, reg_S, max_kinks, *, K: int, nonneg: bool) -> Path:
     return jax.lax.while_loop(cond, body, (p, jnp.zeros((n, K, k), dt)))[0]
 
 
-@functools.partial(jax.jit, static_argnames=("K", "nonneg", "k_next"))
-def _round(X, W, W_hi, reg, sets, max_kinks, *, K: int, nonneg: bool, k_next: int):
-    """The restricted paths of a chunk, their full duality gaps and the next working sets.
+@functools.partial(jax.jit, static_argnames=("K", "nonneg"))
+def _round(X, W, W_hi, reg, sets, max_kinks, *, K: int, nonneg: bool):
+    """The restricted paths of a chunk, their full duality gaps and the atoms' scores.
 
     ``X (n, D)``, ``sets (n, k)``, ``W_hi`` the dictionary in the certificate's precision.
     Returns ``(codes (n, F), gap (n,), objective (n,), path_done (n,) bool, kinks,
-    next_sets (n, k_next))``; ``next_sets[:, :k]`` are the ``k`` best of them."""
+    scores (n, F))``: the next working sets are ``_select_sets(scores, k_next, k)``."""
     n, k = sets.shape
     F = W.shape[0]
     W_S, reg_S = W[sets], reg[sets]  # (n, k, D), (n, k)
@@ -213,8 +223,7 @@ def _round(X, W, W_hi, reg, sets, max_kinks, *, K: int, nonneg: bool, k_next: in
     gap, obj = gap_from_residual(C.astype(hi), R, G, reg.astype(hi), nonneg)
     # the selection in float32 (half the bytes to select from)
     scores = _scores(G.astype(jnp.float32), C, reg.astype(jnp.float32), nonneg)
-    next_sets = _top_sets(scores, k_next, k)
-    return C, gap.astype(X.dtype), obj.astype(X.dtype), p.done, p.steps, next_sets
+    return C, gap.astype(X.dtype), obj.astype(X.dtype), p.done, p.steps, scores
 
 
 def _chunk(k: int, D: int, n: int) -> int:
@@ -242,10 +251,10 @@ def _chunked_round(X, W, W_hi, reg, sets, *, nonneg: bool, k_next: int, max_kink
             jnp.asarray(max_kinks, jnp.int32),
             K=min(max(k // 2, 1), X.shape[1]),
             nonneg=nonneg,
-            k_next=k_next,
         )
         steps = max(steps, int(res[4]))
-        outs.append([np.asarray(x)[: len(part)] for x in (*res[:4], res[5])])
+        next_sets = _select_sets(res[5], k_next, k)
+        outs.append([np.asarray(x)[: len(part)] for x in (*res[:4], next_sets)])
     C, gap, obj, done, next_sets = (np.concatenate(x) for x in zip(*outs, strict=True))
     return C, gap, obj, done, next_sets, steps
 
