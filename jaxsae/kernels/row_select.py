@@ -13,7 +13,9 @@ callback that hands XLA's buffers to NumPy without a copy: about 20 ms for eithe
 The callback is lowered with JAX's own Python-callback emitter (``jax._src.callback``, the one
 ``jax.pure_callback`` uses; ``pure_callback`` itself first copies its operands into a
 ``jax.Array``, which costs as much as the selection here). If a JAX release moves that emitter,
-the CPU falls back to ``lax.top_k``: the results are the same, only slower.
+the CPU falls back to ``lax.top_k``: the results are the same, only slower. JAX's persistent
+compilation cache does not keep an executable that holds a host callback: a function that must
+be cached across runs selects in a function of its own (as the solvers' working sets do).
 
 Ties: for distinct values the selected set equals ``lax.top_k``'s; among entries equal to the
 ``m``-th largest value, which ones are taken is up to the introselect (``lax.top_k`` takes the
