@@ -112,13 +112,78 @@ def path_step(p: Path, reg: jax.Array, *, nonneg: bool, direction, gram_row):
     (one pass over ``G_AA⁻¹`` to update it, one to find the Schur complement of a new atom)."""
     B, K = p.occ.shape
     F = p.corr.shape[1]
-    dt = p.codes.dtype
     run = ~p.done & ~p.paused
-    rows = jnp.arange(B)[:, None]
+    rows = jnp.arange(B)
     d = jnp.where(p.occ, p.d, 0)
     a = direction(p, d)
+    ev = _next_event(p, reg, a, d, nonneg)
+    delta = jnp.where(run, jnp.minimum(ev.d_end, jnp.minimum(ev.dj, ev.di)), 0)
+    codes = p.codes + delta[:, None] * d
+    # the new slot: Schur complement of the joining atom
+    free = ~p.occ
+    slot = jnp.argmax(free, axis=-1)
+    has_slot = jnp.any(free, axis=-1)
+    b, gjj, extra = gram_row(p, ev.j)
+    b = jnp.where(p.occ, b, 0)
+    u = jnp.einsum("bij,bj->bi", p.H, b)
+    schur = gjj - jnp.sum(b * u, axis=-1)
+    ok = schur > 64 * jnp.finfo(codes.dtype).eps * gjj
+    add = run & ev.join & has_slot & ok
+    rem = run & ev.drop
+    H, v, coef, h = _rank_one(p.H, u, schur, slot, ev.i, add, rem)
+    gone = (jnp.arange(K)[None, :] == ev.i[:, None]) & rem[:, None]  # (B, K)
+    new = (jnp.arange(K)[None, :] == slot[:, None]) & add[:, None]
+    atom_i = jnp.take_along_axis(p.atom, ev.i[:, None], 1)[:, 0]
+    occ = (p.occ & ~gone) | new
+    atom = jnp.where(new, ev.j[:, None], p.atom)
+    sign = jnp.where(new, jnp.where(ev.up, 1, -1)[:, None].astype(codes.dtype), p.sign)
+    # the new direction H' w' without a pass over H: H w' = d (+ nothing for a free slot,
+    # − w_i h for a dropped slot i), then the rank-one term
+    w_new = jnp.where(occ, gather_reg(reg, atom) * sign, 0)
+    w_i = jnp.take_along_axis(gather_reg(reg, p.atom) * p.sign, ev.i[:, None], 1)[:, 0]
+    base = d - jnp.where(rem, w_i, 0)[:, None] * h
+    d_new = jnp.where(~gone, base + (coef * jnp.sum(v * w_new, axis=-1))[:, None] * v, 0)
+    active = p.active.at[rows, jnp.where(rem, atom_i, F)].set(False, mode="drop")
+    active = active.at[rows, jnp.where(add, ev.j, F)].set(True, mode="drop")
+    p = p._replace(
+        codes=jnp.where(gone | new, 0, codes),
+        atom=atom,
+        occ=occ,
+        sign=sign,
+        H=H,
+        d=d_new,
+        corr=p.corr - delta[:, None] * a,
+        active=active,
+        tau=jnp.where(run & ev.end, 1, p.tau - delta),
+        done=p.done | (run & ev.end),
+        paused=p.paused | (run & ev.join & ~(has_slot & ok)),
+        last_drop=jnp.where(rem, atom_i, jnp.where(add, -1, p.last_drop)),
+        steps=p.steps + 1,
+    )
+    return p, ev.j, new, extra
+
+
+class _Event(NamedTuple):
+    """The next kink of each sample's path: the atom ``j`` that would join after ``dj`` (with
+    sign ``up``), the slot ``i`` that would leave after ``di``, the distance ``d_end`` to
+    ``τ = 1``, and which comes first (``end``, ``drop`` or ``join``), all ``(B,)``."""
+
+    j: jax.Array
+    dj: jax.Array
+    up: jax.Array
+    i: jax.Array
+    di: jax.Array
+    d_end: jax.Array
+    end: jax.Array
+    drop: jax.Array
+    join: jax.Array
+
+
+def _next_event(p: Path, reg: jax.Array, a: jax.Array, d: jax.Array, nonneg: bool) -> _Event:
+    """The first event along the direction ``d`` (codes) / ``a`` (correlations)."""
+    F = p.corr.shape[1]
     # joins: the first δ ≥ 0 at which g_j − δ a_j = ±(τ − δ) λ_j
-    inf = jnp.asarray(jnp.inf, dt)
+    inf = jnp.asarray(jnp.inf, p.codes.dtype)
     tr = p.tau[:, None] * reg
 
     def first(num, den):
@@ -141,66 +206,28 @@ def path_step(p: Path, reg: jax.Array, *, nonneg: bool, direction, gram_row):
     d_end = p.tau - 1
     end = d_end <= jnp.minimum(dj, di)
     drop = ~end & (di < dj)
-    join = ~end & ~drop
-    delta = jnp.where(run, jnp.minimum(d_end, jnp.minimum(dj, di)), 0)
-    codes = p.codes + delta[:, None] * d
-    corr = p.corr - delta[:, None] * a
-    tau = jnp.where(run & end, 1, p.tau - delta)
-    # the new slot: Schur complement of the joining atom
-    free = ~p.occ
-    slot = jnp.argmax(free, axis=-1)
-    has_slot = jnp.any(free, axis=-1)
-    b, gjj, extra = gram_row(p, j)
-    b = jnp.where(p.occ, b, 0)
-    u = jnp.einsum("bij,bj->bi", p.H, b)
-    schur = gjj - jnp.sum(b * u, axis=-1)
-    ok = schur > 64 * jnp.finfo(dt).eps * gjj
-    add = run & join & has_slot & ok
-    rem = run & drop
-    e_p = jax.nn.one_hot(slot, K, dtype=dt)
-    h = jnp.take_along_axis(p.H, i[:, None, None], axis=1)[:, 0, :]  # (symmetric) column i
+    return _Event(j, dj, up, i, di, d_end, end, drop, ~end & ~drop)
+
+
+def _rank_one(H, u, schur, slot, i, add, rem):
+    """``G_AA⁻¹`` after atom ``j`` joins in ``slot`` (``add``: ``+ v vᵀ / schur``, ``v = u − e``)
+    or slot ``i`` leaves (``rem``: ``− h hᵀ / h_ii``, ``h`` its column), the left slot's row
+    and column exactly zero. Returns ``(H, v, coef, h)`` (the new direction reuses them)."""
+    K = H.shape[1]
+    rows = jnp.arange(H.shape[0])
+    e_p = jax.nn.one_hot(slot, K, dtype=H.dtype)
+    h = jnp.take_along_axis(H, i[:, None, None], axis=1)[:, 0, :]  # (symmetric) column i
     hii = jnp.take_along_axis(h, i[:, None], 1)[:, 0]
     v = jnp.where(add[:, None], u - e_p, jnp.where(rem[:, None], h, 0))
     coef = jnp.where(
         add, 1 / jnp.where(add, schur, 1), jnp.where(rem, -1 / jnp.where(rem, hii, 1), 0)
     )
-    gone = (jnp.arange(K)[None, :] == i[:, None]) & rem[:, None]  # (B, K)
-    keep = ~gone
     # the rank-one term, then the dropped slot's row and column exactly zero (two small
     # scatters: a mask over all of H would be one more pass over it)
-    H = p.H + jnp.einsum("bi,bj->bij", coef[:, None] * v, v)
+    H = H + jnp.einsum("bi,bj->bij", coef[:, None] * v, v)
     off = jnp.where(rem, i, K)
-    H = H.at[rows[:, 0], off].set(0, mode="drop").at[rows[:, 0], :, off].set(0, mode="drop")
-    new = (jnp.arange(K)[None, :] == slot[:, None]) & add[:, None]
-    codes = jnp.where(gone | new, 0, codes)
-    atom_i = jnp.take_along_axis(p.atom, i[:, None], 1)[:, 0]
-    occ = (p.occ & keep) | new
-    atom = jnp.where(new, j[:, None], p.atom)
-    sign = jnp.where(new, jnp.where(up, 1, -1)[:, None].astype(dt), p.sign)
-    # the new direction H' w' without a pass over H: H w' = d (+ nothing for a free slot,
-    # − w_i h for a dropped slot i), then the rank-one term
-    w_new = jnp.where(occ, gather_reg(reg, atom) * sign, 0)
-    w_i = jnp.take_along_axis(gather_reg(reg, p.atom) * p.sign, i[:, None], 1)[:, 0]
-    base = d - jnp.where(rem, w_i, 0)[:, None] * h
-    d_new = jnp.where(keep, base + (coef * jnp.sum(v * w_new, axis=-1))[:, None] * v, 0)
-    active = p.active.at[rows[:, 0], jnp.where(rem, atom_i, F)].set(False, mode="drop")
-    active = active.at[rows[:, 0], jnp.where(add, j, F)].set(True, mode="drop")
-    p = p._replace(
-        codes=codes,
-        atom=atom,
-        occ=occ,
-        sign=sign,
-        H=H,
-        d=d_new,
-        corr=corr,
-        active=active,
-        tau=tau,
-        done=p.done | (run & end),
-        paused=p.paused | (run & join & ~(has_slot & ok)),
-        last_drop=jnp.where(rem, atom_i, jnp.where(add, -1, p.last_drop)),
-        steps=p.steps + 1,
-    )
-    return p, j, new, extra
+    H = H.at[rows, off].set(0, mode="drop").at[rows, :, off].set(0, mode="drop")
+    return H, v, coef, h
 
 
 @functools.partial(jax.jit, static_argnames="nonneg")
