@@ -97,16 +97,12 @@ def _scores(G: jax.Array, C: jax.Array, reg: jax.Array, nonneg: bool) -> jax.Arr
 
 def _top_sets(scores: jax.Array, k: int, first: int) -> jax.Array:
     """``(n, k)`` int32 the ``k`` highest-scoring atoms of each row of ``scores (n, F)``, the
-    ``first`` highest first (as a set, in no particular order within each part).
+    ``first`` highest first (with ``first < k`` all in descending order of score).
 
     The selection over all ``F`` atoms is ``row_top_k`` (on a CPU, NumPy's introselect on every
     core: XLA's ``TopK`` is a single-threaded heap whose cost grows with ``k``); the split
-    into the ``first`` best and the rest sorts only the ``k`` selected scores."""
-    vals, idx = row_top_k(scores, k)
-    if first >= k:
-        return idx
-    order = jnp.argsort(-vals, axis=1)
-    return jnp.take_along_axis(idx, order, axis=1)
+    into the ``first`` best and the rest sorts only the ``k`` selected scores (``ordered``)."""
+    return row_top_k(scores, k, ordered=first < k)[1]
 
 
 # A function of its own, compiled apart: on a CPU ``row_top_k`` is a host callback, and JAX's
