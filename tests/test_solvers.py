@@ -503,6 +503,55 @@ def test_working_sets_in_small_chunks_match(monkeypatch):
     np.testing.assert_allclose(res.codes, ref.codes, atol=1e-9)
 
 
+@pytest.mark.parametrize("nonneg", [False, True])
+def test_warm_round_continues_the_path(nonneg):
+    # a round on 12 atoms (stopped when its 4 slots fill, or at λ), then a round on all 96
+    # started from its active set: the codes of a round on all 96 from c = 0; started from its
+    # own result, a round is over in one kink
+    Xb, Wb, reg = make_lasso_problem(10, B=8, D=20, F=96, nnz=(3, 9))
+    X, W = jnp.asarray(Xb), jnp.asarray(Wb)
+    lam = jnp.full((96,), reg)
+    everything = jnp.tile(jnp.arange(96, dtype=jnp.int32), (8, 1))
+
+    def round_(sets, warm, K):
+        kinks = jnp.asarray(4096, jnp.int32)
+        out = working_set._round(X, W, W, None, lam, sets, kinks, warm, K=K, nonneg=nonneg)
+        return out[0], out[3], int(out[4]), out[6]
+
+    ref, done, _, active = round_(everything, None, 20)
+    assert bool(done.all())
+    for K in (4, 20):
+        first = jnp.asarray(np.argsort(-np.abs(Xb @ Wb.T), axis=1)[:, :12], jnp.int32)
+        _, _, _, warm = round_(first, None, K)
+        warm = working_set._pad(jax.tree_util.tree_map(np.asarray, warm), 20)
+        codes, done, _, _ = round_(everything, working_set.Warm(*map(jnp.asarray, warm)), 20)
+        assert bool(done.all())
+        np.testing.assert_allclose(codes, ref, atol=1e-10)
+    again, _, kinks, _ = round_(everything, active, 20)
+    assert kinks == 1
+    np.testing.assert_allclose(again, ref, atol=1e-12)
+
+
+def test_working_sets_with_the_dictionary_gram_match(monkeypatch):
+    # the sets' Gram rows gathered from W Wᵀ: the same codes as formed from the sets' atoms
+    monkeypatch.setattr(working_set, "MIN_SIZE", 8)
+    Xb, Wb, reg = make_lasso_problem(8, B=13, D=20, F=96, nnz=(3, 9))
+    args = (jnp.asarray(Xb), jnp.asarray(Wb), jnp.full((96,), reg))
+    ref = working_set.solve_working_sets(*args, 1e-10, nonneg=False)
+    used, pays = [], working_set._gram_pays
+    monkeypatch.setattr(working_set, "_gram_pays", lambda n, k, W: used.append(k) or True)
+    res = working_set.solve_working_sets(*args, 1e-10, nonneg=False)
+    assert used == [8] and res.certified.all() and ref.certified.all()
+    np.testing.assert_allclose(res.codes, ref.codes, atol=1e-9)
+
+    # W Wᵀ when it fits in GRAM_BYTES and a round would form as many Gram entries
+    def dictionary(F):
+        return jax.ShapeDtypeStruct((F, 8), jnp.float32)
+
+    assert pays(1024, 512, dictionary(10_240)) and not pays(1024, 128, dictionary(10_240))
+    assert not pays(1 << 14, 512, dictionary(20_000))
+
+
 def test_working_sets_hand_over_to_the_iterations(monkeypatch):
     # one round only: what it does not certify goes on to FISTA + restart + polish
     monkeypatch.setattr(working_set, "MIN_SIZE", 8)
@@ -618,7 +667,7 @@ def test_refinement_drops_a_code_of_the_wrong_sign():
     lam, sign = np.full(3, 0.1), np.ones(3)
     x = W_A.T @ (np.array([1.0, 0.8, -0.05]) + np.linalg.solve(G, lam * sign))
     args = [jnp.asarray(a[None]) for a in (x, W_A, lam, sign, np.zeros(3))]
-    cs, occ = homotopy.refine_active(
+    cs, occ, H = homotopy.refine_active(
         *args,
         jnp.ones((1, 3), bool),
         jnp.asarray(np.linalg.inv(G)[None]),
@@ -628,6 +677,9 @@ def test_refinement_drops_a_code_of_the_wrong_sign():
     expect = np.linalg.solve(G[:2, :2], W_A[:2] @ x - lam[:2])
     assert occ.tolist() == [[True, True, False]]
     np.testing.assert_allclose(cs[0], [*expect, 0], atol=1e-10)
+    # the inverse Gram of the slots still occupied, zero in the left slot's row and column
+    np.testing.assert_allclose(H[0, :2, :2], np.linalg.inv(G[:2, :2]), atol=1e-10)
+    assert not np.any(H[0, 2]) and not np.any(H[0, :, 2])
 
 
 def test_support_joined_by_its_violators_is_solved_exactly():

@@ -96,27 +96,31 @@ def gather_reg(reg: jax.Array, idx: jax.Array) -> jax.Array:
     return jnp.take_along_axis(reg, idx, axis=1)
 
 
-def path_step(p: Path, reg: jax.Array, *, nonneg: bool, direction, gram_row):
+def path_step(p: Path, reg: jax.Array, *, nonneg: bool, direction, gram_row, slope=None):
     """One kink of the lasso path of every running sample (Efron et al. 2004, lasso variant).
 
-    ``reg (1 or B, F)``; ``direction(p, d) -> a (B, F)`` and ``gram_row(p, j) -> (G_{j, slots}
-    (B, K), G_jj (B,))`` give the products with the dictionary (``_full_direction``, or a working
-    set's Gram rows; a third output of ``gram_row`` is passed back). Returns the new state, the
-    atom ``j`` considered for joining, the ``(B, K)`` mask of the slot it took (if it joined)
-    and that third output.
+    ``reg (1 or B, F)``; ``slope (B, F)`` or None (``reg``): the penalty at ``τ`` is
+    ``λ + (τ − 1) Δ`` with ``Δ`` the slope (``τ λ`` for the usual path; a path warm-started
+    from the solution for other penalties has its own slope). ``direction(p, d) -> a (B, F)``
+    and ``gram_row(p, j) -> (G_{j, slots} (B, K), G_jj (B,))`` give the products with the
+    dictionary (``_full_direction``, or a working set's Gram rows; a third output of
+    ``gram_row`` is passed back). Returns the new state, the atom ``j`` considered for joining,
+    the ``(B, K)`` mask of the slot it took (if it joined) and that third output.
 
-    On the active set ``A`` with signs ``s``, ``c_A(τ − δ) = c_A(τ) + δ d``, ``d = G_AA⁻¹ (λ s)_A``,
-    and ``g(τ − δ) = g(τ) − δ a``, ``a = G_{·A} d``. ``δ`` is the first event: an inactive atom
-    reaches ``|g_j| = (τ − δ) λ_j`` (it joins), an active code reaches zero (it leaves), or
-    ``τ − δ = 1`` (the end). ``G_AA⁻¹`` and ``d`` are kept up to date by rank-one updates
-    (one pass over ``G_AA⁻¹`` to update it, one to find the Schur complement of a new atom)."""
+    On the active set ``A`` with signs ``s``, ``c_A(τ − δ) = c_A(τ) + δ d``,
+    ``d = G_AA⁻¹ (Δ s)_A``, and ``g(τ − δ) = g(τ) − δ a``, ``a = G_{·A} d``. ``δ`` is the first
+    event: an inactive atom reaches ``|g_j| = λ_j + (τ − δ − 1) Δ_j`` (it joins), an active
+    code reaches zero (it leaves), or ``τ − δ = 1`` (the end). ``G_AA⁻¹`` and ``d`` are kept up
+    to date by rank-one updates (one pass over ``G_AA⁻¹`` to update it, one to find the Schur
+    complement of a new atom)."""
     B, K = p.occ.shape
     F = p.corr.shape[1]
     run = ~p.done & ~p.paused
     rows = jnp.arange(B)
     d = jnp.where(p.occ, p.d, 0)
     a = direction(p, d)
-    ev = _next_event(p, reg, a, d, nonneg)
+    ev = _next_event(p, reg, a, d, nonneg, slope)
+    slope = reg if slope is None else slope
     delta = jnp.where(run, jnp.minimum(ev.d_end, jnp.minimum(ev.dj, ev.di)), 0)
     codes = p.codes + delta[:, None] * d
     # the new slot: Schur complement of the joining atom
@@ -139,8 +143,8 @@ def path_step(p: Path, reg: jax.Array, *, nonneg: bool, direction, gram_row):
     sign = jnp.where(new, jnp.where(ev.up, 1, -1)[:, None].astype(codes.dtype), p.sign)
     # the new direction H' w' without a pass over H: H w' = d (+ nothing for a free slot,
     # − w_i h for a dropped slot i), then the rank-one term
-    w_new = jnp.where(occ, gather_reg(reg, atom) * sign, 0)
-    w_i = jnp.take_along_axis(gather_reg(reg, p.atom) * p.sign, ev.i[:, None], 1)[:, 0]
+    w_new = jnp.where(occ, gather_reg(slope, atom) * sign, 0)
+    w_i = jnp.take_along_axis(gather_reg(slope, p.atom) * p.sign, ev.i[:, None], 1)[:, 0]
     base = d - jnp.where(rem, w_i, 0)[:, None] * h
     d_new = jnp.where(~gone, base + (coef * jnp.sum(v * w_new, axis=-1))[:, None] * v, 0)
     active = p.active.at[rows, jnp.where(rem, atom_i, F)].set(False, mode="drop")
@@ -179,20 +183,24 @@ class _Event(NamedTuple):
     join: jax.Array
 
 
-def _next_event(p: Path, reg: jax.Array, a: jax.Array, d: jax.Array, nonneg: bool) -> _Event:
-    """The first event along the direction ``d`` (codes) / ``a`` (correlations)."""
+def _next_event(p: Path, reg, a: jax.Array, d: jax.Array, nonneg: bool, slope=None) -> _Event:
+    """The first event along the direction ``d`` (codes) / ``a`` (correlations); ``slope``: see
+    ``path_step``."""
     F = p.corr.shape[1]
-    # joins: the first δ ≥ 0 at which g_j − δ a_j = ±(τ − δ) λ_j
+    # joins: the first δ ≥ 0 at which g_j − δ a_j = ±(λ_j + (τ − δ − 1) Δ_j)
     inf = jnp.asarray(jnp.inf, p.codes.dtype)
-    tr = p.tau[:, None] * reg
+    if slope is None:
+        tr, slope = p.tau[:, None] * reg, reg
+    else:
+        tr = reg + (p.tau[:, None] - 1) * slope
 
     def first(num, den):
         pos = den > 0
         return jnp.where(pos, jnp.maximum(num, 0) / jnp.where(pos, den, 1), inf)
 
-    t_join = first(tr - p.corr, reg - a)
+    t_join = first(tr - p.corr, slope - a)
     if not nonneg:
-        t_join = jnp.minimum(t_join, first(tr + p.corr, reg + a))
+        t_join = jnp.minimum(t_join, first(tr + p.corr, slope + a))
     fresh = jnp.arange(F, dtype=jnp.int32)[None, :] == p.last_drop[:, None]
     t_join = jnp.where(p.active | fresh, inf, t_join)
     j, dj = _argmin(t_join)
@@ -266,7 +274,8 @@ def refine_active(Xh, W_A, lam, sign, cs, occ, H, done, *, steps: int):
         K)`` inverse Gram of the occupied slots; done: ``(B,)`` bool, at ``τ = 1``.
 
     Returns:
-      ``(cs, occ)``: the refined codes (zero in free slots) and the slots still occupied.
+      ``(cs, occ, H)``: the refined codes (zero in free slots), the slots still occupied and
+      the inverse Gram of those.
     """
     K = occ.shape[1]
 
@@ -299,8 +308,8 @@ def refine_active(Xh, W_A, lam, sign, cs, occ, H, done, *, steps: int):
         return newton(cs, occ, H), occ, H, n + 1
 
     cs = newton(cs, occ, H)
-    cs, occ, _, _ = jax.lax.while_loop(cond, body, (cs, occ, H, jnp.asarray(0, jnp.int32)))
-    return jnp.where(occ, cs, 0), occ
+    cs, occ, H, _ = jax.lax.while_loop(cond, body, (cs, occ, H, jnp.asarray(0, jnp.int32)))
+    return jnp.where(occ, cs, 0), occ, H
 
 
 @functools.partial(jax.jit, static_argnames=("nonneg", "refine"))
@@ -316,7 +325,7 @@ def path_finish(X, W, reg, p: Path, take, *, nonneg: bool, refine: int):
     hi = high_dtype(X.dtype)
     # in the highest available precision, with products over the active atoms only
     W_act, Xh = W[atom].astype(hi), X.astype(hi)
-    cs, occ = refine_active(
+    cs, occ, _ = refine_active(
         Xh,
         W_act,
         reg[atom].astype(hi),

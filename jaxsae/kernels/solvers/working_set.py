@@ -42,6 +42,11 @@ from jaxsae.kernels.row_select import row_top_k
 from jaxsae.kernels.solvers.common import bucket, pad_index, relative_gaps
 from jaxsae.kernels.solvers.homotopy import Path, path_step, refine_active
 
+# the dictionary's Gram matrix W Wᵀ is formed (once) for the working sets' Gram rows when it
+# takes at most this many bytes (F = 16,384 atoms in float32) and saves work (``_gram_pays``):
+# at D1280 F10240 a set of 512 atoms costs 2.0 ms per sample to form its Gram matrix and
+# 0.7 ms to gather it from W Wᵀ, which takes 0.9 s to form (2-core CPU, float32)
+GRAM_BYTES = 1 << 30
 # the smallest working set, and the largest
 MIN_SIZE = 64
 MAX_SIZE = 1024
@@ -122,23 +127,14 @@ def _first_sets(X, W, reg, *, k: int, nonneg: bool) -> jax.Array:
     return _select_sets(_first_scores(X, W, reg, nonneg=nonneg), k, k)
 
 
-def _row(M: jax.Array, i: jax.Array) -> jax.Array:
-    """``M[b, i_b, :]`` for ``M (n, k, m)``."""
-    return jnp.take_along_axis(M, i[:, None, None], axis=1)[:, 0, :]
-
-
-def _local_paths(X, W_S, reg_S, max_kinks, *, K: int, nonneg: bool) -> Path:
-    """Every sample's path on its working set (``W_S (n, k, D)``, ``reg_S (n, k)``) from
-    ``c = 0`` to ``τ = 1``, with ``K`` slots. The Gram row of an atom with its working set is
-    formed when the atom joins (``O(k D)``) and cached in its slot, so a kink costs
-    ``O(k D + K k + K²)`` per sample."""
-    n, k, _ = W_S.shape
-    dt = X.dtype
-    corr = jnp.einsum("bkd,bd->bk", W_S, X)
+def _cold_start(corr, reg_S, K: int, nonneg: bool) -> Path:
+    """The start of the path, ``c = 0`` at ``τ = max_j excess(g_j) / λ_j``."""
+    n, k = corr.shape
+    dt = corr.dtype
     excess = jnp.maximum(corr, 0) if nonneg else jnp.abs(corr)
     tau = jnp.max(excess / reg_S, axis=-1)
     zk = jnp.zeros((n, K), dt)
-    p = Path(
+    return Path(
         codes=zk,
         atom=jnp.zeros((n, K), jnp.int32),
         occ=jnp.zeros((n, K), bool),
@@ -154,10 +150,71 @@ def _local_paths(X, W_S, reg_S, max_kinks, *, K: int, nonneg: bool) -> Path:
         steps=jnp.zeros((), jnp.int32),
     )
 
-    G = jnp.einsum("bkd,bjd->bkj", W_S, W_S)  # (n, k, k)
+
+class Warm(NamedTuple):
+    """A previous round's active set, carried into the next round: ``K`` slots with their atoms
+    (global indices), occupancy, codes and the inverse Gram of the occupied slots."""
+
+    atom: jax.Array  # (n, K) int32
+    occ: jax.Array  # (n, K) bool
+    codes: jax.Array  # (n, K)
+    H: jax.Array  # (n, K, K)
+
+
+def _warm_start(rows_of, corr, reg_S, warm: Warm, local, nonneg: bool):
+    """The path's state at a previous round's active set ``warm`` (``local (n, K)``: its atoms'
+    positions in this working set), and the slope that takes it down to ``λ``: ``Δ_j = p_j −
+    λ_j``, with ``p_j`` penalties for which these codes are optimal: on the support ``p_j =
+    max(excess(g_j), λ_j)`` (``g_j = p_j s_j``; a path stopped at ``τ > 1`` has ``p_j > λ_j``
+    there), elsewhere ``p_j = τ0 λ_j ≥ excess(g_j)``, ``τ0 = max_j excess(g_j) / λ_j`` over the
+    atoms off the support (as the usual path from ``c = 0``; the atom that violates its
+    constraint most joins first). ``corr (n, k)``: the correlations at ``c = 0``; ``rows_of``:
+    see ``_local_paths``. Returns ``(path, slope (n, k), Gram rows of the slots (n, K, k))``."""
+    n, k = corr.shape
+    occ, codes = warm.occ, jnp.where(warm.occ, warm.codes, 0)
+    sign = jnp.where(occ, jnp.sign(codes), 0)
+    active = jnp.zeros((n, k), bool).at[jnp.arange(n)[:, None], jnp.where(occ, local, k)]
+    active = active.set(True, mode="drop")
+    rows = jnp.where(occ[:, :, None], rows_of(local), 0)
+    corr = corr - jnp.einsum("bsk,bs->bk", rows, codes)
+    excess = jnp.maximum(corr, 0) if nonneg else jnp.abs(corr)
+    # inactive atoms: the penalty of the usual path, τ λ_j from τ0 = max_j excess(g_j) / λ_j
+    # (were the violators' penalties their own excess, they would all join at one τ, and
+    # joining one at a time can leave an earlier one with a direction of the wrong sign)
+    tau0 = jnp.max(jnp.where(active, 0, excess / reg_S), axis=1, keepdims=True)
+    slope = jnp.where(active, jnp.maximum(excess - reg_S, 0), (jnp.maximum(tau0, 1) - 1) * reg_S)
+    w = jnp.take_along_axis(slope, local, 1) * sign
+    d = jnp.where(occ, jnp.einsum("bij,bj->bi", warm.H, w), 0)
+    p = _cold_start(corr, reg_S, occ.shape[1], nonneg)._replace(
+        codes=codes,
+        atom=local,
+        occ=occ,
+        sign=sign,
+        H=warm.H,
+        d=d,
+        active=active,
+        tau=jnp.full((n,), 2, corr.dtype),
+        done=jnp.zeros((n,), bool),
+    )
+    return p, slope, rows
+
+
+def _local_paths(corr, reg_S, rows_of, max_kinks, warm, local, *, K: int, nonneg: bool) -> Path:
+    """Every sample's path on its working set down to ``τ = 1``, with ``K`` slots: from
+    ``c = 0`` (``warm`` None), or from a previous round's active set ``warm`` whose atoms sit at
+    ``local (n, K)`` in the set (``_warm_start``). ``corr (n, k)``: the correlations ``W_S x``;
+    ``reg_S (n, k)``; ``rows_of(i (n, m)) -> (n, m, k)``: the Gram rows of the set's atoms
+    ``i`` with the set. The Gram row of an atom is cached in its slot when it joins, so a kink
+    costs ``O(K k + K²)`` per sample."""
+    n, k = corr.shape
+    if warm is None:
+        p, slope = _cold_start(corr, reg_S, K, nonneg), None
+        rows = jnp.zeros((n, K, k), corr.dtype)
+    else:
+        p, slope, rows = _warm_start(rows_of, corr, reg_S, warm, local, nonneg)
 
     def gram_row(q, j):
-        g_j = _row(G, j)  # (n, k)
+        g_j = rows_of(j[:, None])[:, 0]  # (n, k)
         gjj = jnp.take_along_axis(g_j, j[:, None], 1)[:, 0]
         return jnp.take_along_axis(g_j, q.atom, 1), gjj, g_j
 
@@ -173,33 +230,56 @@ def _local_paths(X, W_S, reg_S, max_kinks, *, K: int, nonneg: bool) -> Path:
             nonneg=nonneg,
             direction=lambda _, d: jnp.einsum("bs,bsk->bk", d, rows),
             gram_row=gram_row,
+            slope=slope,
         )
         # the joining atom's Gram row into its slot, in place (a select would rewrite all rows)
         slot = jnp.where(jnp.any(new, axis=1), jnp.argmax(new, axis=1), K)
         return q, rows.at[jnp.arange(n), slot].set(g_j, mode="drop")
 
-    return jax.lax.while_loop(cond, body, (p, jnp.zeros((n, K, k), dt)))[0]
+    return jax.lax.while_loop(cond, body, (p, rows))[0]
+
+
+def _set_gram(X, W, gram, sets):
+    """``(corr (n, k), rows_of)`` of the working sets ``sets (n, k)``: the correlations ``W_S x``
+    and a function giving the Gram rows of the set's atoms ``i (n, m)`` with the set ``(n, m,
+    k)``: gathered from the dictionary's Gram matrix ``gram (F, F)``, or with ``gram`` None
+    from the sets' own Gram matrices (``O(k² D)`` per sample)."""
+    if gram is None:
+        W_S = W[sets]  # (n, k, D)
+        G = jnp.einsum("bkd,bjd->bkj", W_S, W_S)  # (n, k, k)
+        corr = jnp.einsum("bkd,bd->bk", W_S, X)
+        return corr, lambda i: jnp.take_along_axis(G, i[:, :, None], axis=1)
+    corr = jnp.take_along_axis(X @ W.T, sets, 1)
+    return corr, lambda i: gram[jnp.take_along_axis(sets, i, 1)[:, :, None], sets[:, None, :]]
 
 
 @functools.partial(jax.jit, static_argnames=("K", "nonneg"))
-def _round(X, W, W_hi, reg, sets, max_kinks, *, K: int, nonneg: bool):
+def _round(X, W, W_hi, gram, reg, sets, max_kinks, warm, *, K: int, nonneg: bool):
     """The restricted paths of a chunk, their full duality gaps and the atoms' scores.
 
-    ``X (n, D)``, ``sets (n, k)``, ``W_hi`` the dictionary in the certificate's precision.
-    Returns ``(codes (n, F), gap (n,), objective (n,), path_done (n,) bool, kinks,
-    scores (n, F))``: the next working sets are ``_select_sets(scores, k_next, k)``."""
+    ``X (n, D)``, ``sets (n, k)``, ``W_hi`` the dictionary in the certificate's precision,
+    ``gram``: None or ``W Wᵀ`` (``_set_gram``), ``warm``: None or the previous round's active
+    set (``Warm``, ``K`` slots; its atoms are in ``sets``). Returns ``(codes (n, F), gap (n,),
+    objective (n,), path_done (n,) bool, kinks, scores (n, F), active set (Warm))``: the next
+    working sets are ``_select_sets(scores, k_next, k)``, each starting with the atoms of its
+    active set."""
     n, k = sets.shape
     F = W.shape[0]
-    W_S, reg_S = W[sets], reg[sets]  # (n, k, D), (n, k)
-    p = _local_paths(X, W_S, reg_S, max_kinks, K=K, nonneg=nonneg)
+    reg_S = reg[sets]  # (n, k)
+    local = None
+    if warm is not None:  # the position of each slot's atom in the set
+        local = jnp.argmax(sets[:, None, :] == warm.atom[:, :, None], axis=2).astype(jnp.int32)
+    corr, rows_of = _set_gram(X, W, gram, sets)
+    p = _local_paths(corr, reg_S, rows_of, max_kinks, warm, local, K=K, nonneg=nonneg)
     # Newton steps on the active set in the highest available precision (undo the drift of
     # the incremental updates; with a float32 inverse Gram each step gains a few digits, and a
     # support of a few hundred atoms needs more than one), then the duality gap over all atoms
     hi = high_dtype(X.dtype)
-    W_A = jnp.take_along_axis(W_S, p.atom[:, :, None], axis=1).astype(hi)  # (n, K, D)
+    slot_atoms = jnp.take_along_axis(sets, p.atom, 1)
+    W_A = W_hi[slot_atoms]  # (n, K, D)
     X_h = X.astype(hi)
     lam = jnp.take_along_axis(reg_S, p.atom, 1).astype(hi)
-    cs, occ = refine_active(
+    cs, occ, H = refine_active(
         X_h,
         W_A,
         lam,
@@ -212,14 +292,15 @@ def _round(X, W, W_hi, reg, sets, max_kinks, *, K: int, nonneg: bool):
     )
     cs = cs.astype(X.dtype)
     rows = jnp.arange(n)[:, None]
-    slot_atoms = jnp.take_along_axis(sets, p.atom, 1)
     C = jnp.zeros((n, F), X.dtype).at[rows, jnp.where(occ, slot_atoms, F)].set(cs, mode="drop")
     R = X_h - jnp.einsum("bs,bsd->bd", cs.astype(hi), W_A)
     G = R @ W_hi.T
     gap, obj = gap_from_residual(C.astype(hi), R, G, reg.astype(hi), nonneg)
-    # the selection in float32 (half the bytes to select from)
-    scores = _scores(G.astype(jnp.float32), C, reg.astype(jnp.float32), nonneg)
-    return C, gap.astype(X.dtype), obj.astype(X.dtype), p.done, p.steps, scores
+    # the selection in float32 (half the bytes to select from), the active set first
+    on = jnp.zeros((n, F), bool).at[rows, jnp.where(occ, slot_atoms, F)].set(True, mode="drop")
+    scores = _scores(G.astype(jnp.float32), on, reg.astype(jnp.float32), nonneg)
+    out = Warm(slot_atoms, occ, cs, H.astype(X.dtype))
+    return C, gap.astype(X.dtype), obj.astype(X.dtype), p.done, p.steps, scores, out
 
 
 def _chunk(k: int, D: int, n: int) -> int:
@@ -229,9 +310,16 @@ def _chunk(k: int, D: int, n: int) -> int:
     return min(bucket(n), 1 << (fit.bit_length() - 1))
 
 
-def _chunked_round(X, W, W_hi, reg, sets, *, nonneg: bool, k_next: int, max_kinks: int):
-    """``_round`` over chunks of samples (the last one padded); NumPy results and the most
-    kinks of a chunk."""
+def _slots(k: int, D: int) -> int:
+    """The slots of a working set of ``k`` atoms: at most ``k / 2`` atoms active (more and the
+    set grows), and at most ``D``."""
+    return min(max(k // 2, 1), D)
+
+
+def _chunked_round(X, W, W_hi, gram, reg, sets, warm, *, nonneg: bool, k_next: int, max_kinks: int):
+    """``_round`` over chunks of samples (the last one padded); NumPy results (codes, gaps,
+    objectives, paths done, next working sets, active sets) and the most kinks of a chunk.
+    ``warm``: None or the previous active sets (``Warm`` of NumPy arrays, ``_slots`` slots)."""
     n, k = sets.shape
     size = _chunk(k, X.shape[1], n)
     outs, steps = [], 0
@@ -242,17 +330,19 @@ def _chunked_round(X, W, W_hi, reg, sets, *, nonneg: bool, k_next: int, max_kink
             jnp.asarray(X[take]),
             W,
             W_hi,
+            gram,
             reg,
             jnp.asarray(sets[take]),
             jnp.asarray(max_kinks, jnp.int32),
-            K=min(max(k // 2, 1), X.shape[1]),
+            None if warm is None else Warm(*(jnp.asarray(a[take]) for a in warm)),
+            K=_slots(k, X.shape[1]),
             nonneg=nonneg,
         )
         steps = max(steps, int(res[4]))
         next_sets = _select_sets(res[5], k_next, k)
-        outs.append([np.asarray(x)[: len(part)] for x in (*res[:4], next_sets)])
-    C, gap, obj, done, next_sets = (np.concatenate(x) for x in zip(*outs, strict=True))
-    return C, gap, obj, done, next_sets, steps
+        outs.append([np.asarray(x)[: len(part)] for x in (*res[:4], next_sets, *res[6])])
+    cat = [np.concatenate(x) for x in zip(*outs, strict=True)]
+    return (*cat[:5], Warm(*cat[5:]), steps)
 
 
 def _unchanged(sets: np.ndarray, next_sets: np.ndarray) -> np.ndarray:
@@ -261,16 +351,48 @@ def _unchanged(sets: np.ndarray, next_sets: np.ndarray) -> np.ndarray:
     return np.all(np.sort(sets, axis=1) == np.sort(next_sets, axis=1), axis=1)
 
 
-def _merge(groups: list) -> list:
-    """The groups ``(rows, sets, k)`` of equal ``k`` joined: fewer, larger calls (and fewer
-    shapes to compile)."""
+def _pad(warm: Warm, K: int) -> Warm:
+    """The active sets in ``K ≥`` their slots (free slots padded)."""
+    extra = K - warm.occ.shape[1]
+    pad2 = ((0, 0), (0, extra))
+    return Warm(
+        np.pad(warm.atom, pad2),
+        np.pad(warm.occ, pad2),
+        np.pad(warm.codes, pad2),
+        np.pad(warm.H, ((0, 0), (0, extra), (0, extra))),
+    )
+
+
+def _merge(groups: list, D: int) -> list:
+    """The groups ``(rows, sets, k, warm)`` of equal ``k`` joined, their active sets in
+    ``_slots(k, D)`` slots: fewer, larger calls (and fewer shapes to compile)."""
     by_k: dict[int, list] = {}
-    for rows, sets, k in groups:
-        by_k.setdefault(k, []).append((rows, sets))
+    for rows, sets, k, warm in groups:
+        by_k.setdefault(k, []).append((rows, sets, _pad(warm, _slots(k, D))))
     return [
-        (np.concatenate([r for r, _ in parts]), np.concatenate([s for _, s in parts]), k)
+        (
+            np.concatenate([r for r, _, _ in parts]),
+            np.concatenate([s for _, s, _ in parts]),
+            k,
+            Warm(*(np.concatenate(x) for x in zip(*(w for _, _, w in parts), strict=True))),
+        )
         for k, parts in sorted(by_k.items())
     ]
+
+
+_dictionary_gram = jax.jit(lambda W: W @ W.T)
+
+
+def _gram_pays(n: int, k: int, W) -> bool:
+    """Whether the rounds use the dictionary's Gram matrix ``W Wᵀ`` from now on: it fits in
+    ``GRAM_BYTES`` and a round of ``n`` samples with sets of ``k`` atoms would otherwise form
+    at least as many Gram entries (``n k²``) as it has (``F²``)."""
+    F = W.shape[0]
+    return F * F * W.dtype.itemsize <= GRAM_BYTES and n * k * k >= F * F
+
+
+def _take(warm: Warm, i: np.ndarray) -> Warm:
+    return Warm(*(a[i] for a in warm))
 
 
 def solve_working_sets(
@@ -288,14 +410,26 @@ def solve_working_sets(
     certified = np.zeros((B,), bool)
     W_hi = W.astype(high_dtype(X.dtype))
     k = min(F, MIN_SIZE)
-    groups = [(np.arange(B), np.asarray(_first_sets(X, W, reg, k=k, nonneg=nonneg)), k)]
-    kinks = 0
+    groups = [(np.arange(B), np.asarray(_first_sets(X, W, reg, k=k, nonneg=nonneg)), k, None)]
+    kinks, gram = 0, None
     for _ in range(rounds):
         todo, most = [], 0
-        for rows, sets, k in groups:
+        for rows, sets, k, warm in groups:
             k_next = min(F, 2 * k)
-            C_r, gap_r, obj_r, done_r, next_sets, steps = _chunked_round(
-                X_np[rows], W, W_hi, reg, sets, nonneg=nonneg, k_next=k_next, max_kinks=max_kinks
+            if gram is None and _gram_pays(len(rows), k, W):
+                gram = _dictionary_gram(W)
+            # after the first round, each path starts from the previous round's active set
+            C_r, gap_r, obj_r, done_r, next_sets, active, steps = _chunked_round(
+                X_np[rows],
+                W,
+                W_hi,
+                gram,
+                reg,
+                sets,
+                warm,
+                nonneg=nonneg,
+                k_next=k_next,
+                max_kinks=max_kinks,
             )
             most = max(most, steps)
             codes[rows], gap[rows], obj[rows] = C_r, gap_r, obj_r
@@ -303,15 +437,15 @@ def solve_working_sets(
             ok = done_r & (rel <= tol)
             certified[rows] = ok
             # the others go round again, with twice the atoms where the support fills half
-            grow = (2 * (C_r != 0).sum(axis=1) > k) | ~done_r
+            grow = (2 * active.occ.sum(axis=1) > k) | ~done_r
             same = np.flatnonzero(~ok & ~grow & ~_unchanged(sets, next_sets[:, :k]))
             if len(same):
-                todo.append((rows[same], next_sets[same][:, :k], k))
+                todo.append((rows[same], next_sets[same][:, :k], k, _take(active, same)))
             more = np.flatnonzero(~ok & grow)
             if len(more) and k < k_next <= MAX_SIZE:
-                todo.append((rows[more], next_sets[more], k_next))
+                todo.append((rows[more], next_sets[more], k_next, _take(active, more)))
         kinks += most
-        groups = _merge(todo)
+        groups = _merge(todo, D)
         if not groups:
             break
     _finish(X_np, W_hi, reg, codes, gap, obj, certified, tol, nonneg=nonneg)
@@ -350,7 +484,7 @@ def _support_and_violators(X, W_hi, reg, C, *, S: int, V: int, nonneg: bool):
     )
     H = jnp.where(both, jnp.einsum("bki,bkj->bij", L_inv, L_inv), 0)
     lam = reg_h[atom]
-    cs, occ = refine_active(X_h, W_A, lam, sign, c0, occ, H, jnp.ones((n,), bool), steps=REFINE)
+    cs, occ, _ = refine_active(X_h, W_A, lam, sign, c0, occ, H, jnp.ones((n,), bool), steps=REFINE)
     idx = jnp.where(occ, atom, F)
 
     def rounded(c):
