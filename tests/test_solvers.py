@@ -505,31 +505,35 @@ def test_working_sets_in_small_chunks_match(monkeypatch):
 
 @pytest.mark.parametrize("nonneg", [False, True])
 def test_warm_round_continues_the_path(nonneg):
-    # a round on 12 atoms (stopped when its 4 slots fill, or at λ), then a round on all 96
-    # started from its active set: the codes of a round on all 96 from c = 0; started from its
-    # own result, a round is over in one kink
+    # a round on 8 or 16 atoms (stopped when its 4 or 8 slots fill, or at λ), then a round on
+    # all 96 started from its active set: the codes of a round on all 96 from c = 0; started
+    # from its own result, a round is over in one kink
     Xb, Wb, reg = make_lasso_problem(10, B=8, D=20, F=96, nnz=(3, 9))
-    X, W = jnp.asarray(Xb), jnp.asarray(Wb)
-    lam = jnp.full((96,), reg)
-    everything = jnp.tile(jnp.arange(96, dtype=jnp.int32), (8, 1))
+    X, lam = np.asarray(Xb), jnp.full((96,), reg)
+    W = jnp.asarray(Wb)
+    everything = np.tile(np.arange(96), (8, 1))
 
-    def round_(sets, warm, K):
-        kinks = jnp.asarray(4096, jnp.int32)
-        out = working_set._round(X, W, W, None, lam, sets, kinks, warm, K=K, nonneg=nonneg)
-        return out[0], out[3], int(out[4]), out[6]
+    def round_(sets, corr, warm):
+        return working_set._chunked_round(
+            X, W, W, None, lam, sets, corr, warm, nonneg=nonneg, k_next=96, max_kinks=4096
+        )
 
-    ref, done, _, active = round_(everything, None, 20)
-    assert bool(done.all())
-    for K in (4, 20):
-        first = jnp.asarray(np.argsort(-np.abs(Xb @ Wb.T), axis=1)[:, :12], jnp.int32)
-        _, _, _, warm = round_(first, None, K)
-        warm = working_set._pad(jax.tree_util.tree_map(np.asarray, warm), 20)
-        codes, done, _, _ = round_(everything, working_set.Warm(*map(jnp.asarray, warm)), 20)
-        assert bool(done.all())
-        np.testing.assert_allclose(codes, ref, atol=1e-10)
-    again, _, kinks, _ = round_(everything, active, 20)
-    assert kinks == 1
-    np.testing.assert_allclose(again, ref, atol=1e-12)
+    corr = X @ Wb.T
+    ref = round_(everything, corr, None)
+    assert ref[3].all()
+    for k in (8, 16):
+        first = np.argsort(-np.abs(corr), axis=1)[:, :k]
+        out = round_(first, np.take_along_axis(corr, first, 1), None)
+        assert (out[7].occ.sum(axis=1) == k // 2).any()  # some paths stopped short of λ
+        rows = np.arange(8)
+        group = (rows, out[4], out[5], 96, out[7])
+        [(rows, sets, nxt_corr, _, warm)] = working_set._merge([group], 20, np.zeros(8))
+        codes, _, _, done, *_ = round_(sets, nxt_corr, warm)
+        assert done.all()
+        np.testing.assert_allclose(codes[np.argsort(rows)], ref[0], atol=1e-10)
+    again = round_(ref[4], ref[5], ref[7])
+    assert again[-1] == 1
+    np.testing.assert_allclose(again[0], ref[0], atol=1e-12)
 
 
 def test_working_sets_with_the_dictionary_gram_match(monkeypatch):

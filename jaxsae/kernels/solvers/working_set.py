@@ -47,6 +47,9 @@ from jaxsae.kernels.solvers.homotopy import Path, path_step, refine_active
 # at D1280 F10240 a set of 512 atoms costs 2.0 ms per sample to form its Gram matrix and
 # 0.7 ms to gather it from W Wᵀ, which takes 0.9 s to form (2-core CPU, float32)
 GRAM_BYTES = 1 << 30
+# the certificates (one product of the residuals with the whole dictionary) in blocks of this
+# many samples
+CERTIFY_ROWS = 1024
 # the smallest working set, and the largest
 MIN_SIZE = 64
 MAX_SIZE = 1024
@@ -117,14 +120,17 @@ _select_sets = jax.jit(_top_sets, static_argnums=(1, 2))
 
 
 @functools.partial(jax.jit, static_argnames=("nonneg",))
-def _first_scores(X, W, reg, *, nonneg: bool) -> jax.Array:
+def _first_scores(X, W, reg, *, nonneg: bool) -> tuple[jax.Array, jax.Array]:
     G = X @ W.T
-    return _scores(G, jnp.zeros_like(G), reg, nonneg)
+    return G, _scores(G, jnp.zeros_like(G), reg, nonneg)
 
 
-def _first_sets(X, W, reg, *, k: int, nonneg: bool) -> jax.Array:
-    """``(B, k)`` the atoms most correlated with each input (the residual at ``c = 0``)."""
-    return _select_sets(_first_scores(X, W, reg, nonneg=nonneg), k, k)
+def _first_sets(X, W, reg, *, k: int, nonneg: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(sets (B, k), corr (B, k))``: the atoms most correlated with each input (the residual
+    at ``c = 0``) and their correlations."""
+    G, scores = _first_scores(X, W, reg, nonneg=nonneg)
+    sets = np.asarray(_select_sets(scores, k, k))
+    return sets, np.take_along_axis(np.asarray(G), sets, 1)
 
 
 def _cold_start(corr, reg_S, K: int, nonneg: bool) -> Path:
@@ -168,15 +174,15 @@ def _warm_start(rows_of, corr, reg_S, warm: Warm, local, nonneg: bool):
     max(excess(g_j), λ_j)`` (``g_j = p_j s_j``; a path stopped at ``τ > 1`` has ``p_j > λ_j``
     there), elsewhere ``p_j = τ0 λ_j ≥ excess(g_j)``, ``τ0 = max_j excess(g_j) / λ_j`` over the
     atoms off the support (as the usual path from ``c = 0``; the atom that violates its
-    constraint most joins first). ``corr (n, k)``: the correlations at ``c = 0``; ``rows_of``:
-    see ``_local_paths``. Returns ``(path, slope (n, k), Gram rows of the slots (n, K, k))``."""
+    constraint most joins first). ``corr (n, k)``: the correlations with the residual of these
+    codes; ``rows_of``: see ``_local_paths``. Returns ``(path, slope (n, k), Gram rows of the
+    slots (n, K, k))``."""
     n, k = corr.shape
     occ, codes = warm.occ, jnp.where(warm.occ, warm.codes, 0)
     sign = jnp.where(occ, jnp.sign(codes), 0)
     active = jnp.zeros((n, k), bool).at[jnp.arange(n)[:, None], jnp.where(occ, local, k)]
     active = active.set(True, mode="drop")
     rows = jnp.where(occ[:, :, None], rows_of(local), 0)
-    corr = corr - jnp.einsum("bsk,bs->bk", rows, codes)
     excess = jnp.maximum(corr, 0) if nonneg else jnp.abs(corr)
     # inactive atoms: the penalty of the usual path, τ λ_j from τ0 = max_j excess(g_j) / λ_j
     # (were the violators' penalties their own excess, they would all join at one τ, and
@@ -202,7 +208,8 @@ def _warm_start(rows_of, corr, reg_S, warm: Warm, local, nonneg: bool):
 def _local_paths(corr, reg_S, rows_of, max_kinks, warm, local, *, K: int, nonneg: bool) -> Path:
     """Every sample's path on its working set down to ``τ = 1``, with ``K`` slots: from
     ``c = 0`` (``warm`` None), or from a previous round's active set ``warm`` whose atoms sit at
-    ``local (n, K)`` in the set (``_warm_start``). ``corr (n, k)``: the correlations ``W_S x``;
+    ``local (n, K)`` in the set (``_warm_start``). ``corr (n, k)``: the correlations of the
+    set's atoms with the residual (of ``x`` for a path from ``c = 0``);
     ``reg_S (n, k)``; ``rows_of(i (n, m)) -> (n, m, k)``: the Gram rows of the set's atoms
     ``i`` with the set. The Gram row of an atom is cached in its slot when it joins, so a kink
     costs ``O(K k + K²)`` per sample."""
@@ -239,50 +246,51 @@ def _local_paths(corr, reg_S, rows_of, max_kinks, warm, local, *, K: int, nonneg
     return jax.lax.while_loop(cond, body, (p, rows))[0]
 
 
-def _set_gram(X, W, gram, sets):
-    """``(corr (n, k), rows_of)`` of the working sets ``sets (n, k)``: the correlations ``W_S x``
-    and a function giving the Gram rows of the set's atoms ``i (n, m)`` with the set ``(n, m,
-    k)``: gathered from the dictionary's Gram matrix ``gram (F, F)``, or with ``gram`` None
-    from the sets' own Gram matrices (``O(k² D)`` per sample)."""
+def _set_gram(W, gram, sets):
+    """A function giving the Gram rows of the atoms ``i (n, m)`` of the working sets ``sets (n,
+    k)`` with their set ``(n, m, k)``: gathered from the dictionary's Gram matrix ``gram (F,
+    F)``, or with ``gram`` None from the sets' own Gram matrices (``O(k² D)`` per sample)."""
     if gram is None:
         W_S = W[sets]  # (n, k, D)
         G = jnp.einsum("bkd,bjd->bkj", W_S, W_S)  # (n, k, k)
-        corr = jnp.einsum("bkd,bd->bk", W_S, X)
-        return corr, lambda i: jnp.take_along_axis(G, i[:, :, None], axis=1)
-    corr = jnp.take_along_axis(X @ W.T, sets, 1)
-    return corr, lambda i: gram[jnp.take_along_axis(sets, i, 1)[:, :, None], sets[:, None, :]]
+        return lambda i: jnp.take_along_axis(G, i[:, :, None], axis=1)
+    return lambda i: gram[jnp.take_along_axis(sets, i, 1)[:, :, None], sets[:, None, :]]
 
 
 @functools.partial(jax.jit, static_argnames=("K", "nonneg"))
-def _round(X, W, W_hi, gram, reg, sets, max_kinks, warm, *, K: int, nonneg: bool):
-    """The restricted paths of a chunk, their full duality gaps and the atoms' scores.
+def _round(X, W, W_hi, gram, reg, sets, corr, max_kinks, warm, *, K: int, nonneg: bool):
+    """The restricted paths of a chunk, refined on their active sets.
 
-    ``X (n, D)``, ``sets (n, k)``, ``W_hi`` the dictionary in the certificate's precision,
-    ``gram``: None or ``W Wᵀ`` (``_set_gram``), ``warm``: None or the previous round's active
-    set (``Warm``, ``K`` slots; its atoms are in ``sets``). Returns ``(codes (n, F), gap (n,),
-    objective (n,), path_done (n,) bool, kinks, scores (n, F), active set (Warm))``: the next
-    working sets are ``_select_sets(scores, k_next, k)``, each starting with the atoms of its
-    active set."""
-    n, k = sets.shape
-    F = W.shape[0]
+    ``X (n, D)``, ``sets (n, k)``, ``corr (n, k)`` the correlations of the sets' atoms with the
+    residual of the codes ``warm`` (of ``X`` when ``warm`` is None: paths from ``c = 0``),
+    ``W_hi`` the dictionary in the certificate's precision, ``gram``: None or ``W Wᵀ``
+    (``_set_gram``), ``warm``: None or the previous round's active set (``Warm``, ``K`` slots;
+    its atoms are in ``sets``). Returns ``(residuals (n, D) in W_hi's precision, path_done
+    (n,) bool, kinks, active set (Warm))``, refined by ``_refined`` where a path is done."""
     reg_S = reg[sets]  # (n, k)
     local = None
     if warm is not None:  # the position of each slot's atom in the set
         local = jnp.argmax(sets[:, None, :] == warm.atom[:, :, None], axis=2).astype(jnp.int32)
-    corr, rows_of = _set_gram(X, W, gram, sets)
+    rows_of = _set_gram(W, gram, sets)
     p = _local_paths(corr, reg_S, rows_of, max_kinks, warm, local, K=K, nonneg=nonneg)
-    # Newton steps on the active set in the highest available precision (undo the drift of
-    # the incremental updates; with a float32 inverse Gram each step gains a few digits, and a
-    # support of a few hundred atoms needs more than one), then the duality gap over all atoms
-    hi = high_dtype(X.dtype)
     slot_atoms = jnp.take_along_axis(sets, p.atom, 1)
+    lam = jnp.take_along_axis(reg_S, p.atom, 1)
+    cs, occ, H, R = jax.lax.cond(jnp.any(p.done), _refined, _as_is, X, W, W_hi, slot_atoms, lam, p)
+    return R, p.done, p.steps, Warm(slot_atoms, occ, cs, H)
+
+
+def _refined(X, W, W_hi, slot_atoms, lam, p: Path):
+    """Newton steps on the active sets of the paths at ``τ = 1`` in the highest available
+    precision (they undo the drift of the incremental updates; with a float32 inverse Gram each
+    step gains a few digits, and a support of a few hundred atoms needs more than one). Returns
+    ``(codes, occupied, inverse Gram, residuals in W_hi's precision)``."""
+    hi = W_hi.dtype
     W_A = W_hi[slot_atoms]  # (n, K, D)
     X_h = X.astype(hi)
-    lam = jnp.take_along_axis(reg_S, p.atom, 1).astype(hi)
     cs, occ, H = refine_active(
         X_h,
         W_A,
-        lam,
+        lam.astype(hi),
         p.sign.astype(hi),
         p.codes.astype(hi),
         p.occ,
@@ -291,16 +299,44 @@ def _round(X, W, W_hi, gram, reg, sets, max_kinks, warm, *, K: int, nonneg: bool
         steps=REFINE,
     )
     cs = cs.astype(X.dtype)
-    rows = jnp.arange(n)[:, None]
-    C = jnp.zeros((n, F), X.dtype).at[rows, jnp.where(occ, slot_atoms, F)].set(cs, mode="drop")
     R = X_h - jnp.einsum("bs,bsd->bd", cs.astype(hi), W_A)
-    G = R @ W_hi.T
-    gap, obj = gap_from_residual(C.astype(hi), R, G, reg.astype(hi), nonneg)
-    # the selection in float32 (half the bytes to select from), the active set first
-    on = jnp.zeros((n, F), bool).at[rows, jnp.where(occ, slot_atoms, F)].set(True, mode="drop")
+    return cs, occ, H.astype(X.dtype), R
+
+
+def _as_is(X, W, W_hi, slot_atoms, lam, p: Path):
+    """``_refined`` for a chunk whose paths all stopped short of ``τ = 1`` (nothing to refine
+    or certify: the residuals in ``X``'s precision only choose the next working sets)."""
+    cs = jnp.where(p.occ, p.codes, 0)
+    R = X - jnp.einsum("bs,bsd->bd", cs, W[slot_atoms])
+    return cs, p.occ, p.H, R.astype(W_hi.dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("nonneg",))
+def _certify(R, W, W_hi, reg, active: Warm, done, *, nonneg: bool):
+    """The codes of the active sets ``active`` (``(n, F)``, their dtype), their duality gaps
+    and objectives over all atoms from their residuals ``R (n, D)`` (``W_hi``'s precision;
+    ``inf`` and 0 unless some path is ``done``: only those can be certified), the correlations
+    ``W R`` (the codes' dtype), the atoms' scores (float32, the active atoms first) and how many
+    atoms violate their constraint."""
+    n, F = R.shape[0], W_hi.shape[0]
+    dt, hi = active.codes.dtype, W_hi.dtype
+    rows = jnp.arange(n)[:, None]
+    idx = jnp.where(active.occ, active.atom, F)
+    C = jnp.zeros((n, F), dt).at[rows, idx].set(active.codes, mode="drop")
+    G = R.astype(dt) @ W.T
+
+    def certificate(R):
+        gap, obj = gap_from_residual(C.astype(hi), R, R @ W_hi.T, reg.astype(hi), nonneg)
+        return gap.astype(dt), obj.astype(dt)
+
+    def none(R):
+        return jnp.full((n,), jnp.inf, dt), jnp.zeros((n,), dt)
+
+    gap, obj = jax.lax.cond(jnp.any(done), certificate, none, R)
+    on = jnp.zeros((n, F), bool).at[rows, idx].set(True, mode="drop")
     scores = _scores(G.astype(jnp.float32), on, reg.astype(jnp.float32), nonneg)
-    out = Warm(slot_atoms, occ, cs, H.astype(X.dtype))
-    return C, gap.astype(X.dtype), obj.astype(X.dtype), p.done, p.steps, scores, out
+    viol = jnp.sum(jnp.where(on, 0, scores) > 1, axis=1)
+    return C, gap, obj, G, scores, viol
 
 
 def _chunk(k: int, D: int, n: int) -> int:
@@ -316,33 +352,63 @@ def _slots(k: int, D: int) -> int:
     return min(max(k // 2, 1), D)
 
 
-def _chunked_round(X, W, W_hi, gram, reg, sets, warm, *, nonneg: bool, k_next: int, max_kinks: int):
-    """``_round`` over chunks of samples (the last one padded); NumPy results (codes, gaps,
-    objectives, paths done, next working sets, active sets) and the most kinks of a chunk.
-    ``warm``: None or the previous active sets (``Warm`` of NumPy arrays, ``_slots`` slots)."""
+def _paths(X, W, W_hi, gram, reg, sets, corr, warm, *, nonneg: bool, max_kinks: int):
+    """``_round`` over chunks of samples (the last one padded): NumPy residuals, paths done
+    and active sets (``Warm``), and the most kinks of a chunk. ``warm``: None or the previous
+    active sets (``Warm`` of NumPy arrays, ``_slots`` slots)."""
     n, k = sets.shape
     size = _chunk(k, X.shape[1], n)
     outs, steps = [], 0
     for start in range(0, n, size):
         part = np.arange(start, min(start + size, n))
         take = pad_index(part, size)
-        res = _round(
+        R, done, kinks, active = _round(
             jnp.asarray(X[take]),
             W,
             W_hi,
             gram,
             reg,
             jnp.asarray(sets[take]),
+            jnp.asarray(corr[take]),
             jnp.asarray(max_kinks, jnp.int32),
             None if warm is None else Warm(*(jnp.asarray(a[take]) for a in warm)),
             K=_slots(k, X.shape[1]),
             nonneg=nonneg,
         )
-        steps = max(steps, int(res[4]))
-        next_sets = _select_sets(res[5], k_next, k)
-        outs.append([np.asarray(x)[: len(part)] for x in (*res[:4], next_sets, *res[6])])
+        steps = max(steps, int(kinks))
+        outs.append([np.asarray(x)[: len(part)] for x in (R, done, *active)])
     cat = [np.concatenate(x) for x in zip(*outs, strict=True)]
-    return (*cat[:5], Warm(*cat[5:]), steps)
+    return cat[0], cat[1], Warm(*cat[2:]), steps
+
+
+def _chunked_round(X, W, W_hi, gram, reg, sets, corr, warm, *, nonneg, k_next, max_kinks):
+    """One round of a group of samples: the paths (``_paths``, in chunks), then the
+    certificates and the next working sets (``_certify``, in blocks of ``CERTIFY_ROWS``: one
+    product with the whole dictionary per block, where a chunk of paths is too small to read
+    it efficiently). NumPy results: ``(codes, gaps, objectives, paths done, next working sets,
+    their correlations, violators, active sets (Warm), most kinks of a chunk)``."""
+    R, done, active, steps = _paths(
+        X, W, W_hi, gram, reg, sets, corr, warm, nonneg=nonneg, max_kinks=max_kinks
+    )
+    n, k = sets.shape
+    outs = []
+    for start in range(0, n, CERTIFY_ROWS):
+        part = np.arange(start, min(start + CERTIFY_ROWS, n))
+        take = pad_index(part, bucket(len(part), smallest=8))
+        C, gap, obj, G, scores, viol = _certify(
+            jnp.asarray(R[take]),
+            W,
+            W_hi,
+            reg,
+            Warm(*(jnp.asarray(a[take]) for a in active)),
+            jnp.asarray(done[take]),
+            nonneg=nonneg,
+        )
+        next_sets = np.asarray(_select_sets(scores, k_next, k))
+        next_corr = np.take_along_axis(np.asarray(G), next_sets, 1)
+        outs.append([np.asarray(x)[: len(part)] for x in (C, gap, obj, next_sets, next_corr, viol)])
+    C, gap, obj, next_sets, next_corr, viol = (np.concatenate(x) for x in zip(*outs, strict=True))
+    return C, gap, obj, done, next_sets, next_corr, viol, active, steps
 
 
 def _unchanged(sets: np.ndarray, next_sets: np.ndarray) -> np.ndarray:
@@ -351,33 +417,36 @@ def _unchanged(sets: np.ndarray, next_sets: np.ndarray) -> np.ndarray:
     return np.all(np.sort(sets, axis=1) == np.sort(next_sets, axis=1), axis=1)
 
 
-def _pad(warm: Warm, K: int) -> Warm:
-    """The active sets in ``K ≥`` their slots (free slots padded)."""
-    extra = K - warm.occ.shape[1]
-    pad2 = ((0, 0), (0, extra))
-    return Warm(
-        np.pad(warm.atom, pad2),
-        np.pad(warm.occ, pad2),
-        np.pad(warm.codes, pad2),
-        np.pad(warm.H, ((0, 0), (0, extra), (0, extra))),
-    )
-
-
-def _merge(groups: list, D: int) -> list:
-    """The groups ``(rows, sets, k, warm)`` of equal ``k`` joined, their active sets in
-    ``_slots(k, D)`` slots: fewer, larger calls (and fewer shapes to compile)."""
+def _merge(groups: list, D: int, work: np.ndarray) -> list:
+    """The groups ``(rows, sets, corr, k, warm)`` of equal ``k`` joined, their active sets in
+    ``_slots(k, D)`` slots (free slots padded): fewer, larger calls (and fewer shapes to
+    compile); each group's rows in the order of ``work (B,)`` (a sample's paths run in chunks,
+    as long as the longest of its chunk: similar samples together waste fewer kinks)."""
     by_k: dict[int, list] = {}
-    for rows, sets, k, warm in groups:
-        by_k.setdefault(k, []).append((rows, sets, _pad(warm, _slots(k, D))))
-    return [
-        (
-            np.concatenate([r for r, _, _ in parts]),
-            np.concatenate([s for _, s, _ in parts]),
-            k,
-            Warm(*(np.concatenate(x) for x in zip(*(w for _, _, w in parts), strict=True))),
-        )
-        for k, parts in sorted(by_k.items())
-    ]
+    for group in groups:
+        by_k.setdefault(group[3], []).append(group)
+    merged = []
+    for k, parts in sorted(by_k.items()):
+        rows = np.concatenate([part[0] for part in parts])
+        order = np.argsort(work[rows], kind="stable")
+        at = np.empty_like(order)
+        at[order] = np.arange(len(order))  # where each row of the parts goes
+        n, K, first = len(rows), _slots(k, D), parts[0]
+        sets, corr = np.empty((n, k), first[1].dtype), np.empty((n, k), first[2].dtype)
+        dt = first[4].codes.dtype
+        warm = Warm(
+            np.zeros((n, K), np.int32), np.zeros((n, K), bool), np.zeros((n, K), dt),
+            np.zeros((n, K, K), dt),
+        )  # fmt: skip
+        start = 0
+        for r, s, c, _, w in parts:
+            to, m = at[start : start + len(r)], w.occ.shape[1]
+            start += len(r)
+            sets[to], corr[to] = s, c
+            warm.atom[to, :m], warm.occ[to, :m], warm.codes[to, :m] = w.atom, w.occ, w.codes
+            warm.H[to, :m, :m] = w.H
+        merged.append((rows[order], sets, corr, k, warm))
+    return merged
 
 
 _dictionary_gram = jax.jit(lambda W: W @ W.T)
@@ -410,22 +479,23 @@ def solve_working_sets(
     certified = np.zeros((B,), bool)
     W_hi = W.astype(high_dtype(X.dtype))
     k = min(F, MIN_SIZE)
-    groups = [(np.arange(B), np.asarray(_first_sets(X, W, reg, k=k, nonneg=nonneg)), k, None)]
-    kinks, gram = 0, None
+    groups = [(np.arange(B), *_first_sets(X, W, reg, k=k, nonneg=nonneg), k, None)]
+    kinks, gram, viol = 0, None, np.zeros((B,), np.int64)
     for _ in range(rounds):
         todo, most = [], 0
-        for rows, sets, k, warm in groups:
+        for rows, sets, corr, k, warm in groups:
             k_next = min(F, 2 * k)
             if gram is None and _gram_pays(len(rows), k, W):
                 gram = _dictionary_gram(W)
             # after the first round, each path starts from the previous round's active set
-            C_r, gap_r, obj_r, done_r, next_sets, active, steps = _chunked_round(
+            C_r, gap_r, obj_r, done_r, nxt, nxt_corr, viol[rows], active, steps = _chunked_round(
                 X_np[rows],
                 W,
                 W_hi,
                 gram,
                 reg,
                 sets,
+                corr,
                 warm,
                 nonneg=nonneg,
                 k_next=k_next,
@@ -438,14 +508,15 @@ def solve_working_sets(
             certified[rows] = ok
             # the others go round again, with twice the atoms where the support fills half
             grow = (2 * active.occ.sum(axis=1) > k) | ~done_r
-            same = np.flatnonzero(~ok & ~grow & ~_unchanged(sets, next_sets[:, :k]))
+            same = np.flatnonzero(~ok & ~grow & ~_unchanged(sets, nxt[:, :k]))
             if len(same):
-                todo.append((rows[same], next_sets[same][:, :k], k, _take(active, same)))
+                part = (nxt[same][:, :k], nxt_corr[same][:, :k], k, _take(active, same))
+                todo.append((rows[same], *part))
             more = np.flatnonzero(~ok & grow)
             if len(more) and k < k_next <= MAX_SIZE:
-                todo.append((rows[more], next_sets[more], k_next, _take(active, more)))
+                todo.append((rows[more], nxt[more], nxt_corr[more], k_next, _take(active, more)))
         kinks += most
-        groups = _merge(todo, D)
+        groups = _merge(todo, D, viol)
         if not groups:
             break
     _finish(X_np, W_hi, reg, codes, gap, obj, certified, tol, nonneg=nonneg)
