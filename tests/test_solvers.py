@@ -506,16 +506,17 @@ def test_working_sets_in_small_chunks_match(monkeypatch):
 @pytest.mark.parametrize("nonneg", [False, True])
 def test_warm_round_continues_the_path(nonneg):
     # a round on 8 or 16 atoms (stopped when its 4 or 8 slots fill, or at λ), then a round on
-    # all 96 started from its active set: the codes of a round on all 96 from c = 0; started
-    # from its own result, a round is over in one kink
+    # all 96 started from its active set: the codes of a round on all 96 from c = 0; the same
+    # from a round stopped after 3 kinks; started from its own result, a round is over in one
+    # kink
     Xb, Wb, reg = make_lasso_problem(10, B=8, D=20, F=96, nnz=(3, 9))
     X, lam = np.asarray(Xb), jnp.full((96,), reg)
     W = jnp.asarray(Wb)
     everything = np.tile(np.arange(96), (8, 1))
 
-    def round_(sets, corr, warm):
+    def round_(sets, corr, warm, max_kinks=4096):
         return working_set._chunked_round(
-            X, W, W, None, lam, sets, corr, warm, nonneg=nonneg, k_next=96, max_kinks=4096
+            X, W, W, None, lam, sets, corr, warm, nonneg=nonneg, k_next=96, max_kinks=max_kinks
         )
 
     corr = X @ Wb.T
@@ -531,6 +532,12 @@ def test_warm_round_continues_the_path(nonneg):
         codes, _, _, done, *_ = round_(sets, nxt_corr, warm)
         assert done.all()
         np.testing.assert_allclose(codes[np.argsort(rows)], ref[0], atol=1e-10)
+    # stopped after 3 kinks: the atom that joined at the last one is active with code 0
+    out = round_(everything, corr, None, max_kinks=3)
+    assert np.any(out[7].occ & (out[7].codes == 0))
+    codes, _, _, done, *_ = round_(out[4], out[5], out[7])
+    assert done.all()
+    np.testing.assert_allclose(codes, ref[0], atol=1e-10)
     again = round_(ref[4], ref[5], ref[7])
     assert again[-1] == 1
     np.testing.assert_allclose(again[0], ref[0], atol=1e-12)

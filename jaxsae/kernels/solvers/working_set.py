@@ -179,7 +179,9 @@ def _warm_start(rows_of, corr, reg_S, warm: Warm, local, nonneg: bool):
     slots (n, K, k))``."""
     n, k = corr.shape
     occ, codes = warm.occ, jnp.where(warm.occ, warm.codes, 0)
-    sign = jnp.where(occ, jnp.sign(codes), 0)
+    # the sign of a code (of its correlation for an atom that joined at the last kink, code 0)
+    g_A = jnp.take_along_axis(corr, local, 1)
+    sign = jnp.where(occ, jnp.where(codes != 0, jnp.sign(codes), jnp.sign(g_A)), 0)
     active = jnp.zeros((n, k), bool).at[jnp.arange(n)[:, None], jnp.where(occ, local, k)]
     active = active.set(True, mode="drop")
     rows = jnp.where(occ[:, :, None], rows_of(local), 0)
