@@ -315,11 +315,11 @@ def _as_is(X, W, W_hi, slot_atoms, lam, p: Path):
 
 @functools.partial(jax.jit, static_argnames=("nonneg",))
 def _certify(R, W, W_hi, reg, active: Warm, done, *, nonneg: bool):
-    """The codes of the active sets ``active`` (``(n, F)``, their dtype), their duality gaps
-    and objectives over all atoms from their residuals ``R (n, D)`` (``W_hi``'s precision;
-    ``inf`` and 0 unless some path is ``done``: only those can be certified), the correlations
-    ``W R`` (the codes' dtype), the atoms' scores (float32, the active atoms first) and how many
-    atoms violate their constraint."""
+    """The duality gaps and objectives over all atoms of the codes of the active sets
+    ``active``, from their residuals ``R (n, D)`` (``W_hi``'s precision; ``inf`` and 0 unless
+    some path is ``done``: only those can be certified), the correlations ``W R`` (the codes'
+    dtype), the atoms' scores (float32, the active atoms first) and how many atoms violate
+    their constraint."""
     n, F = R.shape[0], W_hi.shape[0]
     dt, hi = active.codes.dtype, W_hi.dtype
     rows = jnp.arange(n)[:, None]
@@ -338,7 +338,15 @@ def _certify(R, W, W_hi, reg, active: Warm, done, *, nonneg: bool):
     on = jnp.zeros((n, F), bool).at[rows, idx].set(True, mode="drop")
     scores = _scores(G.astype(jnp.float32), on, reg.astype(jnp.float32), nonneg)
     viol = jnp.sum(jnp.where(on, 0, scores) > 1, axis=1)
-    return C, gap, obj, G, scores, viol
+    return gap, obj, G, scores, viol
+
+
+def dense_codes(active: Warm, F: int) -> np.ndarray:
+    """``(n, F)`` the codes of the active sets ``active`` (NumPy)."""
+    C = np.zeros((active.occ.shape[0], F), active.codes.dtype)
+    r, i = np.nonzero(active.occ)
+    C[r, active.atom[r, i]] = active.codes[r, i]
+    return C
 
 
 def _chunk(k: int, D: int, n: int) -> int:
@@ -360,7 +368,7 @@ def _paths(X, W, W_hi, gram, reg, sets, corr, warm, *, nonneg: bool, max_kinks: 
     active sets (``Warm`` of NumPy arrays, ``_slots`` slots)."""
     n, k = sets.shape
     size = _chunk(k, X.shape[1], n)
-    outs, steps = [], 0
+    outs, steps = None, 0
     for start in range(0, n, size):
         part = np.arange(start, min(start + size, n))
         take = pad_index(part, size)
@@ -378,17 +386,21 @@ def _paths(X, W, W_hi, gram, reg, sets, corr, warm, *, nonneg: bool, max_kinks: 
             nonneg=nonneg,
         )
         steps = max(steps, int(kinks))
-        outs.append([np.asarray(x)[: len(part)] for x in (R, done, *active)])
-    cat = [np.concatenate(x) for x in zip(*outs, strict=True)]
-    return cat[0], cat[1], Warm(*cat[2:]), steps
+        chunk = [np.asarray(x) for x in (R, done, *active)]
+        if outs is None:  # the results of all chunks, filled in place (the inverse Grams of
+            # thousands of samples take gigabytes)
+            outs = [np.empty((n, *x.shape[1:]), x.dtype) for x in chunk]
+        for out, x in zip(outs, chunk, strict=True):
+            out[start : start + len(part)] = x[: len(part)]
+    return outs[0], outs[1], Warm(*outs[2:]), steps
 
 
 def _chunked_round(X, W, W_hi, gram, reg, sets, corr, warm, *, nonneg, k_next, max_kinks):
     """One round of a group of samples: the paths (``_paths``, in chunks), then the
     certificates and the next working sets (``_certify``, in blocks of ``CERTIFY_ROWS``: one
     product with the whole dictionary per block, where a chunk of paths is too small to read
-    it efficiently). NumPy results: ``(codes, gaps, objectives, paths done, next working sets,
-    their correlations, violators, active sets (Warm), most kinks of a chunk)``."""
+    it efficiently). NumPy results: ``(gaps, objectives, paths done, next working sets, their
+    correlations, violators, active sets (Warm), most kinks of a chunk)``."""
     R, done, active, steps = _paths(
         X, W, W_hi, gram, reg, sets, corr, warm, nonneg=nonneg, max_kinks=max_kinks
     )
@@ -397,7 +409,7 @@ def _chunked_round(X, W, W_hi, gram, reg, sets, corr, warm, *, nonneg, k_next, m
     for start in range(0, n, CERTIFY_ROWS):
         part = np.arange(start, min(start + CERTIFY_ROWS, n))
         take = pad_index(part, bucket(len(part), smallest=8))
-        C, gap, obj, G, scores, viol = _certify(
+        gap, obj, G, scores, viol = _certify(
             jnp.asarray(R[take]),
             W,
             W_hi,
@@ -408,9 +420,9 @@ def _chunked_round(X, W, W_hi, gram, reg, sets, corr, warm, *, nonneg, k_next, m
         )
         next_sets = np.asarray(_select_sets(scores, k_next, k))
         next_corr = np.take_along_axis(np.asarray(G), next_sets, 1)
-        outs.append([np.asarray(x)[: len(part)] for x in (C, gap, obj, next_sets, next_corr, viol)])
-    C, gap, obj, next_sets, next_corr, viol = (np.concatenate(x) for x in zip(*outs, strict=True))
-    return C, gap, obj, done, next_sets, next_corr, viol, active, steps
+        outs.append([np.asarray(x)[: len(part)] for x in (gap, obj, next_sets, next_corr, viol)])
+    gap, obj, next_sets, next_corr, viol = (np.concatenate(x) for x in zip(*outs, strict=True))
+    return gap, obj, done, next_sets, next_corr, viol, active, steps
 
 
 def _unchanged(sets: np.ndarray, next_sets: np.ndarray) -> np.ndarray:
@@ -420,10 +432,12 @@ def _unchanged(sets: np.ndarray, next_sets: np.ndarray) -> np.ndarray:
 
 
 def _merge(groups: list, D: int, work: np.ndarray) -> list:
-    """The groups ``(rows, sets, corr, k, warm)`` of equal ``k`` joined, their active sets in
-    ``_slots(k, D)`` slots (free slots padded): fewer, larger calls (and fewer shapes to
-    compile); each group's rows in the order of ``work (B,)`` (a sample's paths run in chunks,
-    as long as the longest of its chunk: similar samples together waste fewer kinks)."""
+    """The groups ``(rows, sets, corr, k, warm, i)`` (their active sets: the rows ``i`` of
+    ``warm``) of equal ``k`` joined, their active sets in ``_slots(k, D)`` slots (free slots
+    padded): fewer, larger calls (and fewer shapes to compile); each group's rows in the order
+    of ``work (B,)`` (a sample's paths run in chunks, as long as the longest of its chunk:
+    similar samples together waste fewer kinks). Returns groups ``(rows, sets, corr, k,
+    warm)``."""
     by_k: dict[int, list] = {}
     for group in groups:
         by_k.setdefault(group[3], []).append(group)
@@ -441,12 +455,12 @@ def _merge(groups: list, D: int, work: np.ndarray) -> list:
             np.zeros((n, K, K), dt),
         )  # fmt: skip
         start = 0
-        for r, s, c, _, w in parts:
+        for r, s, c, _, w, i in parts:
             to, m = at[start : start + len(r)], w.occ.shape[1]
             start += len(r)
             sets[to], corr[to] = s, c
-            warm.atom[to, :m], warm.occ[to, :m], warm.codes[to, :m] = w.atom, w.occ, w.codes
-            warm.H[to, :m, :m] = w.H
+            warm.atom[to, :m], warm.occ[to, :m] = w.atom[i], w.occ[i]
+            warm.codes[to, :m], warm.H[to, :m, :m] = w.codes[i], w.H[i]
         merged.append((rows[order], sets, corr, k, warm))
     return merged
 
@@ -460,10 +474,6 @@ def _gram_pays(n: int, k: int, W) -> bool:
     at least as many Gram entries (``n k²``) as it has (``F²``)."""
     F = W.shape[0]
     return F * F * W.dtype.itemsize <= GRAM_BYTES and n * k * k >= F * F
-
-
-def _take(warm: Warm, i: np.ndarray) -> Warm:
-    return Warm(*(a[i] for a in warm))
 
 
 def solve_working_sets(
@@ -490,7 +500,7 @@ def solve_working_sets(
             if gram is None and _gram_pays(len(rows), k, W):
                 gram = _dictionary_gram(W)
             # after the first round, each path starts from the previous round's active set
-            C_r, gap_r, obj_r, done_r, nxt, nxt_corr, viol[rows], active, steps = _chunked_round(
+            gap_r, obj_r, done_r, nxt, nxt_corr, viol[rows], active, steps = _chunked_round(
                 X_np[rows],
                 W,
                 W_hi,
@@ -504,7 +514,7 @@ def solve_working_sets(
                 max_kinks=max_kinks,
             )
             most = max(most, steps)
-            codes[rows], gap[rows], obj[rows] = C_r, gap_r, obj_r
+            codes[rows], gap[rows], obj[rows] = dense_codes(active, F), gap_r, obj_r
             rel = relative_gaps(gap_r, obj_r)
             ok = done_r & (rel <= tol)
             certified[rows] = ok
@@ -512,11 +522,10 @@ def solve_working_sets(
             grow = (2 * active.occ.sum(axis=1) > k) | ~done_r
             same = np.flatnonzero(~ok & ~grow & ~_unchanged(sets, nxt[:, :k]))
             if len(same):
-                part = (nxt[same][:, :k], nxt_corr[same][:, :k], k, _take(active, same))
-                todo.append((rows[same], *part))
+                todo.append((rows[same], nxt[same][:, :k], nxt_corr[same][:, :k], k, active, same))
             more = np.flatnonzero(~ok & grow)
             if len(more) and k < k_next <= MAX_SIZE:
-                todo.append((rows[more], nxt[more], nxt_corr[more], k_next, _take(active, more)))
+                todo.append((rows[more], nxt[more], nxt_corr[more], k_next, active, more))
         kinks += most
         groups = _merge(todo, D, viol)
         if not groups:
