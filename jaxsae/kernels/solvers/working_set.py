@@ -3,24 +3,34 @@
 The homotopy over the whole dictionary pays one product over all ``F`` atoms per kink. Here each
 sample ``b`` gets a *working set* ``S_b`` of ``k`` atoms (``k ≪ F``): those most correlated with
 its residual, ``|W r|_j / λ_j`` largest (``nonneg``: ``max(W r, 0)_j / λ_j``), with the atoms of
-its current support first. The lasso restricted to ``S_b`` is solved exactly by the same
-homotopy (``jaxsae.kernels.solvers.homotopy``) run on the sample's own ``k × D`` dictionary
-``W[S_b]``, all samples at once (``vmap``), so a kink costs ``O(k D)`` per sample instead of
-``O(F D)``. One product ``R Wᵀ`` over all atoms per round then gives the correlations of every
-atom and the duality gap over the *full* problem, in float64 when x64 is enabled: a sample whose
-relative gap is ``≤ tol`` is certified (its restricted solution is the global one, Fercoq et al.
-2015); the others get a new working set from the new correlations (the support kept, the atoms
-that violate ``|g_j| ≤ λ_j`` most added, ``k`` doubled when the support fills half of it) and
-go round again (celer, Massias et al. 2018, with exact inner solves). The selections over all
-``F`` atoms go through ``row_top_k`` (on a CPU, NumPy's introselect on every core). A path run
-in float32 can miss a kink within ~1e-6 of its end (a code of the wrong sign, or an atom that
-violates its constraint by a hair): the Newton refinement removes such codes, and the samples
-still uncertified after the rounds are solved once more, exactly, on their support joined by
-their worst violators (``_finish``), before any iterations.
+its current active set first. The lasso restricted to ``S_b`` is solved exactly by the same
+homotopy (``jaxsae.kernels.solvers.homotopy``) on the set's Gram rows (gathered from ``W Wᵀ``
+when that fits ``GRAM_BYTES`` and saves work, else formed from ``W[S_b]``), all samples at once,
+so a kink costs ``O(K k + K²)`` per sample (``K`` slots) instead of ``O(F D)``. One product
+``R Wᵀ`` over all atoms per round, in blocks of ``CERTIFY_ROWS`` samples, then gives the
+correlations of every atom and the duality gap over the *full* problem, in float64 when x64 is
+enabled: a sample whose relative gap is ``≤ tol`` is certified (its restricted solution is the
+global one, Fercoq et al. 2015); the others get a new working set from the new correlations (the
+active set kept, the atoms that violate ``|g_j| ≤ λ_j`` most added, ``k`` doubled when the
+active set fills half of it) and go round again (celer, Massias et al. 2018, with exact inner
+solves). The sets start at ``MIN_SIZE`` atoms and a path stops when its slots fill, so the
+first rounds also find out how large a sample's set must be.
 
-Memory: ``O(F·D + B·F)`` for the dictionary and the correlations, plus ``O(n·k·D + n·k²)`` for the
-working sets of the ``n`` samples of a chunk, with ``n`` chosen so that ``n·k·D`` stays under
-``CHUNK_ELEMENTS``; no ``F × F`` matrix.
+A round after the first does not start its paths again from ``c = 0``: each continues from the
+previous round's active set, codes and inverse Gram (``Warm``), along the path of penalties
+``λ + (τ − 1) Δ`` from ``τ = 2`` to ``1`` whose start the previous codes solve exactly
+(``_warm_start``): a round costs the kinks between the two solutions, not a whole path. The
+selections over all ``F`` atoms go through ``row_top_k`` (on a CPU, NumPy's introselect on
+every core). A path run in float32 can miss a kink within ~1e-6 of its end (a code of the wrong
+sign, or an atom that violates its constraint by a hair): the Newton refinement removes such
+codes, and the samples still uncertified after the rounds are solved once more, exactly, on
+their support joined by their worst violators (``_finish``), before any iterations.
+
+Memory: ``O(F·D + B·F)`` for the dictionary and the correlations, ``F²`` for ``W Wᵀ`` when it is
+used (at most ``GRAM_BYTES``), ``O(B·K²)`` for the active sets carried between rounds (1 GB
+for 4,096 samples at ``K = 256``), and ``O(n·k·D + n·k²)`` for the working sets of the ``n``
+samples of a chunk (without ``W Wᵀ``), with ``n`` chosen so that ``n·k·D`` stays under
+``CHUNK_ELEMENTS``.
 
 References:
   M. Massias, A. Gramfort, J. Salmon. Celer: a fast solver for the lasso with dual
