@@ -341,11 +341,23 @@ def refine_on_gram(E, G_AA, lam, sign, c_ref, occ, H, done, *, steps: int):
     return _newton_with_drops(correlations, lam, sign, c_ref, occ, H, done, steps=steps)
 
 
+class ActiveSet(NamedTuple):
+    """Where the paths of ``B`` samples ended: ``Path``'s fields of the same names."""
+
+    codes: jax.Array  # (B, K)
+    atom: jax.Array  # (B, K) int32
+    occ: jax.Array  # (B, K) bool
+    sign: jax.Array  # (B, K)
+    H: jax.Array  # (B, K, K)
+    done: jax.Array  # (B,) bool
+
+
 @functools.partial(jax.jit, static_argnames=("nonneg", "refine"))
-def path_finish(X, W, G, reg, p: Path, take, *, nonneg: bool, refine: int):
-    """The codes of the rows ``take`` of a block; those of the samples at ``τ = 1`` refined by
-    ``refine`` Newton steps on their active set (``refine_on_gram``), and the duality gaps in
-    the highest available precision (float64 when x64 is enabled). ``G``: ``W Wᵀ`` or None.
+def path_finish(X, W, G, reg, s: ActiveSet, *, nonneg: bool, refine: int):
+    """The codes of the samples ``X (B, D)`` whose paths ended at ``s``; those at ``τ = 1``
+    refined by ``refine`` Newton steps on their active set (``refine_on_gram``), and the
+    duality gaps in the highest available precision (float64 when x64 is enabled). ``G``:
+    ``W Wᵀ`` or None.
 
     Every product with the dictionary is a dense one over all atoms, in the certificate's
     precision: the residual and its correlations at the path's codes (for the Newton steps),
@@ -353,9 +365,8 @@ def path_finish(X, W, G, reg, p: Path, take, *, nonneg: bool, refine: int):
     gathering the active atoms once (``W[atom]``, a slow gather: measured at D 256, F 1,024,
     K 32, 1,024 samples, 24–34 ms against 48 ms; level at D 64, F 256).
 
-    Returns ``(codes (n, F), gap (n,), objective (n,))`` in ``X.dtype``, ``n = len(take)``."""
-    X = X[take]
-    cs0, atom, occ, sign, H, done = (x[take] for x in (p.codes, p.atom, p.occ, p.sign, p.H, p.done))
+    Returns ``(codes (B, F), gap (B,), objective (B,))`` in ``X.dtype``."""
+    cs0, atom, occ, sign, H, done = s
     n, F = X.shape[0], W.shape[0]
     hi = high_dtype(X.dtype)
     Xh, Wh, reg_h = X.astype(hi), W.astype(hi), reg.astype(hi)
@@ -408,14 +419,11 @@ def follow_paths(X, W, reg, tol, *, nonneg: bool, max_slots: int, max_kinks: int
     Returns ``(codes (B, F), gap (B,), objective (B,), certified (B,) bool, kinks)`` as NumPy
     arrays and an int: the codes of a sample not certified (relative gap > ``tol``) are a warm
     start for the iterations."""
-    B, F = X.shape[0], W.shape[0]
+    B = X.shape[0]
     K = min(32, max_slots)
     G = dictionary_gram(W) if isinstance(G, str) else G
     p = path_init(X, W, reg, K=K, nonneg=nonneg)
-    codes = np.zeros((B, F), X.dtype)
-    gap = np.zeros((B,), X.dtype)
-    obj = np.zeros((B,), X.dtype)
-    certified = np.zeros((B,), bool)
+    ends = []  # (global rows, ActiveSet of NumPy arrays) of the samples that left a block
     rows = np.arange(B)
     Xb, kinks = X, 0
     while True:
@@ -441,16 +449,8 @@ def follow_paths(X, W, reg, tol, *, nonneg: bool, max_slots: int, max_kinks: int
         stay[left] = not last
         out = np.flatnonzero(~stay)
         if len(out):
-            take = pad_index(out, bucket(len(out)))
-            Cb, gb, ob = path_finish(Xb, W, G, reg, p, jnp.asarray(take), nonneg=nonneg, refine=1)
-            n_out, r = len(out), rows[out]
-            codes[r], gap[r], obj[r] = (
-                np.asarray(Cb)[:n_out],
-                np.asarray(gb)[:n_out],
-                np.asarray(ob)[:n_out],
-            )
-            rel = relative_gaps(gap[r], obj[r])
-            certified[r] = done[out] & (rel <= tol)
+            s = ActiveSet(p.codes, p.atom, p.occ, p.sign, p.H, p.done)
+            ends.append((rows[out], ActiveSet(*(np.asarray(x)[out] for x in s))))
         if last:
             break
         if grow.any():
@@ -459,7 +459,40 @@ def follow_paths(X, W, reg, tol, *, nonneg: bool, max_slots: int, max_kinks: int
         take = pad_index(left, size)
         rows = rows[left]
         Xb, p = _path_take(Xb, p, jnp.asarray(take), len(left), K=K)
-    return codes, gap, obj, certified, kinks
+    return (*_certify_ends(X, W, G, reg, ends, tol, nonneg=nonneg), kinks)
+
+
+def _certify_ends(X, W, G, reg, ends: list, tol: float, *, nonneg: bool):
+    """``follow_paths``' results from the parts ``ends`` of its blocks: the samples finished
+    together, one ``path_finish`` per slot count, its rows padded to a power of two (few shapes
+    to compile, and none of the padding of the blocks' smaller parts)."""
+    B = X.shape[0]
+    codes = np.zeros((B, W.shape[0]), X.dtype)
+    gap, obj = np.zeros((B,), X.dtype), np.zeros((B,), X.dtype)
+    certified = np.zeros((B,), bool)
+    X_np = np.asarray(X)
+    for rows, s in _group_ends(ends):
+        n = len(rows)
+        take = pad_index(np.arange(n), bucket(n, smallest=8))
+        s = ActiveSet(*(jnp.asarray(x[take]) for x in s))
+        C, g, o = path_finish(jnp.asarray(X_np[rows[take]]), W, G, reg, s, nonneg=nonneg, refine=1)
+        codes[rows], gap[rows], obj[rows] = (np.asarray(x)[:n] for x in (C, g, o))
+        certified[rows] = np.asarray(s.done)[:n] & (relative_gaps(gap[rows], obj[rows]) <= tol)
+    return codes, gap, obj, certified
+
+
+def _group_ends(ends: list) -> list:
+    """The blocks' parts ``(rows, ActiveSet)`` joined by slot count."""
+    by_k: dict[int, list] = {}
+    for rows, part in ends:
+        by_k.setdefault(part.occ.shape[1], []).append((rows, part))
+    return [
+        (
+            np.concatenate([r for r, _ in parts]),
+            ActiveSet(*(np.concatenate(x) for x in zip(*(q for _, q in parts), strict=True))),
+        )
+        for parts in by_k.values()
+    ]
 
 
 @functools.partial(jax.jit, static_argnames=("n", "K"))
