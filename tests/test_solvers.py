@@ -443,6 +443,17 @@ def test_homotopy_grows_its_active_set_slots():
     _check_optimal(sol, Xb, Wb, reg, 1e-10, ref=ref.codes)
 
 
+def test_homotopy_without_the_gram_matrix():
+    # Gram rows and the refinement's Gram formed from the atoms (a dictionary over the budget)
+    Xb, Wb, reg = make_lasso_problem(7, B=20, D=16, F=48)
+    args = (jnp.asarray(Xb), jnp.asarray(Wb), jnp.full((48,), reg), 1e-10)
+    opts = dict(nonneg=False, max_slots=16, max_kinks=200)
+    with_g = homotopy.follow_paths(*args, **opts)
+    without = homotopy.follow_paths(*args, **opts, G=None)
+    assert np.all(with_g[3]) and np.all(without[3])
+    np.testing.assert_allclose(without[0], with_g[0], atol=1e-10)
+
+
 def test_homotopy_hands_over_to_the_iterations():
     # a repeated atom makes the active set's Gram singular: the homotopy stops for the samples
     # that need both copies and the iterations finish them; a zero λ turns the homotopy off
