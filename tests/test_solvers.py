@@ -13,6 +13,7 @@ from jaxsae.kernels.solvers import (
     homotopy,
     ista,
     ista_trace,
+    pipeline,
     proximal,
     solve_lasso,
     working_set,
@@ -442,6 +443,17 @@ def test_homotopy_grows_its_active_set_slots():
     _check_optimal(sol, Xb, Wb, reg, 1e-10, ref=ref.codes)
 
 
+def test_homotopy_without_the_gram_matrix():
+    # Gram rows and the refinement's Gram formed from the atoms (a dictionary over the budget)
+    Xb, Wb, reg = make_lasso_problem(7, B=20, D=16, F=48)
+    args = (jnp.asarray(Xb), jnp.asarray(Wb), jnp.full((48,), reg), 1e-10)
+    opts = dict(nonneg=False, max_slots=16, max_kinks=200)
+    with_g = homotopy.follow_paths(*args, **opts)
+    without = homotopy.follow_paths(*args, **opts, G=None)
+    assert np.all(with_g[3]) and np.all(without[3])
+    np.testing.assert_allclose(without[0], with_g[0], atol=1e-10)
+
+
 def test_homotopy_hands_over_to_the_iterations():
     # a repeated atom makes the active set's Gram singular: the homotopy stops for the samples
     # that need both copies and the iterations finish them; a zero λ turns the homotopy off
@@ -696,6 +708,47 @@ def test_refinement_drops_a_code_of_the_wrong_sign():
     # the inverse Gram of the slots still occupied, zero in the left slot's row and column
     np.testing.assert_allclose(H[0, :2, :2], np.linalg.inv(G[:2, :2]), atol=1e-10)
     assert not np.any(H[0, 2]) and not np.any(H[0, :, 2])
+
+
+def test_refinement_on_the_gram_matches_the_atoms():
+    # the same problem as above from the products at c = 0 and the Gram of the slots
+    rng = np.random.default_rng(5)
+    W_A = rng.standard_normal((3, 12))
+    G = W_A @ W_A.T
+    lam, sign = np.full(3, 0.1), np.ones(3)
+    x = W_A.T @ (np.array([1.0, 0.8, -0.05]) + np.linalg.solve(G, lam * sign))
+    c_ref = np.array([0.9, 0.7, 0.1])
+    E = W_A @ (x - c_ref @ W_A)
+    occ, done, H = jnp.ones((1, 3), bool), jnp.ones((1,), bool), np.linalg.inv(G)[None]
+    cs, occ_g, _ = homotopy.refine_on_gram(
+        *(jnp.asarray(a[None]) for a in (E, G, lam, sign, c_ref)), occ, H, done, steps=2
+    )
+    ref, occ_a, _ = homotopy.refine_active(
+        *(jnp.asarray(a[None]) for a in (x, W_A, lam, sign, c_ref)), occ, H, done, steps=2
+    )
+    assert occ_g.tolist() == occ_a.tolist() == [[True, True, False]]
+    np.testing.assert_allclose(cs, ref, atol=1e-10)
+
+
+def test_argmin_is_the_first_minimum():
+    t = jnp.asarray(
+        [[3.0, 1.0, 1.0, 2.0], [jnp.inf] * 4, [2.0, jnp.nan, 0.0, jnp.nan], [5.0, 4.0, 3.0, 3.0]]
+    )
+    i, m = homotopy._argmin(t)
+    assert i.tolist() == np.asarray(jnp.argmin(t, axis=-1)).tolist() == [1, 0, 1, 2]
+    assert i.dtype == jnp.int32
+    np.testing.assert_array_equal(m, [1.0, np.inf, np.nan, 3.0])
+
+
+def test_paths_run_in_chunks(monkeypatch):
+    # a batch larger than a chunk of paths: the same certified codes as in one piece
+    Xb, Wb, reg = make_lasso_problem(6, B=40, D=16, F=48)
+    one = solve_lasso(Xb, Wb, reg, tol=1e-10)
+    monkeypatch.setattr(pipeline, "PATH_CHUNK", 16)
+    parts = solve_lasso(Xb, Wb, reg, tol=1e-10)
+    assert bool(parts.converged)
+    np.testing.assert_allclose(parts.codes, one.codes, atol=1e-12)
+    assert int(parts.num_steps) == int(one.num_steps)
 
 
 def test_support_joined_by_its_violators_is_solved_exactly():

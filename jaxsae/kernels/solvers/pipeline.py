@@ -16,15 +16,21 @@ from jaxsae.kernels.solvers.common import (
     pad_index,
 )
 from jaxsae.kernels.solvers.compaction import solve_compacted
-from jaxsae.kernels.solvers.homotopy import follow_paths
+from jaxsae.kernels.solvers.homotopy import dictionary_gram, follow_paths
 from jaxsae.kernels.solvers.proximal import solve_core
+
+# the paths over the whole dictionary run on at most this many samples at a time (their (B, F)
+# state then stays in cache; measured on a 2-core CPU, B = 8,192: D64 F256 0.50 → 0.37 s,
+# D256 F1024 1.56 → 1.18 s; chunks of 512 or 2,048 were no faster)
+PATH_CHUNK = 1024
 
 
 def solve_from_path(X, W, reg, step_size, tol, max_steps: int, opts: IterOptions) -> Solution:
     """Exact paths on working sets for every sample (``solve_working_sets``) when ``F ≥
-    working_set.MIN_ATOMS``, else the path over the whole dictionary (``follow_paths``), then
-    the iterations (``solve_compacted``, or one block zero-padded to a power of two ``≥ 8``)
-    for any sample still not certified, from the best codes so far. (After working sets the
+    working_set.MIN_ATOMS``, else the path over the whole dictionary (``follow_paths``, on
+    ``PATH_CHUNK`` samples at a time), then the iterations (``solve_compacted``, or one block
+    zero-padded to a power of two ``≥ 8``) for any sample still not certified, from the best
+    codes so far. (After working sets the
     path over all atoms is not tried: the samples they leave have supports past its slots or
     codes whose float32 rounding misses ``tol`` by a hair, and at ``F = 10,240`` its kinks over
     a padded block cost seconds.) ``step_size``: ``None`` for ``1 / L``, computed only if
@@ -44,20 +50,23 @@ def solve_from_path(X, W, reg, step_size, tol, max_steps: int, opts: IterOptions
     left = np.flatnonzero(~certified)
     if len(left) and not screened:  # (after working sets, what is left needs the iterations)
         max_slots = min(128, F, D)
-        path = follow_paths(
-            jnp.asarray(np.asarray(X)[left]),
-            W,
-            reg,
-            float(tol),
-            nonneg=nonneg,
-            max_slots=max_slots,
-            max_kinks=4 * max_slots + 64,
-        )
-        better = path[1] < gap[left]
-        sel = left[better]
-        codes[sel], gap[sel], obj[sel] = path[0][better], path[1][better], path[2][better]
-        certified[left] = path[3]
-        steps += path[4]
+        X_np, G = np.asarray(X), dictionary_gram(W)
+        for part in np.array_split(left, -(-len(left) // PATH_CHUNK)):
+            path = follow_paths(
+                jnp.asarray(X_np[part]),
+                W,
+                reg,
+                float(tol),
+                nonneg=nonneg,
+                max_slots=max_slots,
+                max_kinks=4 * max_slots + 64,
+                G=G,
+            )
+            better = path[1] < gap[part]
+            sel = part[better]
+            codes[sel], gap[sel], obj[sel] = path[0][better], path[1][better], path[2][better]
+            certified[part] = path[3]
+            steps = max(steps, path[4])
     left = np.flatnonzero(~certified)
     if len(left):
         n = len(left)
