@@ -122,17 +122,31 @@ def gap_from_residual(
 ) -> tuple[jax.Array, jax.Array]:
     """``(gap, objective)``, both ``(B,)``, from the codes, the residual ``R = X − C W`` and
     ``G = R Wᵀ``."""
+    negative = jnp.any(C < 0, axis=-1) if nonneg else None
+    return gap_from_sums(R, G, jnp.sum(C * G, axis=-1), _penalty(C, reg), reg, nonneg, negative)
+
+
+def gap_from_sums(
+    R: jax.Array,
+    G: jax.Array,
+    CG: jax.Array,
+    pen: jax.Array,
+    reg: jax.Array,
+    nonneg: bool,
+    negative: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """``gap_from_residual`` from ``⟨c, g⟩`` (``CG (B,)``), the penalty ``Σ_i λ_i |c_i|``
+    (``pen (B,)``) and, with ``nonneg``, which rows have a negative code (``negative (B,)``
+    bool) instead of the codes: a caller that holds each row's codes on a few atoms forms these
+    sums there."""
     RR = jnp.sum(R * R, axis=-1)
-    CG = jnp.sum(C * G, axis=-1)
-    pen = _penalty(C, reg)
     XR = RR + CG  # ⟨x, r⟩ = ⟨c W + r, r⟩
     s = _dual_scale(R, G, XR, RR, reg, nonneg)
     gap = 0.5 * (1 - s) ** 2 * RR + jnp.maximum(pen - s * CG, 0)
     obj = 0.5 * RR + pen
     if nonneg:
-        bad = jnp.any(C < 0, axis=-1)
-        gap = jnp.where(bad, jnp.inf, gap)
-        obj = jnp.where(bad, jnp.inf, obj)
+        gap = jnp.where(negative, jnp.inf, gap)
+        obj = jnp.where(negative, jnp.inf, obj)
     return gap, obj
 
 

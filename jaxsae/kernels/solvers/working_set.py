@@ -7,7 +7,7 @@ its current active set first. The lasso restricted to ``S_b`` is solved exactly 
 homotopy (``jaxsae.kernels.solvers.homotopy``) on the set's Gram rows (gathered from ``W Wᵀ``
 when that fits ``GRAM_BYTES`` and saves work, else formed from ``W[S_b]``), all samples at once,
 so a kink costs ``O(K k + K²)`` per sample (``K`` slots) instead of ``O(F D)``. One product
-``R Wᵀ`` over all atoms per round, in blocks of ``CERTIFY_ROWS`` samples, then gives the
+``R Wᵀ`` over all atoms per round, in blocks of samples (``CERTIFY_ROWS``), then gives the
 correlations of every atom and the duality gap over the *full* problem, in float64 when x64 is
 enabled: a sample whose relative gap is ``≤ tol`` is certified (its restricted solution is the
 global one, Fercoq et al. 2015); the others get a new working set from the new correlations (the
@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsae.kernels.lasso import gap_from_residual, high_dtype
+from jaxsae.kernels.lasso import gap_from_residual, gap_from_sums, high_dtype
 from jaxsae.kernels.row_select import row_top_k
 from jaxsae.kernels.solvers.common import bucket, pad_index, relative_gaps
 from jaxsae.kernels.solvers.homotopy import Path, path_step, refine_active
@@ -57,9 +57,11 @@ from jaxsae.kernels.solvers.homotopy import Path, path_step, refine_active
 # at D1280 F10240 a set of 512 atoms costs 2.0 ms per sample to form its Gram matrix and
 # 0.7 ms to gather it from W Wᵀ, which takes 0.9 s to form (2-core CPU, float32)
 GRAM_BYTES = 1 << 30
-# the certificates (one product of the residuals with the whole dictionary) in blocks of this
-# many samples
+# the certificates (one product of the residuals with the whole dictionary) in blocks of at
+# most this many samples, and at most CERTIFY_ELEMENTS correlations (1,024 samples at F = 10,240,
+# 256 at F = 40,960: each (n, F) array of the block in float64 takes 128 MB)
 CERTIFY_ROWS = 1024
+CERTIFY_ELEMENTS = 1 << 24
 # the smallest working set, and the largest
 MIN_SIZE = 64
 MAX_SIZE = 1024
@@ -334,11 +336,16 @@ def _certify(R, W, W_hi, reg, active: Warm, done, *, nonneg: bool):
     dt, hi = active.codes.dtype, W_hi.dtype
     rows = jnp.arange(n)[:, None]
     idx = jnp.where(active.occ, active.atom, F)
-    C = jnp.zeros((n, F), dt).at[rows, idx].set(active.codes, mode="drop")
     G = R.astype(dt) @ W.T
 
     def certificate(R):
-        gap, obj = gap_from_residual(C.astype(hi), R, R @ W_hi.T, reg.astype(hi), nonneg)
+        # the sums over the codes on their slots, not over (n, F) arrays
+        G_hi = R @ W_hi.T
+        c = jnp.where(active.occ, active.codes, 0).astype(hi)
+        CG = jnp.sum(c * jnp.take_along_axis(G_hi, active.atom, 1), axis=1)
+        pen = jnp.sum(reg.astype(hi)[active.atom] * jnp.abs(c), axis=1)
+        negative = jnp.any(c < 0, axis=1) if nonneg else None
+        gap, obj = gap_from_sums(R, G_hi, CG, pen, reg.astype(hi), nonneg, negative)
         return gap.astype(dt), obj.astype(dt)
 
     def none(R):
@@ -407,17 +414,20 @@ def _paths(X, W, W_hi, gram, reg, sets, corr, warm, *, nonneg: bool, max_kinks: 
 
 def _chunked_round(X, W, W_hi, gram, reg, sets, corr, warm, *, nonneg, k_next, max_kinks):
     """One round of a group of samples: the paths (``_paths``, in chunks), then the
-    certificates and the next working sets (``_certify``, in blocks of ``CERTIFY_ROWS``: one
-    product with the whole dictionary per block, where a chunk of paths is too small to read
-    it efficiently). NumPy results: ``(gaps, objectives, paths done, next working sets, their
-    correlations, violators, active sets (Warm), most kinks of a chunk)``."""
+    certificates and the next working sets (``_certify``, in blocks of ``CERTIFY_ROWS`` or
+    fewer samples: one product with the whole dictionary per block, where a chunk of paths is
+    too small to read it efficiently). NumPy results: ``(gaps, objectives, paths done, next
+    working sets, their correlations, violators, active sets (Warm), most kinks of a
+    chunk)``."""
     R, done, active, steps = _paths(
         X, W, W_hi, gram, reg, sets, corr, warm, nonneg=nonneg, max_kinks=max_kinks
     )
     n, k = sets.shape
+    F = W.shape[0]
+    block = min(CERTIFY_ROWS, 1 << (max(CERTIFY_ELEMENTS // F, 8).bit_length() - 1))
     outs = []
-    for start in range(0, n, CERTIFY_ROWS):
-        part = np.arange(start, min(start + CERTIFY_ROWS, n))
+    for start in range(0, n, block):
+        part = np.arange(start, min(start + block, n))
         take = pad_index(part, bucket(len(part), smallest=8))
         gap, obj, G, scores, viol = _certify(
             jnp.asarray(R[take]),
