@@ -560,6 +560,35 @@ def test_warm_round_continues_the_path(nonneg):
     np.testing.assert_allclose(codes_of(again), codes_of(ref), atol=1e-12)
 
 
+@pytest.mark.parametrize("nonneg", [False, True])
+def test_round_certificate_bounds_the_float64_gap(nonneg):
+    # float32 paths: the certificate (the correlations off the active set from a float32
+    # product and its rounding bound) is an upper bound of the float64 duality gap, and equal
+    # to it, as is the certificate recomputed in float64 (_exact_gap)
+    Xb, Wb, reg = make_lasso_problem(11, B=16, D=20, F=96, nnz=(3, 9))
+    X, W = Xb.astype(np.float32), Wb.astype(np.float32)
+    lam = jnp.full((96,), reg, jnp.float32)
+    sets = np.tile(np.arange(96), (16, 1))
+    R, sums, done, active, _ = working_set._paths(
+        X, jnp.asarray(W), jnp.asarray(W, jnp.float64), None, lam, sets, X @ W.T, None,
+        nonneg=nonneg, max_kinks=4096,
+    )  # fmt: skip
+    assert done.all()
+    warm = working_set.Warm(*map(jnp.asarray, active))
+    args = (jnp.asarray(R), jnp.asarray(sums.T))
+    gap, _, bound, *_ = working_set._certify(
+        *args, jnp.asarray(W), lam, warm, jnp.asarray(done), nonneg=nonneg
+    )
+    exact = working_set._exact_gap(*args, jnp.asarray(W, jnp.float64), lam, warm, nonneg=nonneg)
+    C = working_set.dense_codes(active, 96).astype(np.float64)
+    ref = np.asarray(duality_gap(X.astype(np.float64), W.astype(np.float64), C, reg, nonneg=nonneg))
+    assert np.all(np.asarray(gap) >= ref * (1 - 1e-6))
+    np.testing.assert_allclose(exact, ref, rtol=1e-5, atol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(gap)[~np.asarray(bound)], ref[~np.asarray(bound)], rtol=1e-5
+    )
+
+
 def test_working_sets_with_the_dictionary_gram_match(monkeypatch):
     # the sets' Gram rows gathered from W Wᵀ: the same codes as formed from the sets' atoms
     monkeypatch.setattr(working_set, "MIN_SIZE", 8)

@@ -97,21 +97,23 @@ def batch_objective(
     return val
 
 
-def _dual_scale(
-    R: jax.Array, G: jax.Array, XR: jax.Array, RR: jax.Array, reg: jax.Array, nonneg: bool
-) -> jax.Array:
+def worst_ratio(G: jax.Array, reg: jax.Array, nonneg: bool) -> jax.Array:
+    """``(B,)`` ``max_i |g_i| / λ_i`` (``nonneg``: ``max(g_i, 0) / λ_i``), with ``0/0 = 0`` and
+    ``g/0 = inf``, for ``g = W r`` given as ``G (B, F)``."""
+    excess = jnp.maximum(G, 0) if nonneg else jnp.abs(G)
+    reg_b = reg[None, :]
+    safe = jnp.where(reg_b > 0, reg_b, 1)
+    ratio = jnp.where(reg_b > 0, excess / safe, jnp.where(excess > 0, jnp.inf, 0))
+    return jnp.max(ratio, axis=-1)
+
+
+def _dual_scale(worst: jax.Array, XR: jax.Array, RR: jax.Array) -> jax.Array:
     """``(B,)`` the scale ``s`` of the dual point ``θ = s r``.
 
     ``s`` maximises ``D(s r) = s⟨x, r⟩ − ½ s²‖r‖²`` over ``[0, s_max]``, where ``s_max`` is the
-    largest scale that keeps ``θ`` feasible: ``s_max = min_i λ_i / |g_i|`` (``nonneg``:
-    ``min_i λ_i / max(g_i, 0)``), with ``g = W r`` given as ``G (B, F)``.
+    largest scale that keeps ``θ`` feasible: ``s_max = 1 / worst``, ``worst = max_i |g_i| / λ_i``
+    (``worst_ratio``; an upper bound of it gives a feasible, more cautious ``θ``).
     """
-    excess = jnp.maximum(G, 0) if nonneg else jnp.abs(G)
-    reg_b = reg[None, :]
-    # ratio_i = |g_i| / λ_i, with 0/0 = 0 and g/0 = inf
-    safe = jnp.where(reg_b > 0, reg_b, 1)
-    ratio = jnp.where(reg_b > 0, excess / safe, jnp.where(excess > 0, jnp.inf, 0))
-    worst = jnp.max(ratio, axis=-1)
     s_max = jnp.where(worst > 0, 1 / jnp.where(worst > 0, worst, 1), jnp.inf)
     s_free = jnp.where(RR > 0, XR / jnp.where(RR > 0, RR, 1), 0)
     return jnp.clip(s_free, 0, s_max)
@@ -123,28 +125,32 @@ def gap_from_residual(
     """``(gap, objective)``, both ``(B,)``, from the codes, the residual ``R = X − C W`` and
     ``G = R Wᵀ``."""
     negative = jnp.any(C < 0, axis=-1) if nonneg else None
-    return gap_from_sums(R, G, jnp.sum(C * G, axis=-1), _penalty(C, reg), reg, nonneg, negative)
+    return gap_from_sums(
+        jnp.sum(R * R, axis=-1),
+        jnp.sum(C * G, axis=-1),
+        _penalty(C, reg),
+        worst_ratio(G, reg, nonneg),
+        negative,
+    )
 
 
 def gap_from_sums(
-    R: jax.Array,
-    G: jax.Array,
+    RR: jax.Array,
     CG: jax.Array,
     pen: jax.Array,
-    reg: jax.Array,
-    nonneg: bool,
+    worst: jax.Array,
     negative: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """``gap_from_residual`` from ``⟨c, g⟩`` (``CG (B,)``), the penalty ``Σ_i λ_i |c_i|``
-    (``pen (B,)``) and, with ``nonneg``, which rows have a negative code (``negative (B,)``
-    bool) instead of the codes: a caller that holds each row's codes on a few atoms forms these
-    sums there."""
-    RR = jnp.sum(R * R, axis=-1)
+    """``gap_from_residual`` from sums, all ``(B,)``: ``‖r‖²``, ``⟨c, g⟩``, the penalty
+    ``Σ_i λ_i |c_i|``, ``max_i |g_i| / λ_i`` (``worst_ratio``, or an upper bound of it: the
+    gap is then an upper bound too) and, for non-negative codes, which rows have a negative code
+    (``negative``, their gap and objective ``inf``): a caller that holds each row's codes on a
+    few atoms forms these sums there."""
     XR = RR + CG  # ⟨x, r⟩ = ⟨c W + r, r⟩
-    s = _dual_scale(R, G, XR, RR, reg, nonneg)
+    s = _dual_scale(worst, XR, RR)
     gap = 0.5 * (1 - s) ** 2 * RR + jnp.maximum(pen - s * CG, 0)
     obj = 0.5 * RR + pen
-    if nonneg:
+    if negative is not None:
         gap = jnp.where(negative, jnp.inf, gap)
         obj = jnp.where(negative, jnp.inf, obj)
     return gap, obj

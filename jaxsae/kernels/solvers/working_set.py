@@ -279,8 +279,9 @@ def _round(X, W, W_hi, gram, reg, sets, corr, max_kinks, warm, *, K: int, nonneg
     residual of the codes ``warm`` (of ``X`` when ``warm`` is None: paths from ``c = 0``),
     ``W_hi`` the dictionary in the certificate's precision, ``gram``: None or ``W Wᵀ``
     (``_set_gram``), ``warm``: None or the previous round's active set (``Warm``, ``K`` slots;
-    its atoms are in ``sets``). Returns ``(residuals (n, D) in W_hi's precision, path_done
-    (n,) bool, kinks, active set (Warm))``, refined by ``_refined`` where a path is done."""
+    its atoms are in ``sets``). Returns ``(residuals (n, D) in W_hi's precision, sums (4, n)
+    for the certificate, path_done (n,) bool, kinks, active set (Warm))``, refined by
+    ``_refined`` where a path is done."""
     reg_S = reg[sets]  # (n, k)
     local = None
     if warm is not None:  # the position of each slot's atom in the set
@@ -289,15 +290,18 @@ def _round(X, W, W_hi, gram, reg, sets, corr, max_kinks, warm, *, K: int, nonneg
     p = _local_paths(corr, reg_S, rows_of, max_kinks, warm, local, K=K, nonneg=nonneg)
     slot_atoms = jnp.take_along_axis(sets, p.atom, 1)
     lam = jnp.take_along_axis(reg_S, p.atom, 1)
-    cs, occ, H, R = jax.lax.cond(jnp.any(p.done), _refined, _as_is, X, W, W_hi, slot_atoms, lam, p)
-    return R, p.done, p.steps, Warm(slot_atoms, occ, cs, H)
+    branches = (functools.partial(f, nonneg=nonneg) for f in (_refined, _as_is))
+    cs, occ, H, R, sums = jax.lax.cond(jnp.any(p.done), *branches, X, W, W_hi, slot_atoms, lam, p)
+    return R, sums, p.done, p.steps, Warm(slot_atoms, occ, cs, H)
 
 
-def _refined(X, W, W_hi, slot_atoms, lam, p: Path):
+def _refined(X, W, W_hi, slot_atoms, lam, p: Path, *, nonneg: bool):
     """Newton steps on the active sets of the paths at ``τ = 1`` in the highest available
     precision (they undo the drift of the incremental updates; with a float32 inverse Gram each
     step gains a few digits, and a support of a few hundred atoms needs more than one). Returns
-    ``(codes, occupied, inverse Gram, residuals in W_hi's precision)``."""
+    ``(codes, occupied, inverse Gram, residuals, sums)`` with the residuals ``r`` and the sums
+    in ``W_hi``'s precision: ``(‖r‖², ⟨c, g⟩, Σ λ |c|, max |g_i| / λ_i)`` (``g = W r``, over
+    the active atoms), for ``_certify``."""
     hi = W_hi.dtype
     W_A = W_hi[slot_atoms]  # (n, K, D)
     X_h = X.astype(hi)
@@ -313,49 +317,88 @@ def _refined(X, W, W_hi, slot_atoms, lam, p: Path):
         steps=REFINE,
     )
     cs = cs.astype(X.dtype)
-    R = X_h - jnp.einsum("bs,bsd->bd", cs.astype(hi), W_A)
-    return cs, occ, H.astype(X.dtype), R
+    c, lam = cs.astype(hi), jnp.where(occ, lam, 1).astype(hi)
+    R = X_h - jnp.einsum("bs,bsd->bd", c, W_A)
+    g = jnp.einsum("bsd,bd->bs", W_A, R)
+    excess = jnp.maximum(g, 0) if nonneg else jnp.abs(g)
+    sums = (
+        jnp.sum(R * R, axis=1),
+        jnp.sum(c * g, axis=1),
+        jnp.sum(lam * jnp.abs(c), axis=1),
+        jnp.max(jnp.where(occ, excess / lam, 0), axis=1),
+    )
+    return cs, occ, H.astype(X.dtype), R, jnp.stack(sums)
 
 
-def _as_is(X, W, W_hi, slot_atoms, lam, p: Path):
+def _as_is(X, W, W_hi, slot_atoms, lam, p: Path, *, nonneg: bool):
     """``_refined`` for a chunk whose paths all stopped short of ``τ = 1`` (nothing to refine
     or certify: the residuals in ``X``'s precision only choose the next working sets)."""
     cs = jnp.where(p.occ, p.codes, 0)
     R = X - jnp.einsum("bs,bsd->bd", cs, W[slot_atoms])
-    return cs, p.occ, p.H, R.astype(W_hi.dtype)
+    return cs, p.occ, p.H, R.astype(W_hi.dtype), jnp.zeros((4, X.shape[0]), W_hi.dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("nonneg",))
-def _certify(R, W, W_hi, reg, active: Warm, done, *, nonneg: bool):
+def _certify(R, sums, W, reg, active: Warm, done, *, nonneg: bool):
     """The duality gaps and objectives over all atoms of the codes of the active sets
-    ``active``, from their residuals ``R (n, D)`` (``W_hi``'s precision; ``inf`` and 0 unless
-    some path is ``done``: only those can be certified), the correlations ``W R`` (the codes'
-    dtype), the atoms' scores (float32, the active atoms first) and how many atoms violate
-    their constraint."""
-    n, F = R.shape[0], W_hi.shape[0]
-    dt, hi = active.codes.dtype, W_hi.dtype
+    ``active`` (``inf`` and 0 unless some path is ``done``: only those can be certified), where
+    these gaps rest on a bound, the correlations ``G = W R`` (the codes' dtype), the atoms'
+    scores (float32, the active atoms first) and how many atoms violate their constraint.
+
+    ``R (n, D)``: the residuals and ``sums (4, n)`` the sums over the active atoms
+    (``_refined``), in the certificate's precision. The product with the whole dictionary is
+    in the codes' precision: the gap needs ``max_i |g_i| / λ_i`` over the atoms off the active
+    set only through an upper bound, ``max_i (|G_i| + e_i) / λ_i`` with ``e_i = (D + 2) u ‖r‖
+    ‖w_i‖`` a bound on the rounding error of ``G_i`` (``u`` the unit roundoff; the rounding of
+    ``r`` and a sum of ``D`` products in any order): the dual point stays feasible, and the gap
+    is an upper bound of the gap in exact arithmetic, equal to it unless the bound exceeds the
+    ratios of the active atoms (``bound (n,)``: those samples are certified again by
+    ``_exact_gap``)."""
+    n, F = R.shape[0], W.shape[0]
+    dt, hi = active.codes.dtype, R.dtype
     rows = jnp.arange(n)[:, None]
     idx = jnp.where(active.occ, active.atom, F)
-    G = R.astype(dt) @ W.T
-
-    def certificate(R):
-        # the sums over the codes on their slots, not over (n, F) arrays
-        G_hi = R @ W_hi.T
-        c = jnp.where(active.occ, active.codes, 0).astype(hi)
-        CG = jnp.sum(c * jnp.take_along_axis(G_hi, active.atom, 1), axis=1)
-        pen = jnp.sum(reg.astype(hi)[active.atom] * jnp.abs(c), axis=1)
-        negative = jnp.any(c < 0, axis=1) if nonneg else None
-        gap, obj = gap_from_sums(R, G_hi, CG, pen, reg.astype(hi), nonneg, negative)
-        return gap.astype(dt), obj.astype(dt)
-
-    def none(R):
-        return jnp.full((n,), jnp.inf, dt), jnp.zeros((n,), dt)
-
-    gap, obj = jax.lax.cond(jnp.any(done), certificate, none, R)
     on = jnp.zeros((n, F), bool).at[rows, idx].set(True, mode="drop")
-    scores = _scores(G.astype(jnp.float32), on, reg.astype(jnp.float32), nonneg)
-    viol = jnp.sum(jnp.where(on, 0, scores) > 1, axis=1)
-    return gap, obj, G, scores, viol
+    G = jnp.dot(R.astype(dt), W.T, precision="highest")
+    ratio = (jnp.maximum(G, 0) if nonneg else jnp.abs(G)) / reg[None, :]
+    off = jnp.where(on, 0, ratio)
+
+    def certificate(sums):
+        # max_i (|G_i| + e_i) / λ_i ≤ max_i |G_i| / λ_i + (D + 2) u ‖r‖ max_i ‖w_i‖ / λ_i, each
+        # term rounded up for the rounding of its own evaluation
+        RR, CG, pen, worst_on = sums
+        u = jnp.finfo(dt).eps / 2
+        up = 1 + 4 * u
+        spread = jnp.max(jnp.linalg.norm(W, axis=1) / reg) * up
+        e = (W.shape[1] + 2) * u * 1.01 * jnp.sqrt(RR) * spread.astype(hi)
+        off_worst = jnp.max(off, axis=1).astype(hi) * up + e
+        negative = jnp.any(active.occ & (active.codes < 0), axis=1) if nonneg else None
+        gap, obj = gap_from_sums(RR, CG, pen, jnp.maximum(worst_on, off_worst), negative)
+        return gap.astype(dt), obj.astype(dt), off_worst > worst_on
+
+    def none(sums):
+        return jnp.full((n,), jnp.inf, dt), jnp.zeros((n,), dt), jnp.zeros((n,), bool)
+
+    gap, obj, bound = jax.lax.cond(jnp.any(done), certificate, none, sums)
+    scores = jnp.where(on, jnp.finfo(jnp.float32).max, ratio.astype(jnp.float32))
+    return gap, obj, bound, G, scores, jnp.sum(off > 1, axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("nonneg",))
+def _exact_gap(R, sums, W_hi, reg, active: Warm, *, nonneg: bool):
+    """``_certify``'s gaps with the correlations off the active set in the certificate's
+    precision, for the few samples where its bound decides (an atom off the active set within
+    the rounding error of its constraint)."""
+    n, F = R.shape[0], W_hi.shape[0]
+    hi = R.dtype
+    idx = jnp.where(active.occ, active.atom, F)
+    on = jnp.zeros((n, F), bool).at[jnp.arange(n)[:, None], idx].set(True, mode="drop")
+    G = R @ W_hi.T
+    ratio = (jnp.maximum(G, 0) if nonneg else jnp.abs(G)) / reg.astype(hi)[None, :]
+    RR, CG, pen, worst_on = sums
+    worst = jnp.maximum(worst_on, jnp.max(jnp.where(on, 0, ratio), axis=1))
+    negative = jnp.any(active.occ & (active.codes < 0), axis=1) if nonneg else None
+    return gap_from_sums(RR, CG, pen, worst, negative)[0].astype(active.codes.dtype)
 
 
 def dense_codes(active: Warm, F: int) -> np.ndarray:
@@ -380,16 +423,16 @@ def _slots(k: int, D: int) -> int:
 
 
 def _paths(X, W, W_hi, gram, reg, sets, corr, warm, *, nonneg: bool, max_kinks: int):
-    """``_round`` over chunks of samples (the last one padded): NumPy residuals, paths done
-    and active sets (``Warm``), and the most kinks of a chunk. ``warm``: None or the previous
-    active sets (``Warm`` of NumPy arrays, ``_slots`` slots)."""
+    """``_round`` over chunks of samples (the last one padded): NumPy residuals, sums
+    (``(n, 4)``), paths done and active sets (``Warm``), and the most kinks of a chunk.
+    ``warm``: None or the previous active sets (``Warm`` of NumPy arrays, ``_slots`` slots)."""
     n, k = sets.shape
     size = _chunk(k, X.shape[1], n)
     outs, steps = None, 0
     for start in range(0, n, size):
         part = np.arange(start, min(start + size, n))
         take = pad_index(part, size)
-        R, done, kinks, active = _round(
+        R, sums, done, kinks, active = _round(
             jnp.asarray(X[take]),
             W,
             W_hi,
@@ -403,13 +446,13 @@ def _paths(X, W, W_hi, gram, reg, sets, corr, warm, *, nonneg: bool, max_kinks: 
             nonneg=nonneg,
         )
         steps = max(steps, int(kinks))
-        chunk = [np.asarray(x) for x in (R, done, *active)]
+        chunk = [np.asarray(x) for x in (R, sums.T, done, *active)]
         if outs is None:  # the results of all chunks, filled in place (the inverse Grams of
             # thousands of samples take gigabytes)
             outs = [np.empty((n, *x.shape[1:]), x.dtype) for x in chunk]
         for out, x in zip(outs, chunk, strict=True):
             out[start : start + len(part)] = x[: len(part)]
-    return outs[0], outs[1], Warm(*outs[2:]), steps
+    return outs[0], outs[1], outs[2], Warm(*outs[3:]), steps
 
 
 def _chunked_round(X, W, W_hi, gram, reg, sets, corr, warm, *, nonneg, k_next, max_kinks):
@@ -419,7 +462,7 @@ def _chunked_round(X, W, W_hi, gram, reg, sets, corr, warm, *, nonneg, k_next, m
     too small to read it efficiently). NumPy results: ``(gaps, objectives, paths done, next
     working sets, their correlations, violators, active sets (Warm), most kinks of a
     chunk)``."""
-    R, done, active, steps = _paths(
+    R, sums, done, active, steps = _paths(
         X, W, W_hi, gram, reg, sets, corr, warm, nonneg=nonneg, max_kinks=max_kinks
     )
     n, k = sets.shape
@@ -429,15 +472,29 @@ def _chunked_round(X, W, W_hi, gram, reg, sets, corr, warm, *, nonneg, k_next, m
     for start in range(0, n, block):
         part = np.arange(start, min(start + block, n))
         take = pad_index(part, bucket(len(part), smallest=8))
-        gap, obj, G, scores, viol = _certify(
+        block_active = Warm(*(jnp.asarray(a[take]) for a in active))
+        gap, obj, bound, G, scores, viol = _certify(
             jnp.asarray(R[take]),
+            jnp.asarray(sums[take].T),
             W,
-            W_hi,
             reg,
-            Warm(*(jnp.asarray(a[take]) for a in active)),
+            block_active,
             jnp.asarray(done[take]),
             nonneg=nonneg,
         )
+        gap = np.array(gap)
+        again = np.flatnonzero(np.asarray(bound)[: len(part)] & done[part])
+        if len(again):
+            pick = pad_index(again, bucket(len(again), smallest=8))
+            exact = _exact_gap(
+                jnp.asarray(R[part[pick]]),
+                jnp.asarray(sums[part[pick]].T),
+                W_hi,
+                reg,
+                Warm(*(a[pick] for a in block_active)),
+                nonneg=nonneg,
+            )
+            gap[again] = np.asarray(exact)[: len(again)]
         next_sets = np.asarray(_select_sets(scores, k_next, k))
         next_corr = np.take_along_axis(np.asarray(G), next_sets, 1)
         outs.append([np.asarray(x)[: len(part)] for x in (gap, obj, next_sets, next_corr, viol)])
