@@ -527,9 +527,11 @@ def test_warm_round_continues_the_path(nonneg):
     everything = np.tile(np.arange(96), (8, 1))
 
     def round_(sets, corr, warm, max_kinks=4096):
-        return working_set._chunked_round(
-            X, W, W, None, lam, sets, corr, warm, nonneg=nonneg, k_next=96, max_kinks=max_kinks
-        )
+        out = working_set._chunked_round(
+            X, W, W, None, lam, sets, corr, warm, -1.0, nonneg=nonneg, k_next=96,
+            max_kinks=max_kinks,
+        )  # fmt: skip
+        return out[:2] + out[3:]  # (tol -1: nothing certified, every sample's next set)
 
     def codes_of(out):
         return working_set.dense_codes(out[6], 96)
@@ -715,14 +717,20 @@ def test_working_set_selection_splits_the_best_first():
     assert np.all(np.sort(sets[:, :k], axis=1)[:, :5] == np.arange(5))
 
 
-def test_refinement_drops_a_code_of_the_wrong_sign():
-    # the equations on three slots give the third code a sign opposite to its slot's: it
-    # leaves, and the codes are the solution on the other two (the inverse Gram downdated)
+def _wrong_sign_problem():
+    """Three slots whose equations give the third code a sign opposite to its slot's."""
     rng = np.random.default_rng(5)
     W_A = rng.standard_normal((3, 12))
     G = W_A @ W_A.T
     lam, sign = np.full(3, 0.1), np.ones(3)
     x = W_A.T @ (np.array([1.0, 0.8, -0.05]) + np.linalg.solve(G, lam * sign))
+    return W_A, G, lam, sign, x
+
+
+def test_refinement_drops_a_code_of_the_wrong_sign():
+    # the equations on three slots give the third code a sign opposite to its slot's: it
+    # leaves, and the codes are the solution on the other two (the inverse Gram downdated)
+    W_A, G, lam, sign, x = _wrong_sign_problem()
     args = [jnp.asarray(a[None]) for a in (x, W_A, lam, sign, np.zeros(3))]
     cs, occ, H = homotopy.refine_active(
         *args,
@@ -741,11 +749,7 @@ def test_refinement_drops_a_code_of_the_wrong_sign():
 
 def test_refinement_on_the_gram_matches_the_atoms():
     # the same problem as above from the products at c = 0 and the Gram of the slots
-    rng = np.random.default_rng(5)
-    W_A = rng.standard_normal((3, 12))
-    G = W_A @ W_A.T
-    lam, sign = np.full(3, 0.1), np.ones(3)
-    x = W_A.T @ (np.array([1.0, 0.8, -0.05]) + np.linalg.solve(G, lam * sign))
+    W_A, G, lam, sign, x = _wrong_sign_problem()
     c_ref = np.array([0.9, 0.7, 0.1])
     E = W_A @ (x - c_ref @ W_A)
     occ, done, H = jnp.ones((1, 3), bool), jnp.ones((1,), bool), np.linalg.inv(G)[None]

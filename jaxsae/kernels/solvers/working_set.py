@@ -62,9 +62,13 @@ GRAM_BYTES = 1 << 30
 # 256 at F = 40,960: each (n, F) array of the block in float64 takes 128 MB)
 CERTIFY_ROWS = 1024
 CERTIFY_ELEMENTS = 1 << 24
-# the smallest working set, and the largest
+# the smallest working set, and the largest; the first sets have MIN_SIZE atoms, twice as
+# many for inputs of WIDE dimensions or more (where each round's gathers and products over D
+# cost more than the kinks they save: D1280 F10240 B1024, L0 ≈ 50: 1.3 s against 1.6–2.0 s;
+# L0 ≈ 200: 9.8–10.9 s against 9.5–9.8 s; D320 F10240 B4096, L0 ≈ 50: 7.0 s against 4.8 s)
 MIN_SIZE = 64
 MAX_SIZE = 1024
+WIDE = 1024
 # a chunk of n samples keeps n·k·D ≤ CHUNK_ELEMENTS (the gathered working-set atoms) and
 # n·k² ≤ GRAM_ELEMENTS (the working sets' Gram matrices, read at every kink, best kept in cache).
 # Measured on a 2-core CPU at k = 128, D = 320: 70 kinks cost 0.3 ms per sample in chunks of
@@ -131,6 +135,17 @@ def _top_sets(scores: jax.Array, k: int, first: int) -> jax.Array:
 _select_sets = jax.jit(_top_sets, static_argnums=(1, 2))
 
 
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _next_sets(scores, G, pick, k_next: int, k: int) -> tuple[jax.Array, jax.Array]:
+    """The next working sets (``_top_sets``) of the rows ``pick`` (None: all) of ``scores (n,
+    F)`` and their correlations from ``G (n, F)``, without taking either array off the device.
+    (Holds ``row_top_k``'s callback, like ``_select_sets``.)"""
+    if pick is not None:
+        scores, G = scores[pick], G[pick]
+    sets = _top_sets(scores, k_next, k)
+    return sets, jnp.take_along_axis(G, sets, 1)
+
+
 @functools.partial(jax.jit, static_argnames=("nonneg",))
 def _first_scores(X, W, reg, *, nonneg: bool) -> tuple[jax.Array, jax.Array]:
     G = X @ W.T
@@ -140,9 +155,8 @@ def _first_scores(X, W, reg, *, nonneg: bool) -> tuple[jax.Array, jax.Array]:
 def _first_sets(X, W, reg, *, k: int, nonneg: bool) -> tuple[np.ndarray, np.ndarray]:
     """``(sets (B, k), corr (B, k))``: the atoms most correlated with each input (the residual
     at ``c = 0``) and their correlations."""
-    G, scores = _first_scores(X, W, reg, nonneg=nonneg)
-    sets = np.asarray(_select_sets(scores, k, k))
-    return sets, np.take_along_axis(np.asarray(G), sets, 1)
+    sets, corr = _next_sets(*_first_scores(X, W, reg, nonneg=nonneg)[::-1], None, k, k)
+    return np.asarray(sets), np.asarray(corr)
 
 
 def _cold_start(corr, reg_S, K: int, nonneg: bool) -> Path:
@@ -409,6 +423,19 @@ def dense_codes(active: Warm, F: int) -> np.ndarray:
     return C
 
 
+def _last_codes(ends: list, B: int, F: int) -> np.ndarray:
+    """``(B, F)`` each sample's codes at the end of its last round, from the rounds' ``(rows,
+    active sets)`` in order (each sample written once, not once a round)."""
+    codes = np.zeros((B, F), ends[0][1].codes.dtype)
+    written = np.zeros((B,), bool)
+    for rows, active in reversed(ends):
+        new = np.flatnonzero(~written[rows])
+        r, i = np.nonzero(active.occ[new])
+        codes[rows[new][r], active.atom[new][r, i]] = active.codes[new][r, i]
+        written[rows[new]] = True
+    return codes
+
+
 def _chunk(k: int, D: int, n: int) -> int:
     """Samples per chunk: a power of two with ``chunk·k·D ≤ CHUNK_ELEMENTS`` and
     ``chunk·k² ≤ GRAM_ELEMENTS`` (but at least ``MIN_CHUNK``), at most ``n``'s bucket."""
@@ -455,13 +482,14 @@ def _paths(X, W, W_hi, gram, reg, sets, corr, warm, *, nonneg: bool, max_kinks: 
     return outs[0], outs[1], outs[2], Warm(*outs[3:]), steps
 
 
-def _chunked_round(X, W, W_hi, gram, reg, sets, corr, warm, *, nonneg, k_next, max_kinks):
+def _chunked_round(X, W, W_hi, gram, reg, sets, corr, warm, tol, *, nonneg, k_next, max_kinks):
     """One round of a group of samples: the paths (``_paths``, in chunks), then the
-    certificates and the next working sets (``_certify``, in blocks of ``CERTIFY_ROWS`` or
-    fewer samples: one product with the whole dictionary per block, where a chunk of paths is
-    too small to read it efficiently). NumPy results: ``(gaps, objectives, paths done, next
-    working sets, their correlations, violators, active sets (Warm), most kinks of a
-    chunk)``."""
+    certificates (``_certify``, in blocks of ``CERTIFY_ROWS`` or fewer samples: one product
+    with the whole dictionary per block, where a chunk of paths is too small to read it
+    efficiently) and the next working sets of the samples not certified (relative gap ``≤
+    tol``). NumPy results: ``(gaps, objectives, certified, paths done, next working sets,
+    their correlations, violators, active sets (Warm), most kinks of a chunk)``; the next sets
+    of certified samples are zeros."""
     R, sums, done, active, steps = _paths(
         X, W, W_hi, gram, reg, sets, corr, warm, nonneg=nonneg, max_kinks=max_kinks
     )
@@ -495,11 +523,19 @@ def _chunked_round(X, W, W_hi, gram, reg, sets, corr, warm, *, nonneg, k_next, m
                 nonneg=nonneg,
             )
             gap[again] = np.asarray(exact)[: len(again)]
-        next_sets = np.asarray(_select_sets(scores, k_next, k))
-        next_corr = np.take_along_axis(np.asarray(G), next_sets, 1)
-        outs.append([np.asarray(x)[: len(part)] for x in (gap, obj, next_sets, next_corr, viol)])
-    gap, obj, next_sets, next_corr, viol = (np.concatenate(x) for x in zip(*outs, strict=True))
-    return gap, obj, done, next_sets, next_corr, viol, active, steps
+        gap, obj = gap[: len(part)], np.asarray(obj)[: len(part)]
+        ok = done[part] & (relative_gaps(gap, obj) <= tol)
+        next_sets = np.zeros((len(part), k_next), np.int32)
+        next_corr = np.zeros((len(part), k_next), corr.dtype)
+        go = np.flatnonzero(~ok)
+        if len(go):  # the selections only for the samples that go on
+            pick = jnp.asarray(pad_index(go, bucket(len(go), smallest=8)))
+            chosen, chosen_corr = _next_sets(scores, G, pick, k_next, k)
+            next_sets[go] = np.asarray(chosen)[: len(go)]
+            next_corr[go] = np.asarray(chosen_corr)[: len(go)]
+        outs.append([gap, obj, ok, next_sets, next_corr, np.asarray(viol)[: len(part)]])
+    gap, obj, ok, next_sets, next_corr, viol = (np.concatenate(x) for x in zip(*outs, strict=True))
+    return gap, obj, ok, done, next_sets, next_corr, viol, active, steps
 
 
 def _unchanged(sets: np.ndarray, next_sets: np.ndarray) -> np.ndarray:
@@ -562,14 +598,13 @@ def solve_working_sets(
     B, D = X.shape
     F = W.shape[0]
     X_np = np.asarray(X)
-    codes = np.zeros((B, F), X_np.dtype)
     gap = np.full((B,), np.inf, X_np.dtype)
     obj = np.zeros((B,), X_np.dtype)
     certified = np.zeros((B,), bool)
     W_hi = W.astype(high_dtype(X.dtype))
-    k = min(F, MIN_SIZE)
+    k = min(F, MIN_SIZE * (2 if D >= WIDE else 1))
     groups = [(np.arange(B), *_first_sets(X, W, reg, k=k, nonneg=nonneg), k, None)]
-    kinks, gram, viol = 0, None, np.zeros((B,), np.int64)
+    kinks, gram, viol, ends = 0, None, np.zeros((B,), np.int64), []
     for _ in range(rounds):
         todo, most = [], 0
         for rows, sets, corr, k, warm in groups:
@@ -577,7 +612,7 @@ def solve_working_sets(
             if gram is None and _gram_pays(len(rows), k, W):
                 gram = _dictionary_gram(W)
             # after the first round, each path starts from the previous round's active set
-            gap_r, obj_r, done_r, nxt, nxt_corr, viol[rows], active, steps = _chunked_round(
+            gap_r, obj_r, ok, done_r, nxt, nxt_corr, viol[rows], active, steps = _chunked_round(
                 X_np[rows],
                 W,
                 W_hi,
@@ -586,15 +621,14 @@ def solve_working_sets(
                 sets,
                 corr,
                 warm,
+                tol,
                 nonneg=nonneg,
                 k_next=k_next,
                 max_kinks=max_kinks,
             )
             most = max(most, steps)
-            codes[rows], gap[rows], obj[rows] = dense_codes(active, F), gap_r, obj_r
-            rel = relative_gaps(gap_r, obj_r)
-            ok = done_r & (rel <= tol)
-            certified[rows] = ok
+            gap[rows], obj[rows], certified[rows] = gap_r, obj_r, ok
+            ends.append((rows, active._replace(H=None)))
             # the others go round again, with twice the atoms where the support fills half
             grow = (2 * active.occ.sum(axis=1) > k) | ~done_r
             same = np.flatnonzero(~ok & ~grow & ~_unchanged(sets, nxt[:, :k]))
@@ -607,6 +641,7 @@ def solve_working_sets(
         groups = _merge(todo, D, viol)
         if not groups:
             break
+    codes = _last_codes(ends, B, F)
     _finish(X_np, W_hi, reg, codes, gap, obj, certified, tol, nonneg=nonneg)
     return WorkingSetResult(codes, gap, obj, certified, kinks)
 
