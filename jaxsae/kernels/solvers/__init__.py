@@ -22,19 +22,23 @@ Samples the path certifies (duality gap ``≤ tol``) are final; the others (acti
 slots, singular Gram, too many kinks) continue by FISTA from the path's codes
 (``solve_from_path``). For dictionaries of at least ``working_set.MIN_ATOMS`` (2,048) atoms the
 path first runs on per-sample *working sets* of a few dozen to a few hundred atoms, checked
-against the whole dictionary by one product per round (``working_set``); the samples they do
-not certify go on to the iterations.
+against the whole dictionary by one product per round (``working_set``; each round continues
+the previous round's path from its active set); the samples they do not certify go on to the
+iterations.
 
 Which method the default call starts with depends on the backend (``default_method``): the
 paths on a CPU, where doing less work wins; FISTA + restart + polish on GPU/TPU, where large
 dense matmuls run near peak and the paths' many small dependent steps would leave the device
 idle. ``homotopy=True``/``False`` overrides it.
 
-Memory: no ``F × F`` matrix is formed above a 64 MiB budget (``common.GRAM_BUDGET``; the Gram
-*form* of the iterations is used only when ``F < 2D``, i.e. ``F² < 2FD``). Peak memory is
-``O(F·D + B·F)`` — the dictionary (and a float64 copy when x64 is on), codes and correlations —
-plus per sample ``O(K² + K·D)`` of path state (``K ≤ 128`` slots) or ``O(k·D + K·k)`` for a
-working set of ``k`` atoms, in chunks of samples with ``n·k·D ≤ 2²⁵``.
+Memory: no ``F × F`` matrix is formed above a budget: 64 MiB (``common.GRAM_BUDGET``) for the
+paths over the whole dictionary and the iterations (whose Gram *form* is used only when
+``F < 2D``, i.e. ``F² < 2FD``), 1 GiB (``working_set.GRAM_BYTES``) for the working sets' Gram
+rows, formed only where it saves work. Peak memory is ``O(F·D + B·F)`` — the dictionary (and a
+float64 copy when x64 is on), codes and correlations — plus per sample ``O(K² + K·D)`` of path
+state (``K ≤ 128`` slots over the whole dictionary), or ``O(K²)`` for the active set a working
+set carries between rounds (``K`` up to 512) and ``O(k·D + K·k)`` while its path runs, in
+chunks of samples with ``n·k·D ≤ 2²⁵``.
 
 Modules: ``api`` (the public functions and their checks), ``proximal`` (the ISTA/FISTA driver,
 its gap checks and polish, and the trace mode), ``compaction`` (blocks that shrink as samples
