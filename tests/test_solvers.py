@@ -528,8 +528,8 @@ def test_warm_round_continues_the_path(nonneg):
 
     def round_(sets, corr, warm, max_kinks=4096):
         out = working_set._chunked_round(
-            X, W, W, None, lam, sets, corr, warm, -1.0, nonneg=nonneg, k_next=96,
-            max_kinks=max_kinks,
+            X, working_set.Atoms(W, W, None, lam), sets, corr, warm, tol=-1.0, nonneg=nonneg,
+            k_next=96, max_kinks=max_kinks,
         )  # fmt: skip
         return out[:2] + out[3:]  # (tol -1: nothing certified, every sample's next set)
 
@@ -571,10 +571,10 @@ def test_round_certificate_bounds_the_float64_gap(nonneg):
     X, W = Xb.astype(np.float32), Wb.astype(np.float32)
     lam = jnp.full((96,), reg, jnp.float32)
     sets = np.tile(np.arange(96), (16, 1))
+    atoms = working_set.Atoms(jnp.asarray(W), jnp.asarray(W, jnp.float64), None, lam)
     R, sums, done, active, _ = working_set._paths(
-        X, jnp.asarray(W), jnp.asarray(W, jnp.float64), None, lam, sets, X @ W.T, None,
-        nonneg=nonneg, max_kinks=4096,
-    )  # fmt: skip
+        X, atoms, sets, X @ W.T, None, nonneg=nonneg, max_kinks=4096
+    )
     assert done.all()
     warm = working_set.Warm(*map(jnp.asarray, active))
     args = (jnp.asarray(R), jnp.asarray(sums.T))

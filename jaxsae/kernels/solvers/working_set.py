@@ -274,6 +274,15 @@ def _local_paths(corr, reg_S, rows_of, max_kinks, warm, local, *, K: int, nonneg
     return jax.lax.while_loop(cond, body, (p, rows))[0]
 
 
+class Atoms(NamedTuple):
+    """The dictionary as the rounds use it."""
+
+    W: jax.Array  # (F, D)
+    W_hi: jax.Array  # (F, D) in the certificate's precision
+    gram: jax.Array | None  # (F, F) W Wᵀ where it pays (``_gram_pays``), else None
+    reg: jax.Array  # (F,) λ
+
+
 def _set_gram(W, gram, sets):
     """A function giving the Gram rows of the atoms ``i (n, m)`` of the working sets ``sets (n,
     k)`` with their set ``(n, m, k)``: gathered from the dictionary's Gram matrix ``gram (F,
@@ -286,16 +295,16 @@ def _set_gram(W, gram, sets):
 
 
 @functools.partial(jax.jit, static_argnames=("K", "nonneg"))
-def _round(X, W, W_hi, gram, reg, sets, corr, max_kinks, warm, *, K: int, nonneg: bool):
+def _round(X, atoms: Atoms, sets, corr, max_kinks, warm, *, K: int, nonneg: bool):
     """The restricted paths of a chunk, refined on their active sets.
 
     ``X (n, D)``, ``sets (n, k)``, ``corr (n, k)`` the correlations of the sets' atoms with the
     residual of the codes ``warm`` (of ``X`` when ``warm`` is None: paths from ``c = 0``),
-    ``W_hi`` the dictionary in the certificate's precision, ``gram``: None or ``W Wᵀ``
-    (``_set_gram``), ``warm``: None or the previous round's active set (``Warm``, ``K`` slots;
-    its atoms are in ``sets``). Returns ``(residuals (n, D) in W_hi's precision, sums (4, n)
+    ``warm``: None or the previous round's active set (``Warm``, ``K`` slots; its atoms are in
+    ``sets``). Returns ``(residuals (n, D) in W_hi's precision, sums (4, n)
     for the certificate, path_done (n,) bool, kinks, active set (Warm))``, refined by
     ``_refined`` where a path is done."""
+    W, W_hi, gram, reg = atoms
     reg_S = reg[sets]  # (n, k)
     local = None
     if warm is not None:  # the position of each slot's atom in the set
@@ -449,7 +458,7 @@ def _slots(k: int, D: int) -> int:
     return min(max(k // 2, 1), D)
 
 
-def _paths(X, W, W_hi, gram, reg, sets, corr, warm, *, nonneg: bool, max_kinks: int):
+def _paths(X, atoms: Atoms, sets, corr, warm, *, nonneg: bool, max_kinks: int):
     """``_round`` over chunks of samples (the last one padded): NumPy residuals, sums
     (``(n, 4)``), paths done and active sets (``Warm``), and the most kinks of a chunk.
     ``warm``: None or the previous active sets (``Warm`` of NumPy arrays, ``_slots`` slots)."""
@@ -461,10 +470,7 @@ def _paths(X, W, W_hi, gram, reg, sets, corr, warm, *, nonneg: bool, max_kinks: 
         take = pad_index(part, size)
         R, sums, done, kinks, active = _round(
             jnp.asarray(X[take]),
-            W,
-            W_hi,
-            gram,
-            reg,
+            atoms,
             jnp.asarray(sets[take]),
             jnp.asarray(corr[take]),
             jnp.asarray(max_kinks, jnp.int32),
@@ -482,60 +488,70 @@ def _paths(X, W, W_hi, gram, reg, sets, corr, warm, *, nonneg: bool, max_kinks: 
     return outs[0], outs[1], outs[2], Warm(*outs[3:]), steps
 
 
-def _chunked_round(X, W, W_hi, gram, reg, sets, corr, warm, tol, *, nonneg, k_next, max_kinks):
+def _chunked_round(X, atoms: Atoms, sets, corr, warm, *, tol, nonneg, k_next, max_kinks):
     """One round of a group of samples: the paths (``_paths``, in chunks), then the
-    certificates (``_certify``, in blocks of ``CERTIFY_ROWS`` or fewer samples: one product
-    with the whole dictionary per block, where a chunk of paths is too small to read it
-    efficiently) and the next working sets of the samples not certified (relative gap ``≤
-    tol``). NumPy results: ``(gaps, objectives, certified, paths done, next working sets,
+    certificates and the next working sets of the samples not certified (relative gap ``≤
+    tol``), in blocks of ``CERTIFY_ROWS`` or fewer samples (``_certify_block``: one product with
+    the whole dictionary per block, where a chunk of paths is too small to read it
+    efficiently). NumPy results: ``(gaps, objectives, certified, paths done, next working sets,
     their correlations, violators, active sets (Warm), most kinks of a chunk)``; the next sets
     of certified samples are zeros."""
     R, sums, done, active, steps = _paths(
-        X, W, W_hi, gram, reg, sets, corr, warm, nonneg=nonneg, max_kinks=max_kinks
+        X, atoms, sets, corr, warm, nonneg=nonneg, max_kinks=max_kinks
     )
     n, k = sets.shape
-    F = W.shape[0]
+    F = atoms.W.shape[0]
     block = min(CERTIFY_ROWS, 1 << (max(CERTIFY_ELEMENTS // F, 8).bit_length() - 1))
-    outs = []
-    for start in range(0, n, block):
-        part = np.arange(start, min(start + block, n))
-        take = pad_index(part, bucket(len(part), smallest=8))
-        block_active = Warm(*(jnp.asarray(a[take]) for a in active))
-        gap, obj, bound, G, scores, viol = _certify(
-            jnp.asarray(R[take]),
-            jnp.asarray(sums[take].T),
-            W,
-            reg,
-            block_active,
-            jnp.asarray(done[take]),
-            nonneg=nonneg,
+    outs = [
+        _certify_block(
+            np.arange(start, min(start + block, n)), R, sums, done, active, atoms,
+            tol=tol, nonneg=nonneg, k=k, k_next=k_next,
         )
-        gap = np.array(gap)
-        again = np.flatnonzero(np.asarray(bound)[: len(part)] & done[part])
-        if len(again):
-            pick = pad_index(again, bucket(len(again), smallest=8))
-            exact = _exact_gap(
-                jnp.asarray(R[part[pick]]),
-                jnp.asarray(sums[part[pick]].T),
-                W_hi,
-                reg,
-                Warm(*(a[pick] for a in block_active)),
-                nonneg=nonneg,
-            )
-            gap[again] = np.asarray(exact)[: len(again)]
-        gap, obj = gap[: len(part)], np.asarray(obj)[: len(part)]
-        ok = done[part] & (relative_gaps(gap, obj) <= tol)
-        next_sets = np.zeros((len(part), k_next), np.int32)
-        next_corr = np.zeros((len(part), k_next), corr.dtype)
-        go = np.flatnonzero(~ok)
-        if len(go):  # the selections only for the samples that go on
-            pick = jnp.asarray(pad_index(go, bucket(len(go), smallest=8)))
-            chosen, chosen_corr = _next_sets(scores, G, pick, k_next, k)
-            next_sets[go] = np.asarray(chosen)[: len(go)]
-            next_corr[go] = np.asarray(chosen_corr)[: len(go)]
-        outs.append([gap, obj, ok, next_sets, next_corr, np.asarray(viol)[: len(part)]])
+        for start in range(0, n, block)
+    ]  # fmt: skip
     gap, obj, ok, next_sets, next_corr, viol = (np.concatenate(x) for x in zip(*outs, strict=True))
     return gap, obj, ok, done, next_sets, next_corr, viol, active, steps
+
+
+def _certify_block(part, R, sums, done, active, atoms: Atoms, *, tol, nonneg, k, k_next):
+    """The rows ``part`` of a round's results (``_paths``): their gaps (``_certify``, those
+    resting on its bound again by ``_exact_gap``), objectives, certified, next working sets
+    and their correlations (for the samples that go on), and violators, as NumPy arrays."""
+    take = pad_index(part, bucket(len(part), smallest=8))
+    block_active = Warm(*(jnp.asarray(a[take]) for a in active))
+    gap, obj, bound, G, scores, viol = _certify(
+        jnp.asarray(R[take]),
+        jnp.asarray(sums[take].T),
+        atoms.W,
+        atoms.reg,
+        block_active,
+        jnp.asarray(done[take]),
+        nonneg=nonneg,
+    )
+    gap = np.array(gap)
+    again = np.flatnonzero(np.asarray(bound)[: len(part)] & done[part])
+    if len(again):
+        pick = pad_index(again, bucket(len(again), smallest=8))
+        exact = _exact_gap(
+            jnp.asarray(R[part[pick]]),
+            jnp.asarray(sums[part[pick]].T),
+            atoms.W_hi,
+            atoms.reg,
+            Warm(*(a[pick] for a in block_active)),
+            nonneg=nonneg,
+        )
+        gap[again] = np.asarray(exact)[: len(again)]
+    gap, obj = gap[: len(part)], np.asarray(obj)[: len(part)]
+    ok = done[part] & (relative_gaps(gap, obj) <= tol)
+    next_sets = np.zeros((len(part), k_next), np.int32)
+    next_corr = np.zeros((len(part), k_next), G.dtype)
+    go = np.flatnonzero(~ok)
+    if len(go):  # the selections only for the samples that go on
+        pick = jnp.asarray(pad_index(go, bucket(len(go), smallest=8)))
+        chosen, chosen_corr = _next_sets(scores, G, pick, k_next, k)
+        next_sets[go] = np.asarray(chosen)[: len(go)]
+        next_corr[go] = np.asarray(chosen_corr)[: len(go)]
+    return gap, obj, ok, next_sets, next_corr, np.asarray(viol)[: len(part)]
 
 
 def _unchanged(sets: np.ndarray, next_sets: np.ndarray) -> np.ndarray:
@@ -601,27 +617,24 @@ def solve_working_sets(
     gap = np.full((B,), np.inf, X_np.dtype)
     obj = np.zeros((B,), X_np.dtype)
     certified = np.zeros((B,), bool)
-    W_hi = W.astype(high_dtype(X.dtype))
+    atoms = Atoms(W, W.astype(high_dtype(X.dtype)), None, reg)
     k = min(F, MIN_SIZE * (2 if D >= WIDE else 1))
     groups = [(np.arange(B), *_first_sets(X, W, reg, k=k, nonneg=nonneg), k, None)]
-    kinks, gram, viol, ends = 0, None, np.zeros((B,), np.int64), []
+    kinks, viol, ends = 0, np.zeros((B,), np.int64), []
     for _ in range(rounds):
         todo, most = [], 0
         for rows, sets, corr, k, warm in groups:
             k_next = min(F, 2 * k)
-            if gram is None and _gram_pays(len(rows), k, W):
-                gram = _dictionary_gram(W)
+            if atoms.gram is None and _gram_pays(len(rows), k, W):
+                atoms = atoms._replace(gram=_dictionary_gram(W))
             # after the first round, each path starts from the previous round's active set
             gap_r, obj_r, ok, done_r, nxt, nxt_corr, viol[rows], active, steps = _chunked_round(
                 X_np[rows],
-                W,
-                W_hi,
-                gram,
-                reg,
+                atoms,
                 sets,
                 corr,
                 warm,
-                tol,
+                tol=tol,
                 nonneg=nonneg,
                 k_next=k_next,
                 max_kinks=max_kinks,
@@ -642,7 +655,7 @@ def solve_working_sets(
         if not groups:
             break
     codes = _last_codes(ends, B, F)
-    _finish(X_np, W_hi, reg, codes, gap, obj, certified, tol, nonneg=nonneg)
+    _finish(X_np, atoms.W_hi, reg, codes, gap, obj, certified, tol, nonneg=nonneg)
     return WorkingSetResult(codes, gap, obj, certified, kinks)
 
 
