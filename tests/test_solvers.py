@@ -572,7 +572,7 @@ def test_round_certificate_bounds_the_float64_gap(nonneg):
     lam = jnp.full((96,), reg, jnp.float32)
     sets = np.tile(np.arange(96), (16, 1))
     atoms = working_set.Atoms(jnp.asarray(W), jnp.asarray(W, jnp.float64), None, lam)
-    R, sums, done, active, _ = working_set._paths(
+    (R, sums, done, active), _ = working_set._paths(
         X, atoms, sets, X @ W.T, None, nonneg=nonneg, max_kinks=4096
     )
     assert done.all()

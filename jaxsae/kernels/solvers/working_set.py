@@ -458,10 +458,20 @@ def _slots(k: int, D: int) -> int:
     return min(max(k // 2, 1), D)
 
 
+class Ends(NamedTuple):
+    """Where a round's paths ended (NumPy): residuals ``(n, D)`` and sums ``(n, 4)`` in the
+    certificate's precision (``_refined``), paths done ``(n,)`` and active sets (``Warm``)."""
+
+    R: np.ndarray
+    sums: np.ndarray
+    done: np.ndarray
+    active: Warm
+
+
 def _paths(X, atoms: Atoms, sets, corr, warm, *, nonneg: bool, max_kinks: int):
-    """``_round`` over chunks of samples (the last one padded): NumPy residuals, sums
-    (``(n, 4)``), paths done and active sets (``Warm``), and the most kinks of a chunk.
-    ``warm``: None or the previous active sets (``Warm`` of NumPy arrays, ``_slots`` slots)."""
+    """``_round`` over chunks of samples (the last one padded): ``(Ends, the most kinks of a
+    chunk)``. ``warm``: None or the previous active sets (``Warm`` of NumPy arrays, ``_slots``
+    slots)."""
     n, k = sets.shape
     size = _chunk(k, X.shape[1], n)
     outs, steps = None, 0
@@ -485,7 +495,7 @@ def _paths(X, atoms: Atoms, sets, corr, warm, *, nonneg: bool, max_kinks: int):
             outs = [np.empty((n, *x.shape[1:]), x.dtype) for x in chunk]
         for out, x in zip(outs, chunk, strict=True):
             out[start : start + len(part)] = x[: len(part)]
-    return outs[0], outs[1], outs[2], Warm(*outs[3:]), steps
+    return Ends(outs[0], outs[1], outs[2], Warm(*outs[3:])), steps
 
 
 def _chunked_round(X, atoms: Atoms, sets, corr, warm, *, tol, nonneg, k_next, max_kinks):
@@ -496,27 +506,26 @@ def _chunked_round(X, atoms: Atoms, sets, corr, warm, *, tol, nonneg, k_next, ma
     efficiently). NumPy results: ``(gaps, objectives, certified, paths done, next working sets,
     their correlations, violators, active sets (Warm), most kinks of a chunk)``; the next sets
     of certified samples are zeros."""
-    R, sums, done, active, steps = _paths(
-        X, atoms, sets, corr, warm, nonneg=nonneg, max_kinks=max_kinks
-    )
+    ends, steps = _paths(X, atoms, sets, corr, warm, nonneg=nonneg, max_kinks=max_kinks)
     n, k = sets.shape
     F = atoms.W.shape[0]
     block = min(CERTIFY_ROWS, 1 << (max(CERTIFY_ELEMENTS // F, 8).bit_length() - 1))
     outs = [
         _certify_block(
-            np.arange(start, min(start + block, n)), R, sums, done, active, atoms,
+            np.arange(start, min(start + block, n)), ends, atoms,
             tol=tol, nonneg=nonneg, k=k, k_next=k_next,
         )
         for start in range(0, n, block)
     ]  # fmt: skip
     gap, obj, ok, next_sets, next_corr, viol = (np.concatenate(x) for x in zip(*outs, strict=True))
-    return gap, obj, ok, done, next_sets, next_corr, viol, active, steps
+    return gap, obj, ok, ends.done, next_sets, next_corr, viol, ends.active, steps
 
 
-def _certify_block(part, R, sums, done, active, atoms: Atoms, *, tol, nonneg, k, k_next):
+def _certify_block(part, ends: Ends, atoms: Atoms, *, tol, nonneg, k, k_next):
     """The rows ``part`` of a round's results (``_paths``): their gaps (``_certify``, those
     resting on its bound again by ``_exact_gap``), objectives, certified, next working sets
     and their correlations (for the samples that go on), and violators, as NumPy arrays."""
+    R, sums, done, active = ends
     take = pad_index(part, bucket(len(part), smallest=8))
     block_active = Warm(*(jnp.asarray(a[take]) for a in active))
     gap, obj, bound, G, scores, viol = _certify(
