@@ -30,11 +30,10 @@ def solve_from_path(X, W, reg, step_size, tol, max_steps: int, opts: IterOptions
     working_set.MIN_ATOMS``, else the path over the whole dictionary (``follow_paths``, on
     ``PATH_CHUNK`` samples at a time), then the iterations (``solve_compacted``, or one block
     zero-padded to a power of two ``≥ 8``) for any sample still not certified, from the best
-    codes so far. (After working sets the
-    path over all atoms is not tried: the samples they leave have supports past its slots or
-    codes whose float32 rounding misses ``tol`` by a hair, and at ``F = 10,240`` its kinks over
-    a padded block cost seconds.) ``step_size``: ``None`` for ``1 / L``, computed only if
-    iterations are needed."""
+    codes so far. (After working sets the path over all atoms is not tried: the samples they
+    leave have supports past its slots or codes whose float32 rounding misses ``tol`` by a
+    hair, and at ``F = 10,240`` its kinks over a padded block cost seconds.) ``step_size``:
+    ``None`` for ``1 / L``, computed only if iterations are needed."""
     F, D = W.shape
     nonneg = opts.nonneg
     screened = F >= working_set.MIN_ATOMS
