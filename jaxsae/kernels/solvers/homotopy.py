@@ -413,10 +413,11 @@ def path_finish(X, W, G, reg, s: ActiveSet, *, nonneg: bool, refine: int):
     return C, gap.astype(X.dtype), obj.astype(X.dtype)
 
 
-def dictionary_gram(W: jax.Array) -> jax.Array | None:
-    """``G = W Wᵀ`` for the paths over the whole dictionary, or None above ``GRAM_BUDGET``."""
+def dictionary_gram(W: jax.Array, budget: int = GRAM_BUDGET) -> jax.Array | None:
+    """``G = W Wᵀ``, or None above ``budget`` bytes (``GRAM_BUDGET`` for the paths over the
+    whole dictionary)."""
     F = W.shape[0]
-    return _gram(W) if F * F * W.dtype.itemsize <= GRAM_BUDGET else None
+    return _gram(W) if F * F * W.dtype.itemsize <= budget else None
 
 
 def follow_paths(X, W, reg, tol, *, nonneg: bool, max_slots: int, max_kinks: int, G="auto"):

@@ -50,7 +50,7 @@ import numpy as np
 from jaxsae.kernels.lasso import gap_from_residual, gap_from_sums, high_dtype
 from jaxsae.kernels.row_select import row_top_k
 from jaxsae.kernels.solvers.common import bucket, pad_index, relative_gaps
-from jaxsae.kernels.solvers.homotopy import Path, path_step, refine_active
+from jaxsae.kernels.solvers.homotopy import Path, dictionary_gram, path_step, refine_active
 
 # the dictionary's Gram matrix W Wᵀ is formed (once) for the working sets' Gram rows when it
 # takes at most this many bytes (F = 16,384 atoms in float32) and saves work (``_gram_pays``):
@@ -112,11 +112,15 @@ class WorkingSetResult(NamedTuple):
     kinks: int
 
 
-def _scores(G: jax.Array, C: jax.Array, reg: jax.Array, nonneg: bool) -> jax.Array:
-    """``(B, F)`` how strongly each atom asks to join: ``excess(g_j) / λ_j``, the support first
-    (the largest finite value: ``row_top_k`` takes finite scores)."""
-    excess = jnp.maximum(G, 0) if nonneg else jnp.abs(G)
-    return jnp.where(C != 0, jnp.finfo(G.dtype).max, excess / reg[None, :])
+def _ratios(G: jax.Array, reg: jax.Array, nonneg: bool) -> jax.Array:
+    """``(B, F)`` ``excess(g_j) / λ_j``: ``|g_j| / λ_j`` (``nonneg``: ``max(g_j, 0) / λ_j``)."""
+    return (jnp.maximum(G, 0) if nonneg else jnp.abs(G)) / reg[None, :]
+
+
+def _scores(ratio: jax.Array, on: jax.Array) -> jax.Array:
+    """``(B, F)`` how strongly each atom asks to join (``_ratios``), the atoms ``on`` (the
+    active set) first (the largest finite value: ``row_top_k`` takes finite scores)."""
+    return jnp.where(on, jnp.finfo(ratio.dtype).max, ratio)
 
 
 def _top_sets(scores: jax.Array, k: int, first: int) -> jax.Array:
@@ -131,15 +135,12 @@ def _top_sets(scores: jax.Array, k: int, first: int) -> jax.Array:
 
 # A function of its own, compiled apart: on a CPU ``row_top_k`` is a host callback, and JAX's
 # persistent compilation cache (``jaxsae solve``) does not keep executables that hold one, so
-# the paths and the correlations stay in functions without it.
-_select_sets = jax.jit(_top_sets, static_argnums=(1, 2))
-
-
+# the paths and the certificates stay in functions without it.
 @functools.partial(jax.jit, static_argnums=(3, 4))
 def _next_sets(scores, G, pick, k_next: int, k: int) -> tuple[jax.Array, jax.Array]:
     """The next working sets (``_top_sets``) of the rows ``pick`` (None: all) of ``scores (n,
-    F)`` and their correlations from ``G (n, F)``, without taking either array off the device.
-    (Holds ``row_top_k``'s callback, like ``_select_sets``.)"""
+    F)`` and their correlations from ``G (n, F)``, without taking either array off the
+    device."""
     if pick is not None:
         scores, G = scores[pick], G[pick]
     sets = _top_sets(scores, k_next, k)
@@ -148,14 +149,16 @@ def _next_sets(scores, G, pick, k_next: int, k: int) -> tuple[jax.Array, jax.Arr
 
 @functools.partial(jax.jit, static_argnames=("nonneg",))
 def _first_scores(X, W, reg, *, nonneg: bool) -> tuple[jax.Array, jax.Array]:
+    """``(scores, G)`` at ``c = 0``: ``G = X Wᵀ``."""
     G = X @ W.T
-    return G, _scores(G, jnp.zeros_like(G), reg, nonneg)
+    return _scores(_ratios(G, reg, nonneg), jnp.zeros(G.shape, bool)), G
 
 
 def _first_sets(X, W, reg, *, k: int, nonneg: bool) -> tuple[np.ndarray, np.ndarray]:
     """``(sets (B, k), corr (B, k))``: the atoms most correlated with each input (the residual
     at ``c = 0``) and their correlations."""
-    sets, corr = _next_sets(*_first_scores(X, W, reg, nonneg=nonneg)[::-1], None, k, k)
+    scores, G = _first_scores(X, W, reg, nonneg=nonneg)
+    sets, corr = _next_sets(scores, G, None, k, k)
     return np.asarray(sets), np.asarray(corr)
 
 
@@ -379,31 +382,27 @@ def _certify(R, sums, W, reg, active: Warm, done, *, nonneg: bool):
     ``_exact_gap``)."""
     n, F = R.shape[0], W.shape[0]
     dt, hi = active.codes.dtype, R.dtype
-    rows = jnp.arange(n)[:, None]
-    idx = jnp.where(active.occ, active.atom, F)
-    on = jnp.zeros((n, F), bool).at[rows, idx].set(True, mode="drop")
+    on = _active_mask(active, F)
     G = jnp.dot(R.astype(dt), W.T, precision="highest")
-    ratio = (jnp.maximum(G, 0) if nonneg else jnp.abs(G)) / reg[None, :]
+    ratio = _ratios(G, reg, nonneg)
     off = jnp.where(on, 0, ratio)
 
     def certificate(sums):
         # max_i (|G_i| + e_i) / λ_i ≤ max_i |G_i| / λ_i + (D + 2) u ‖r‖ max_i ‖w_i‖ / λ_i, each
         # term rounded up for the rounding of its own evaluation
-        RR, CG, pen, worst_on = sums
         u = jnp.finfo(dt).eps / 2
         up = 1 + 4 * u
         spread = jnp.max(jnp.linalg.norm(W, axis=1) / reg) * up
-        e = (W.shape[1] + 2) * u * 1.01 * jnp.sqrt(RR) * spread.astype(hi)
+        e = (W.shape[1] + 2) * u * 1.01 * jnp.sqrt(sums[0]) * spread.astype(hi)
         off_worst = jnp.max(off, axis=1).astype(hi) * up + e
-        negative = jnp.any(active.occ & (active.codes < 0), axis=1) if nonneg else None
-        gap, obj = gap_from_sums(RR, CG, pen, jnp.maximum(worst_on, off_worst), negative)
-        return gap.astype(dt), obj.astype(dt), off_worst > worst_on
+        gap, obj = _gap(sums, off_worst, active, nonneg)
+        return gap.astype(dt), obj.astype(dt), off_worst > sums[3]
 
     def none(sums):
         return jnp.full((n,), jnp.inf, dt), jnp.zeros((n,), dt), jnp.zeros((n,), bool)
 
     gap, obj, bound = jax.lax.cond(jnp.any(done), certificate, none, sums)
-    scores = jnp.where(on, jnp.finfo(jnp.float32).max, ratio.astype(jnp.float32))
+    scores = _scores(ratio.astype(jnp.float32), on)
     return gap, obj, bound, G, scores, jnp.sum(off > 1, axis=1)
 
 
@@ -412,24 +411,38 @@ def _exact_gap(R, sums, W_hi, reg, active: Warm, *, nonneg: bool):
     """``_certify``'s gaps with the correlations off the active set in the certificate's
     precision, for the few samples where its bound decides (an atom off the active set within
     the rounding error of its constraint)."""
-    n, F = R.shape[0], W_hi.shape[0]
-    hi = R.dtype
+    ratio = _ratios(R @ W_hi.T, reg.astype(R.dtype), nonneg)
+    off_worst = jnp.max(jnp.where(_active_mask(active, W_hi.shape[0]), 0, ratio), axis=1)
+    return _gap(sums, off_worst, active, nonneg)[0].astype(active.codes.dtype)
+
+
+def _active_mask(active: Warm, F: int) -> jax.Array:
+    """``(n, F)`` bool: the atoms of each active set."""
+    n = active.occ.shape[0]
     idx = jnp.where(active.occ, active.atom, F)
-    on = jnp.zeros((n, F), bool).at[jnp.arange(n)[:, None], idx].set(True, mode="drop")
-    G = R @ W_hi.T
-    ratio = (jnp.maximum(G, 0) if nonneg else jnp.abs(G)) / reg.astype(hi)[None, :]
+    return jnp.zeros((n, F), bool).at[jnp.arange(n)[:, None], idx].set(True, mode="drop")
+
+
+def _gap(sums, off_worst, active: Warm, nonneg: bool):
+    """``(gap, objective)`` from ``_refined``'s sums and the largest ratio off the active set
+    (or an upper bound of it)."""
     RR, CG, pen, worst_on = sums
-    worst = jnp.maximum(worst_on, jnp.max(jnp.where(on, 0, ratio), axis=1))
     negative = jnp.any(active.occ & (active.codes < 0), axis=1) if nonneg else None
-    return gap_from_sums(RR, CG, pen, worst, negative)[0].astype(active.codes.dtype)
+    return gap_from_sums(RR, CG, pen, jnp.maximum(worst_on, off_worst), negative)
 
 
 def dense_codes(active: Warm, F: int) -> np.ndarray:
     """``(n, F)`` the codes of the active sets ``active`` (NumPy)."""
-    C = np.zeros((active.occ.shape[0], F), active.codes.dtype)
-    r, i = np.nonzero(active.occ)
-    C[r, active.atom[r, i]] = active.codes[r, i]
-    return C
+    n = active.occ.shape[0]
+    return _scatter_codes(np.zeros((n, F), active.codes.dtype), np.arange(n), active, np.arange(n))
+
+
+def _scatter_codes(codes: np.ndarray, rows: np.ndarray, active: Warm, i: np.ndarray) -> np.ndarray:
+    """``codes`` with the rows ``rows[i]`` holding the codes of the active sets ``i`` of
+    ``active`` (their rows assumed zero)."""
+    r, slot = np.nonzero(active.occ[i])
+    codes[rows[i][r], active.atom[i][r, slot]] = active.codes[i][r, slot]
+    return codes
 
 
 def _last_codes(ends: list, B: int, F: int) -> np.ndarray:
@@ -439,8 +452,7 @@ def _last_codes(ends: list, B: int, F: int) -> np.ndarray:
     written = np.zeros((B,), bool)
     for rows, active in reversed(ends):
         new = np.flatnonzero(~written[rows])
-        r, i = np.nonzero(active.occ[new])
-        codes[rows[new][r], active.atom[new][r, i]] = active.codes[new][r, i]
+        _scatter_codes(codes, rows, active, new)
         written[rows[new]] = True
     return codes
 
@@ -603,9 +615,6 @@ def _merge(groups: list, D: int, work: np.ndarray) -> list:
     return merged
 
 
-_dictionary_gram = jax.jit(lambda W: W @ W.T)
-
-
 def _gram_pays(n: int, k: int, W) -> bool:
     """Whether the rounds use the dictionary's Gram matrix ``W Wᵀ`` from now on: it fits in
     ``GRAM_BYTES`` and a round of ``n`` samples with sets of ``k`` atoms would otherwise form
@@ -635,7 +644,7 @@ def solve_working_sets(
         for rows, sets, corr, k, warm in groups:
             k_next = min(F, 2 * k)
             if atoms.gram is None and _gram_pays(len(rows), k, W):
-                atoms = atoms._replace(gram=_dictionary_gram(W))
+                atoms = atoms._replace(gram=dictionary_gram(W, GRAM_BYTES))
             # after the first round, each path starts from the previous round's active set
             gap_r, obj_r, ok, done_r, nxt, nxt_corr, viol[rows], active, steps = _chunked_round(
                 X_np[rows],
