@@ -370,9 +370,23 @@ def feature_best_concepts(
 # -- streaming --------------------------------------------------------------------------------
 
 
-def _count_terms(a, cm, masks, thresholds, starts, ends, ic, bidx):
+class _ChunkTerms(NamedTuple):
+    """The device inputs of one chunk (``_chunk_inputs``): residue concept columns ``cm (n,
+    S·K)`` and evaluation masks ``masks (n, G·S)``, the instances' row spans ``starts``/``ends
+    (M,)`` and concept columns ``ic (M, S·K)``, and the rows ``bidx`` of the partial ones."""
+
+    cm: np.ndarray
+    masks: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+    ic: np.ndarray
+    bidx: np.ndarray
+
+
+def _count_terms(a, chunk: _ChunkTerms, thresholds):
     """Per threshold: residue TP ``(F, S·K)``, active ``(F, G·S)``, instance TP ``(F, S·K)``
     of the instances complete in the chunk, and the hits ``(B, F)`` of the partial ones."""
+    cm, masks, starts, ends, ic, bidx = chunk
     dtype = jnp.float32
     zero = jnp.zeros((1, a.shape[1]), dtype)
     tps, acts, tpis, bhits = [], [], [], []
@@ -389,12 +403,12 @@ def _count_terms(a, cm, masks, thresholds, starts, ends, ic, bidx):
 
 @functools.cache
 def _step(apply: Callable) -> Callable:
-    def step(params, x, inv_scale, cm, masks, thresholds, starts, ends, ic, bidx, acc):
+    def step(params, x, inv_scale, chunk: _ChunkTerms, thresholds, acc):
         a = apply(params, x).astype(jnp.float32) * inv_scale[None, :]
-        tp, act, tpi, bhit = _count_terms(a, cm, masks, thresholds, starts, ends, ic, bidx)
+        tp, act, tpi, bhit = _count_terms(a, chunk, thresholds)
         return (acc[0] + tp, acc[1] + act, acc[2] + tpi), bhit
 
-    return jax.jit(step, donate_argnums=(10,))
+    return jax.jit(step, donate_argnums=(5,))
 
 
 def _pow2(n: int, lo: int) -> int:
@@ -411,7 +425,7 @@ class _Layout(NamedTuple):
 
 
 def _chunk_inputs(layout: _Layout, index: np.ndarray, size: int, num_s: int):
-    """Host arrays of one chunk: residue concept columns and masks, and its instances."""
+    """Host arrays of one chunk: ``(_ChunkTerms, partial instances)``."""
     n = len(index)
     prot, pos = index[:, 0].astype(np.int64), index[:, 1].astype(np.int64)
     cm = np.zeros((size, num_s, layout.num_k), np.uint8)
@@ -465,7 +479,7 @@ def _chunk_inputs(layout: _Layout, index: np.ndarray, size: int, num_s: int):
             partial.append((i, col, s, gid, length, piece))
     bidx = np.zeros((_pow2(len(partial), 4),), np.int32)
     bidx[: len(partial)] = [q[0] for q in partial]
-    return cm.reshape(size, -1), masks, starts, ends, ic, bidx, partial
+    return _ChunkTerms(cm.reshape(size, -1), masks, starts, ends, ic, bidx), partial
 
 
 def associate(
@@ -522,14 +536,10 @@ def associate(
         prot = np.asarray(index[:, 0], np.int64)
         if not any_eval[np.clip(prot, 0, len(any_eval) - 1)].any():
             continue
-        cm, masks, starts, ends, ic, bidx, partial = _chunk_inputs(
-            layout, np.asarray(index), chunk_size, num_s
-        )
-        tally.add_host(cm, masks, ic)
+        chunk, partial = _chunk_inputs(layout, np.asarray(index), chunk_size, num_s)
+        tally.add_host(chunk.cm, chunk.masks, chunk.ic)
         acts_p, _, _ = pad_chunk(acts, np.asarray(index, np.int32), chunk_size)
-        tally.acc, bhit = step(
-            featurizer.params, acts_p, inv_scale, cm, masks, thr, starts, ends, ic, bidx, tally.acc
-        )
+        tally.acc, bhit = step(featurizer.params, acts_p, inv_scale, chunk, thr, tally.acc)
         if partial:
             tally.add_partial(np.asarray(bhit), partial)
         if (n_chunk + 1) % 4096 == 0:  # float32 sums stay exact below 2^24 rows
