@@ -528,7 +528,7 @@ def test_warm_round_continues_the_path(nonneg):
 
     def round_(sets, corr, warm, max_kinks=4096):
         out = working_set._chunked_round(
-            X, working_set.Atoms(W, W, None, lam), sets, corr, warm, tol=-1.0, nonneg=nonneg,
+            X, working_set._atoms(W, W, lam), sets, corr, warm, tol=-1.0, nonneg=nonneg,
             k_next=96, max_kinks=max_kinks,
         )  # fmt: skip
         return out[:2] + out[3:]  # (tol -1: nothing certified, every sample's next set)
@@ -571,7 +571,7 @@ def test_round_certificate_bounds_the_float64_gap(nonneg):
     X, W = Xb.astype(np.float32), Wb.astype(np.float32)
     lam = jnp.full((96,), reg, jnp.float32)
     sets = np.tile(np.arange(96), (16, 1))
-    atoms = working_set.Atoms(jnp.asarray(W), jnp.asarray(W, jnp.float64), None, lam)
+    atoms = working_set._atoms(jnp.asarray(W), jnp.asarray(W, jnp.float64), lam)
     (R, sums, done, active), _ = working_set._paths(
         X, atoms, sets, X @ W.T, None, nonneg=nonneg, max_kinks=4096
     )
@@ -579,7 +579,7 @@ def test_round_certificate_bounds_the_float64_gap(nonneg):
     warm = working_set.Warm(*map(jnp.asarray, active))
     args = (jnp.asarray(R), jnp.asarray(sums.T))
     gap, _, bound, *_ = working_set._certify(
-        *args, jnp.asarray(W), lam, warm, jnp.asarray(done), nonneg=nonneg
+        *args, atoms.W, lam, atoms.spread, warm, jnp.asarray(done), nonneg=nonneg
     )
     exact = working_set._exact_gap(*args, jnp.asarray(W, jnp.float64), lam, warm, nonneg=nonneg)
     C = working_set.dense_codes(active, 96).astype(np.float64)

@@ -284,6 +284,12 @@ class Atoms(NamedTuple):
     W_hi: jax.Array  # (F, D) in the certificate's precision
     gram: jax.Array | None  # (F, F) W Wᵀ where it pays (``_gram_pays``), else None
     reg: jax.Array  # (F,) λ
+    spread: jax.Array  # () max_i ‖w_i‖ / λ_i, for the certificate's rounding bound
+
+
+def _atoms(W, W_hi, reg) -> Atoms:
+    """``Atoms`` without ``W Wᵀ`` (formed later, where it pays)."""
+    return Atoms(W, W_hi, None, reg, jnp.max(jnp.linalg.norm(W, axis=1) / reg))
 
 
 def _set_gram(W, gram, sets):
@@ -307,7 +313,7 @@ def _round(X, atoms: Atoms, sets, corr, max_kinks, warm, *, K: int, nonneg: bool
     ``sets``). Returns ``(residuals (n, D) in W_hi's precision, sums (4, n)
     for the certificate, path_done (n,) bool, kinks, active set (Warm))``, refined by
     ``_refined`` where a path is done."""
-    W, W_hi, gram, reg = atoms
+    W, W_hi, gram, reg, _ = atoms
     reg_S = reg[sets]  # (n, k)
     local = None
     if warm is not None:  # the position of each slot's atom in the set
@@ -365,21 +371,21 @@ def _as_is(X, W, W_hi, slot_atoms, lam, p: Path, *, nonneg: bool):
 
 
 @functools.partial(jax.jit, static_argnames=("nonneg",))
-def _certify(R, sums, W, reg, active: Warm, done, *, nonneg: bool):
+def _certify(R, sums, W, reg, spread, active: Warm, done, *, nonneg: bool):
     """The duality gaps and objectives over all atoms of the codes of the active sets
     ``active`` (``inf`` and 0 unless some path is ``done``: only those can be certified), where
     these gaps rest on a bound, the correlations ``G = W R`` (the codes' dtype), the atoms'
     scores (float32, the active atoms first) and how many atoms violate their constraint.
 
     ``R (n, D)``: the residuals and ``sums (4, n)`` the sums over the active atoms
-    (``_refined``), in the certificate's precision. The product with the whole dictionary is
-    in the codes' precision: the gap needs ``max_i |g_i| / λ_i`` over the atoms off the active
-    set only through an upper bound, ``max_i (|G_i| + e_i) / λ_i`` with ``e_i = (D + 2) u ‖r‖
-    ‖w_i‖`` a bound on the rounding error of ``G_i`` (``u`` the unit roundoff; the rounding of
-    ``r`` and a sum of ``D`` products in any order): the dual point stays feasible, and the gap
-    is an upper bound of the gap in exact arithmetic, equal to it unless the bound exceeds the
-    ratios of the active atoms (``bound (n,)``: those samples are certified again by
-    ``_exact_gap``)."""
+    (``_refined``), in the certificate's precision; ``spread``: ``Atoms.spread``. The product
+    with the whole dictionary is in the codes' precision: the gap needs ``max_i |g_i| / λ_i``
+    over the atoms off the active set only through an upper bound, ``max_i (|G_i| + e_i) /
+    λ_i`` with ``e_i = (D + 2) u ‖r‖ ‖w_i‖`` a bound on the rounding error of ``G_i`` (``u`` the
+    unit roundoff; the rounding of ``r`` and a sum of ``D`` products in any order): the dual
+    point stays feasible, and the gap is an upper bound of the gap in exact arithmetic, equal to
+    it unless the bound exceeds the ratios of the active atoms (``bound (n,)``: those samples
+    are certified again by ``_exact_gap``)."""
     n, F = R.shape[0], W.shape[0]
     dt, hi = active.codes.dtype, R.dtype
     on = _active_mask(active, F)
@@ -392,8 +398,7 @@ def _certify(R, sums, W, reg, active: Warm, done, *, nonneg: bool):
         # term rounded up for the rounding of its own evaluation
         u = jnp.finfo(dt).eps / 2
         up = 1 + 4 * u
-        spread = jnp.max(jnp.linalg.norm(W, axis=1) / reg) * up
-        e = (W.shape[1] + 2) * u * 1.01 * jnp.sqrt(sums[0]) * spread.astype(hi)
+        e = (W.shape[1] + 2) * u * 1.01 * jnp.sqrt(sums[0]) * (spread * up).astype(hi)
         off_worst = jnp.max(off, axis=1).astype(hi) * up + e
         gap, obj = _gap(sums, off_worst, active, nonneg)
         return gap.astype(dt), obj.astype(dt), off_worst > sums[3]
@@ -545,6 +550,7 @@ def _certify_block(part, ends: Ends, atoms: Atoms, *, tol, nonneg, k, k_next):
         jnp.asarray(sums[take].T),
         atoms.W,
         atoms.reg,
+        atoms.spread,
         block_active,
         jnp.asarray(done[take]),
         nonneg=nonneg,
@@ -635,7 +641,7 @@ def solve_working_sets(
     gap = np.full((B,), np.inf, X_np.dtype)
     obj = np.zeros((B,), X_np.dtype)
     certified = np.zeros((B,), bool)
-    atoms = Atoms(W, W.astype(high_dtype(X.dtype)), None, reg)
+    atoms = _atoms(W, W.astype(high_dtype(X.dtype)), reg)
     k = min(F, MIN_SIZE * (2 if D >= WIDE else 1))
     groups = [(np.arange(B), *_first_sets(X, W, reg, k=k, nonneg=nonneg), k, None)]
     kinks, viol, ends = 0, np.zeros((B,), np.int64), []
