@@ -125,41 +125,51 @@ def _scores(ratio: jax.Array, on: jax.Array) -> jax.Array:
 
 def _top_sets(scores: jax.Array, k: int, first: int) -> jax.Array:
     """``(n, k)`` int32 the ``k`` highest-scoring atoms of each row of ``scores (n, F)``, the
-    ``first`` highest first (with ``first < k`` all in descending order of score).
+    ``first`` highest first (each part in any order).
 
     The selection over all ``F`` atoms is ``row_top_k`` (on a CPU, NumPy's introselect on every
-    core: XLA's ``TopK`` is a single-threaded heap whose cost grows with ``k``); the split
-    into the ``first`` best and the rest sorts only the ``k`` selected scores (``ordered``)."""
-    return row_top_k(scores, k, ordered=first < k)[1]
+    core: XLA's ``TopK`` is a single-threaded heap whose cost grows with ``k``), and so is the
+    split into the ``first`` best and the rest (``split``: a second introselect of the ``k``
+    selected scores; sorting them took longer than the selection)."""
+    return row_top_k(scores, k, split=first)[1]
 
 
 # A function of its own, compiled apart: on a CPU ``row_top_k`` is a host callback, and JAX's
 # persistent compilation cache (``jaxsae solve``) does not keep executables that hold one, so
 # the paths and the certificates stay in functions without it.
-@functools.partial(jax.jit, static_argnums=(3, 4))
-def _next_sets(scores, G, pick, k_next: int, k: int) -> tuple[jax.Array, jax.Array]:
-    """The next working sets (``_top_sets``) of the rows ``pick`` (None: all) of ``scores (n,
-    F)`` and their correlations from ``G (n, F)``, without taking either array off the
-    device."""
+@functools.partial(jax.jit, static_argnames=("k_next", "k", "nonneg"))
+def _next_sets(G, reg, atom, occ, pick, *, k_next: int, k: int, nonneg: bool):
+    """The next working sets (``_top_sets`` of ``_scores``) of the rows ``pick`` (None: all)
+    of the correlations ``G (n, F)`` with the residuals of the active sets ``(atom, occ) (n,
+    K)``, without taking either array off the device. Returns ``(sets (m, k_next), their
+    correlations, violators (m,))``: the atoms in the sets that violate their constraint (all
+    of them unless more than ``k_next`` less the active set do).
+
+    (The scores are formed here, not with the certificate's product: there a second output
+    over ``(n, F)`` and a second reduction took longer than the product itself.)"""
     if pick is not None:
-        scores, G = scores[pick], G[pick]
+        G, atom, occ = G[pick], atom[pick], occ[pick]
+    ratio = _ratios(G, reg, nonneg).astype(jnp.float32)
+    scores = _scores(ratio, _active_mask(atom, occ, G.shape[1]))
     sets = _top_sets(scores, k_next, k)
-    return sets, jnp.take_along_axis(G, sets, 1)
-
-
-@functools.partial(jax.jit, static_argnames=("nonneg",))
-def _first_scores(X, W, reg, *, nonneg: bool) -> tuple[jax.Array, jax.Array]:
-    """``(scores, G)`` at ``c = 0``: ``G = X Wᵀ``."""
-    G = X @ W.T
-    return _scores(_ratios(G, reg, nonneg), jnp.zeros(G.shape, bool)), G
+    chosen = jnp.take_along_axis(scores, sets, 1)
+    viol = jnp.sum((chosen > 1) & (chosen < jnp.finfo(chosen.dtype).max), axis=1)
+    return sets, jnp.take_along_axis(G, sets, 1), viol
 
 
 def _first_sets(X, W, reg, *, k: int, nonneg: bool) -> tuple[np.ndarray, np.ndarray]:
     """``(sets (B, k), corr (B, k))``: the atoms most correlated with each input (the residual
     at ``c = 0``) and their correlations."""
-    scores, G = _first_scores(X, W, reg, nonneg=nonneg)
-    sets, corr = _next_sets(scores, G, None, k, k)
+    none = jnp.zeros((X.shape[0], 1), bool)
+    sets, corr, _ = _next_sets(
+        _product(X, W), reg, none.astype(jnp.int32), none, None, k_next=k, k=k, nonneg=nonneg
+    )
     return np.asarray(sets), np.asarray(corr)
+
+
+@jax.jit
+def _product(X, W):
+    return X @ W.T
 
 
 def _cold_start(corr, reg_S, K: int, nonneg: bool) -> Path:
@@ -374,8 +384,7 @@ def _as_is(X, W, W_hi, slot_atoms, lam, p: Path, *, nonneg: bool):
 def _certify(R, sums, W, reg, spread, active: Warm, done, *, nonneg: bool):
     """The duality gaps and objectives over all atoms of the codes of the active sets
     ``active`` (``inf`` and 0 unless some path is ``done``: only those can be certified), where
-    these gaps rest on a bound, the correlations ``G = W R`` (the codes' dtype), the atoms'
-    scores (float32, the active atoms first) and how many atoms violate their constraint.
+    these gaps rest on a bound, and the correlations ``G = W R`` (the codes' dtype).
 
     ``R (n, D)``: the residuals and ``sums (4, n)`` the sums over the active atoms
     (``_refined``), in the certificate's precision; ``spread``: ``Atoms.spread``. The product
@@ -384,14 +393,15 @@ def _certify(R, sums, W, reg, spread, active: Warm, done, *, nonneg: bool):
     λ_i`` with ``e_i = (D + 2) u ‖r‖ ‖w_i‖`` a bound on the rounding error of ``G_i`` (``u`` the
     unit roundoff; the rounding of ``r`` and a sum of ``D`` products in any order): the dual
     point stays feasible, and the gap is an upper bound of the gap in exact arithmetic, equal to
-    it unless the bound exceeds the ratios of the active atoms (``bound (n,)``: those samples
-    are certified again by ``_exact_gap``)."""
+    it unless the bound exceeds the ratios of the active atoms. ``low (n,)``: the gap with the
+    rounding error taken off instead (``max_i (|G_i| − e_i) / λ_i``), below the exact gap
+    wherever the gap grows with ``max_i |g_i| / λ_i`` (as near a solution, where ``⟨c, g⟩ ≥
+    0``); ``_certify_block`` certifies again by ``_exact_gap`` only where ``low`` passes the
+    tolerance and ``gap`` does not (no sample is certified by ``low``)."""
     n, F = R.shape[0], W.shape[0]
     dt, hi = active.codes.dtype, R.dtype
-    on = _active_mask(active, F)
     G = jnp.dot(R.astype(dt), W.T, precision="highest")
-    ratio = _ratios(G, reg, nonneg)
-    off = jnp.where(on, 0, ratio)
+    off = jnp.where(_active_mask(active.atom, active.occ, F), 0, _ratios(G, reg, nonneg))
 
     def certificate(sums):
         # max_i (|G_i| + e_i) / λ_i ≤ max_i |G_i| / λ_i + (D + 2) u ‖r‖ max_i ‖w_i‖ / λ_i, each
@@ -399,16 +409,17 @@ def _certify(R, sums, W, reg, spread, active: Warm, done, *, nonneg: bool):
         u = jnp.finfo(dt).eps / 2
         up = 1 + 4 * u
         e = (W.shape[1] + 2) * u * 1.01 * jnp.sqrt(sums[0]) * (spread * up).astype(hi)
-        off_worst = jnp.max(off, axis=1).astype(hi) * up + e
-        gap, obj = _gap(sums, off_worst, active, nonneg)
-        return gap.astype(dt), obj.astype(dt), off_worst > sums[3]
+        off_max = jnp.max(off, axis=1).astype(hi)
+        gap, obj = _gap(sums, off_max * up + e, active, nonneg)
+        low, _ = _gap(sums, jnp.maximum(off_max / up - e, 0), active, nonneg)
+        return gap.astype(dt), low.astype(dt), obj.astype(dt)
 
     def none(sums):
-        return jnp.full((n,), jnp.inf, dt), jnp.zeros((n,), dt), jnp.zeros((n,), bool)
+        inf = jnp.full((n,), jnp.inf, dt)
+        return inf, inf, jnp.zeros((n,), dt)
 
-    gap, obj, bound = jax.lax.cond(jnp.any(done), certificate, none, sums)
-    scores = _scores(ratio.astype(jnp.float32), on)
-    return gap, obj, bound, G, scores, jnp.sum(off > 1, axis=1)
+    gap, low, obj = jax.lax.cond(jnp.any(done), certificate, none, sums)
+    return gap, low, obj, G
 
 
 @functools.partial(jax.jit, static_argnames=("nonneg",))
@@ -417,15 +428,17 @@ def _exact_gap(R, sums, W_hi, reg, active: Warm, *, nonneg: bool):
     precision, for the few samples where its bound decides (an atom off the active set within
     the rounding error of its constraint)."""
     ratio = _ratios(R @ W_hi.T, reg.astype(R.dtype), nonneg)
-    off_worst = jnp.max(jnp.where(_active_mask(active, W_hi.shape[0]), 0, ratio), axis=1)
+    on = _active_mask(active.atom, active.occ, W_hi.shape[0])
+    off_worst = jnp.max(jnp.where(on, 0, ratio), axis=1)
     return _gap(sums, off_worst, active, nonneg)[0].astype(active.codes.dtype)
 
 
-def _active_mask(active: Warm, F: int) -> jax.Array:
-    """``(n, F)`` bool: the atoms of each active set."""
-    n = active.occ.shape[0]
-    idx = jnp.where(active.occ, active.atom, F)
-    return jnp.zeros((n, F), bool).at[jnp.arange(n)[:, None], idx].set(True, mode="drop")
+def _active_mask(atom: jax.Array, occ: jax.Array, F: int) -> jax.Array:
+    """``(n, F)`` bool: the atoms ``atom (n, K)`` of the occupied slots ``occ``."""
+    idx = jnp.where(occ, atom, F)
+    return jnp.zeros((atom.shape[0], F), bool).at[jnp.arange(atom.shape[0])[:, None], idx].set(
+        True, mode="drop"
+    )
 
 
 def _gap(sums, off_worst, active: Warm, nonneg: bool):
@@ -544,8 +557,9 @@ def _certify_block(part, ends: Ends, atoms: Atoms, *, tol, nonneg, k, k_next):
     and their correlations (for the samples that go on), and violators, as NumPy arrays."""
     R, sums, done, active = ends
     take = pad_index(part, bucket(len(part), smallest=8))
-    block_active = Warm(*(jnp.asarray(a[take]) for a in active))
-    gap, obj, bound, G, scores, viol = _certify(
+    # (the inverse Grams stay on the host: the certificates do not read them)
+    block_active = Warm(*(jnp.asarray(a[take]) for a in active[:3]), None)
+    gap, low, obj, G = _certify(
         jnp.asarray(R[take]),
         jnp.asarray(sums[take].T),
         atoms.W,
@@ -555,8 +569,11 @@ def _certify_block(part, ends: Ends, atoms: Atoms, *, tol, nonneg, k, k_next):
         jnp.asarray(done[take]),
         nonneg=nonneg,
     )
-    gap = np.array(gap)
-    again = np.flatnonzero(np.asarray(bound)[: len(part)] & done[part])
+    gap, low, obj = (np.array(x)[: len(part)] for x in (gap, low, obj))
+    # certified again in full precision where the bound on the rounding decides
+    again = np.flatnonzero(
+        done[part] & (relative_gaps(gap, obj) > tol) & (relative_gaps(low, obj) <= tol)
+    )
     if len(again):
         pick = pad_index(again, bucket(len(again), smallest=8))
         exact = _exact_gap(
@@ -564,21 +581,25 @@ def _certify_block(part, ends: Ends, atoms: Atoms, *, tol, nonneg, k, k_next):
             jnp.asarray(sums[part[pick]].T),
             atoms.W_hi,
             atoms.reg,
-            Warm(*(a[pick] for a in block_active)),
+            Warm(*(a[pick] for a in block_active[:3]), None),
             nonneg=nonneg,
         )
         gap[again] = np.asarray(exact)[: len(again)]
-    gap, obj = gap[: len(part)], np.asarray(obj)[: len(part)]
     ok = done[part] & (relative_gaps(gap, obj) <= tol)
-    next_sets = np.zeros((len(part), k_next), np.int32)
-    next_corr = np.zeros((len(part), k_next), G.dtype)
     go = np.flatnonzero(~ok)
-    if len(go):  # the selections only for the samples that go on
-        pick = jnp.asarray(pad_index(go, bucket(len(go), smallest=8)))
-        chosen, chosen_corr = _next_sets(scores, G, pick, k_next, k)
-        next_sets[go] = np.asarray(chosen)[: len(go)]
-        next_corr[go] = np.asarray(chosen_corr)[: len(go)]
-    return gap, obj, ok, next_sets, next_corr, np.asarray(viol)[: len(part)]
+    nxt = [np.zeros((len(part), k_next), np.int32), np.zeros((len(part), k_next), G.dtype)]
+    nxt.append(np.zeros((len(part),), np.int32))
+    if len(go):  # the selections only for the samples that go on (for all if most do: cheaper
+        # than taking their rows)
+        every = 2 * len(go) >= len(take)
+        pick = None if every else jnp.asarray(pad_index(go, bucket(len(go), smallest=8)))
+        chosen = _next_sets(
+            G, atoms.reg, block_active.atom, block_active.occ, pick,
+            k_next=k_next, k=k, nonneg=nonneg,
+        )  # fmt: skip
+        for out, x in zip(nxt, chosen, strict=True):
+            out[go] = np.asarray(x)[go] if every else np.asarray(x)[: len(go)]
+    return gap, obj, ok, *nxt
 
 
 def _unchanged(sets: np.ndarray, next_sets: np.ndarray) -> np.ndarray:
