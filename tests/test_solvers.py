@@ -724,7 +724,7 @@ def test_working_set_selection_splits_the_best_first():
     np.testing.assert_array_equal(corr, np.take_along_axis(np.asarray(G), sets, 1))
     # the violators among the chosen: all |g| > λ off the active set (fewer than 2k − 5 here)
     want = np.sum((np.abs(np.asarray(G)) > 3) & (np.asarray(C) == 0), axis=1)
-    assert np.all((0 < want) & (want < 2 * k - 5))
+    assert np.all((want > 0) & (want < 2 * k - 5))
     np.testing.assert_array_equal(viol, want)
     assert np.array_equal(np.sort(sets, axis=1), np.sort(ref, axis=1))
     assert np.array_equal(np.sort(sets[:, :k], axis=1), np.sort(ref[:, :k], axis=1))

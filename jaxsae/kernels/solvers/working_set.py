@@ -436,8 +436,10 @@ def _exact_gap(R, sums, W_hi, reg, active: Warm, *, nonneg: bool):
 def _active_mask(atom: jax.Array, occ: jax.Array, F: int) -> jax.Array:
     """``(n, F)`` bool: the atoms ``atom (n, K)`` of the occupied slots ``occ``."""
     idx = jnp.where(occ, atom, F)
-    return jnp.zeros((atom.shape[0], F), bool).at[jnp.arange(atom.shape[0])[:, None], idx].set(
-        True, mode="drop"
+    return (
+        jnp.zeros((atom.shape[0], F), bool)
+        .at[jnp.arange(atom.shape[0])[:, None], idx]
+        .set(True, mode="drop")
     )
 
 
