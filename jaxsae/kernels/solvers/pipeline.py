@@ -34,68 +34,15 @@ def solve_from_path(X, W, reg, step_size, tol, max_steps: int, opts: IterOptions
     leave have supports past its slots or codes whose float32 rounding misses ``tol`` by a
     hair, and at ``F = 10,240`` its kinks over a padded block cost seconds.) ``step_size``:
     ``None`` for ``1 / L``, computed only if iterations are needed."""
-    F, D = W.shape
-    nonneg = opts.nonneg
-    screened = F >= working_set.MIN_ATOMS
-    if screened:
-        codes, gap, obj, certified, steps = working_set.solve_working_sets(
-            X, W, reg, float(tol), nonneg=nonneg
-        )
+    if W.shape[0] >= working_set.MIN_ATOMS:
+        r = working_set.solve_working_sets(X, W, reg, float(tol), nonneg=opts.nonneg)
+        best = [r.codes, r.gap, r.objective, r.certified, r.kinks]
     else:
-        B = X.shape[0]
-        codes = np.zeros((B, F), X.dtype)
-        gap, obj = np.full((B,), np.inf, X.dtype), np.zeros((B,), X.dtype)
-        certified, steps = np.zeros((B,), bool), 0
-    left = np.flatnonzero(~certified)
-    if len(left) and not screened:  # (after working sets, what is left needs the iterations)
-        max_slots = min(128, F, D)
-        X_np, G = np.asarray(X), dictionary_gram(W)
-        for part in np.array_split(left, -(-len(left) // PATH_CHUNK)):
-            path = follow_paths(
-                jnp.asarray(X_np[part]),
-                W,
-                reg,
-                float(tol),
-                nonneg=nonneg,
-                max_slots=max_slots,
-                max_kinks=4 * max_slots + 64,
-                G=G,
-            )
-            better = path[1] < gap[part]
-            sel = part[better]
-            codes[sel], gap[sel], obj[sel] = path[0][better], path[1][better], path[2][better]
-            certified[part] = path[3]
-            steps = max(steps, path[4])
+        best = _full_paths(X, W, reg, float(tol), nonneg=opts.nonneg)
+    codes, gap, obj, certified, steps = best
     left = np.flatnonzero(~certified)
     if len(left):
-        n = len(left)
-        size = n if n >= COMPACT_MIN else bucket(n, smallest=8)
-        take = pad_index(left, size)
-        real = (np.arange(size) < n)[:, None]
-        eta = default_step(W, X.dtype) if step_size is None else step_size
-        sub = (
-            jnp.asarray(np.where(real, np.asarray(X)[take], 0)),
-            W,
-            reg,
-            jnp.asarray(np.where(real, codes[take], 0)),
-            eta,
-            tol,
-        )
-        if size >= COMPACT_MIN:
-            rest = solve_compacted(*sub, max_steps, opts)
-        else:
-            rest, _ = solve_core(
-                *sub[:4],
-                None,
-                *sub[4:],
-                jnp.asarray(max_steps, jnp.int32),
-                jnp.asarray(0, jnp.int32),
-                opts=opts,
-            )
-        codes[left] = np.asarray(rest.codes)[:n]
-        gap[left] = np.asarray(rest.gap)[:n]
-        obj[left] = np.asarray(rest.objective)[:n]
-        steps += int(rest.num_steps)
+        steps += _iterate(X, W, reg, step_size, tol, max_steps, opts, codes, gap, obj, left)
     gap, obj = jnp.asarray(gap), jnp.asarray(obj)
     return Solution(
         codes=jnp.asarray(codes),
@@ -104,3 +51,64 @@ def solve_from_path(X, W, reg, step_size, tol, max_steps: int, opts: IterOptions
         objective=obj,
         gap=gap,
     )
+
+
+def _full_paths(X, W, reg, tol: float, *, nonneg: bool) -> list:
+    """``[codes (B, F), gap, objective, certified, kinks]`` (NumPy, an int) of the paths over
+    the whole dictionary, ``PATH_CHUNK`` samples at a time."""
+    B, F, D = X.shape[0], W.shape[0], W.shape[1]
+    max_slots = min(128, F, D)
+    X_np, G = np.asarray(X), dictionary_gram(W)
+    codes = np.zeros((B, F), X.dtype)
+    gap, obj = np.full((B,), np.inf, X.dtype), np.zeros((B,), X.dtype)
+    certified, steps = np.zeros((B,), bool), 0
+    for part in np.array_split(np.arange(B), -(-B // PATH_CHUNK)):
+        c, g, o, ok, kinks = follow_paths(
+            jnp.asarray(X_np[part]),
+            W,
+            reg,
+            tol,
+            nonneg=nonneg,
+            max_slots=max_slots,
+            max_kinks=4 * max_slots + 64,
+            G=G,
+        )
+        better = g < gap[part]  # (finite gaps only: else the iterations start from zero)
+        sel = part[better]
+        codes[sel], gap[sel], obj[sel] = c[better], g[better], o[better]
+        certified[part] = ok
+        steps = max(steps, kinks)
+    return [codes, gap, obj, certified, steps]
+
+
+def _iterate(X, W, reg, step_size, tol, max_steps, opts, codes, gap, obj, left) -> int:
+    """The iterations for the samples ``left``, from their codes so far (``codes``, ``gap``
+    and ``obj`` updated in place); returns the iterations run."""
+    n = len(left)
+    size = n if n >= COMPACT_MIN else bucket(n, smallest=8)
+    take = pad_index(left, size)
+    real = (np.arange(size) < n)[:, None]
+    eta = default_step(W, X.dtype) if step_size is None else step_size
+    sub = (
+        jnp.asarray(np.where(real, np.asarray(X)[take], 0)),
+        W,
+        reg,
+        jnp.asarray(np.where(real, codes[take], 0)),
+        eta,
+        tol,
+    )
+    if size >= COMPACT_MIN:
+        rest = solve_compacted(*sub, max_steps, opts)
+    else:
+        rest, _ = solve_core(
+            *sub[:4],
+            None,
+            *sub[4:],
+            jnp.asarray(max_steps, jnp.int32),
+            jnp.asarray(0, jnp.int32),
+            opts=opts,
+        )
+    codes[left] = np.asarray(rest.codes)[:n]
+    gap[left] = np.asarray(rest.gap)[:n]
+    obj[left] = np.asarray(rest.objective)[:n]
+    return int(rest.num_steps)

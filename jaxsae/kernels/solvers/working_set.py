@@ -506,7 +506,7 @@ def _paths(X, atoms: Atoms, sets, corr, warm, *, nonneg: bool, max_kinks: int):
     slots)."""
     n, k = sets.shape
     size = _chunk(k, X.shape[1], n)
-    outs, steps = None, 0
+    outs, steps, max_kinks = None, 0, jnp.asarray(max_kinks, jnp.int32)
     for start in range(0, n, size):
         part = np.arange(start, min(start + size, n))
         take = pad_index(part, size)
@@ -515,7 +515,7 @@ def _paths(X, atoms: Atoms, sets, corr, warm, *, nonneg: bool, max_kinks: int):
             atoms,
             jnp.asarray(sets[take]),
             jnp.asarray(corr[take]),
-            jnp.asarray(max_kinks, jnp.int32),
+            max_kinks,
             None if warm is None else Warm(*(jnp.asarray(a[take]) for a in warm)),
             K=_slots(k, X.shape[1]),
             nonneg=nonneg,
