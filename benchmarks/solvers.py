@@ -34,6 +34,9 @@ the mean ``‖W x‖∞``). Only the jaxsae default and SPAMS (float64, ``pos=Tr
 non-negative problems) run there: jaxsae's first call (compilation included) is timed apart,
 then both alternate (``--rounds``, default one; medians; SPAMS compiles nothing, so it gets no
 warm-up); both are checked by the float64 relative duality gap of their codes (``≤ 1e-6``).
+``--compile-cache DIR`` keeps the compiled code in JAX's persistent cache, as ``jaxsae solve``
+does: run the same command twice, and the second run's first calls show what a user's later
+runs pay.
 The process's peak RSS is printed after jaxsae's runs, before SPAMS runs (SPAMS precomputes
 the ``F × F`` Gram matrix below 50,000 atoms: 13 GB at ``F = 40,960``, so ``--no-spams-above F``
 skips it there).
@@ -414,7 +417,18 @@ def main():
     parser.add_argument(
         "--rounds", type=int, default=1, help="SAE-scale points: timed rounds (median)"
     )
+    parser.add_argument(
+        "--compile-cache",
+        default=None,
+        metavar="DIR",
+        help="keep compiled code in JAX's persistent cache at DIR, as `jaxsae solve` does (run "
+        "the command twice: the second run's first calls read the cache)",
+    )
     args = parser.parse_args()
+    if args.compile_cache:
+        from jaxsae.solve_cli import enable_compile_cache
+
+        enable_compile_cache(Path(args.compile_cache))
     if args.sae is not None:
         print(machine_line())
         print(

@@ -53,6 +53,17 @@ def test_ordered_equals_lax_top_k_exactly(host_everywhere):
         np.testing.assert_array_equal(got[1], want[1])
 
 
+def test_split_puts_the_largest_first(host_everywhere):
+    # distinct values: the first `split` indices are the `split` largest, the rest the others
+    x = (jax.random.permutation(jax.random.key(4), 300 * 257).reshape(300, 257) / 4).astype(
+        jnp.float32
+    )
+    _, i = jax.jit(partial(row_top_k, m=40, split=9))(x)
+    ref = jax.lax.top_k(x, 40)[1]
+    _same_sets(i[:, :9], ref[:, :9])
+    _same_sets(i[:, 9:], ref[:, 9:])
+
+
 def test_bfloat16_selects_the_same_values():
     x = jax.random.normal(jax.random.key(2), (300, 257)).astype(jnp.bfloat16)  # with ties
     v, _ = jax.jit(row_top_k, static_argnums=1)(x, 40)
