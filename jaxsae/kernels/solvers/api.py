@@ -17,10 +17,9 @@ from jaxsae.kernels.solvers.common import (
     SolverTrace,
     default_step,
 )
-from jaxsae.kernels.solvers.compaction import solve_compacted
 from jaxsae.kernels.solvers.implicit import implicit_codes
-from jaxsae.kernels.solvers.pipeline import solve_from_path
-from jaxsae.kernels.solvers.proximal import solve_core, trace_core
+from jaxsae.kernels.solvers.pipeline import iterate, solve_from_path
+from jaxsae.kernels.solvers.proximal import trace_core
 
 __all__ = [
     "fista",
@@ -110,17 +109,8 @@ def _solve(X, W, reg, *, opts: dict, max_steps, tol, init, step_size, homotopy=F
     else:
         eta = default_step(W, X.dtype) if eta is None else eta
         args = (sg(X), sg(W), sg(reg), sg(init), sg(eta), tol_a)
-        if concrete and X.shape[0] >= COMPACT_MIN:
-            sol = solve_compacted(*args, int(max_steps), options)
-        else:
-            sol, _ = solve_core(
-                *args[:4],
-                None,
-                *args[4:],
-                jnp.asarray(max_steps, jnp.int32),
-                jnp.asarray(0, jnp.int32),
-                opts=options,
-            )
+        compact = concrete and X.shape[0] >= COMPACT_MIN
+        sol = iterate(*args, int(max_steps) if compact else max_steps, options, compact=compact)
     codes = implicit_codes(X, W, reg, sol.codes)
     sol = sol._replace(codes=codes)
     if squeeze:

@@ -97,18 +97,17 @@ def _iterate(X, W, reg, step_size, tol, max_steps, opts, codes, gap, obj, left) 
         eta,
         tol,
     )
-    if size >= COMPACT_MIN:
-        rest = solve_compacted(*sub, max_steps, opts)
-    else:
-        rest, _ = solve_core(
-            *sub[:4],
-            None,
-            *sub[4:],
-            jnp.asarray(max_steps, jnp.int32),
-            jnp.asarray(0, jnp.int32),
-            opts=opts,
-        )
+    rest = iterate(*sub, max_steps, opts, compact=size >= COMPACT_MIN)
     codes[left] = np.asarray(rest.codes)[:n]
     gap[left] = np.asarray(rest.gap)[:n]
     obj[left] = np.asarray(rest.objective)[:n]
     return int(rest.num_steps)
+
+
+def iterate(X, W, reg, init, eta, tol, max_steps: int, opts: IterOptions, *, compact: bool):
+    """The iterations from ``init``: ``solve_compacted`` (``compact``, outside ``jit``) or one
+    ``solve_core`` block. Returns the ``Solution``."""
+    if compact:
+        return solve_compacted(X, W, reg, init, eta, tol, max_steps, opts)
+    steps, zero = jnp.asarray(max_steps, jnp.int32), jnp.asarray(0, jnp.int32)
+    return solve_core(X, W, reg, init, None, eta, tol, steps, zero, opts=opts)[0]
