@@ -36,7 +36,7 @@ from jax import lax
 from jax.extend.core import Primitive
 from jax.interpreters import batching, mlir
 
-__all__ = ["row_top_k", "HOST_SELECT_MIN"]
+__all__ = ["row_top_k", "host_argtop", "HOST_SELECT_MIN"]
 
 try:  # JAX's Python-callback emitter (internal; see the module docstring)
     from jax._src.callback import _callback_op_sharding, emit_python_callback
@@ -57,9 +57,12 @@ def _workers() -> int:
         return os.cpu_count() or 1
 
 
-def _host_argtop(a: np.ndarray, m: int, split: int = 0) -> np.ndarray:
+def host_argtop(a: np.ndarray, m: int, split: int = 0) -> np.ndarray:
     """Indices (int32) of the ``m`` largest entries of each row of ``a (..., n)``: in any order,
-    or with ``0 < split < m`` the ``split`` largest first (each part in any order)."""
+    or with ``0 < split < m`` the ``split`` largest first (each part in any order). NumPy's
+    introselect on every core: ``row_top_k``'s CPU selection, for a caller that holds the array
+    on the host (outside ``jit``: JAX's persistent compilation cache keeps no executable with a
+    host callback)."""
     n = a.shape[-1]
     rows = np.ascontiguousarray(a).reshape(-1, n)
     out = np.empty((rows.shape[0], m), np.int32)
@@ -110,7 +113,7 @@ def _cpu_lowering(ctx, x, *, m, split):
         return _lax_lowering(ctx, x, m=m, split=split)
 
     def callback(a: np.ndarray) -> tuple[np.ndarray]:
-        return (_host_argtop(a, m, split),)
+        return (host_argtop(a, m, split),)
 
     sharding = _callback_op_sharding(ctx.module_context.axis_context, None, ctx.avals_out)
     results, _, _ = emit_python_callback(

@@ -20,8 +20,8 @@ A round after the first does not start its paths again from ``c = 0``: each cont
 previous round's active set, codes and inverse Gram (``Warm``), along the path of penalties
 ``λ + (τ − 1) Δ`` from ``τ = 2`` to ``1`` whose start the previous codes solve exactly
 (``_warm_start``): a round costs the kinks between the two solutions, not a whole path. The
-selections over all ``F`` atoms go through ``row_top_k`` (on a CPU, NumPy's introselect on
-every core). A path run in float32 can miss a kink within ~1e-6 of its end (a code of the wrong
+selections over all ``F`` atoms are NumPy's introselect on every core on a CPU (``host_argtop``,
+outside the compiled functions), ``row_top_k`` elsewhere. A path run in float32 can miss a kink within ~1e-6 of its end (a code of the wrong
 sign, or an atom that violates its constraint by a hair): the Newton refinement removes such
 codes, and the samples still uncertified after the rounds are solved once more, exactly, on
 their support joined by their worst violators (``_finish``), before any iterations.
@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsae.kernels.lasso import gap_from_residual, gap_from_sums, high_dtype
-from jaxsae.kernels.row_select import row_top_k
+from jaxsae.kernels.row_select import host_argtop, row_top_k
 from jaxsae.kernels.solvers.common import bucket, pad_index, relative_gaps
 from jaxsae.kernels.solvers.homotopy import Path, dictionary_gram, path_step, refine_active
 
@@ -123,38 +123,50 @@ def _scores(ratio: jax.Array, on: jax.Array) -> jax.Array:
     return jnp.where(on, jnp.finfo(ratio.dtype).max, ratio)
 
 
-def _top_sets(scores: jax.Array, k: int, first: int) -> jax.Array:
-    """``(n, k)`` int32 the ``k`` highest-scoring atoms of each row of ``scores (n, F)``, the
-    ``first`` highest first (each part in any order).
+def _next_sets(G, reg, atom, occ, pick, *, k_next: int, k: int, nonneg: bool):
+    """The next working sets of the rows ``pick`` (None: all) of the correlations ``G (n, F)``
+    with the residuals of the active sets ``(atom, occ) (n, K)``: the ``k_next`` atoms of
+    highest ``_scores``, the ``k`` best first (each part in any order; the active set first).
+    Returns ``(sets (m, k_next), their correlations, violators (m,))``: the atoms in the sets
+    that violate their constraint (all of them unless more than ``k_next`` less the active set
+    do).
 
-    The selection over all ``F`` atoms is ``row_top_k`` (on a CPU, NumPy's introselect on every
-    core: XLA's ``TopK`` is a single-threaded heap whose cost grows with ``k``), and so is the
-    split into the ``first`` best and the rest (``split``: a second introselect of the ``k``
-    selected scores; sorting them took longer than the selection)."""
+    The scores are formed here, not with the certificate's product (there a second output over
+    ``(n, F)`` and a second reduction took longer than the product itself). On a CPU the
+    selection runs on the host (``host_argtop``: NumPy's introselect on every core, the split
+    into the ``k`` best and the rest a second introselect of the selected scores; XLA's
+    ``TopK`` is a single-threaded heap whose cost grows with ``k``, and sorting the selected
+    scores took longer than the selection), between two compiled functions that JAX's
+    persistent compilation cache keeps (it keeps none that holds a host callback); elsewhere
+    it is ``row_top_k``."""
+    scores = _set_scores(G, reg, atom, occ, pick, nonneg=nonneg)
+    if next(iter(scores.devices())).platform == "cpu":
+        sets = jnp.asarray(host_argtop(np.asarray(scores), k_next, k))
+    else:
+        sets = _top_sets(scores, k_next, k)
+    return _chosen(G, scores, sets, pick)
+
+
+@functools.partial(jax.jit, static_argnames="nonneg")
+def _set_scores(G, reg, atom, occ, pick, *, nonneg: bool) -> jax.Array:
+    """``(m, F)`` float32 ``_scores`` of the rows ``pick`` (None: all) of ``G``."""
+    if pick is not None:
+        G, atom, occ = G[pick], atom[pick], occ[pick]
+    return _scores(_ratios(G, reg, nonneg).astype(jnp.float32), _active_mask(atom, occ, G.shape[1]))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _top_sets(scores: jax.Array, k: int, first: int) -> jax.Array:
     return row_top_k(scores, k, split=first)[1]
 
 
-# A function of its own, compiled apart: on a CPU ``row_top_k`` is a host callback, and JAX's
-# persistent compilation cache (``jaxsae solve``) does not keep executables that hold one, so
-# the paths and the certificates stay in functions without it.
-@functools.partial(jax.jit, static_argnames=("k_next", "k", "nonneg"))
-def _next_sets(G, reg, atom, occ, pick, *, k_next: int, k: int, nonneg: bool):
-    """The next working sets (``_top_sets`` of ``_scores``) of the rows ``pick`` (None: all)
-    of the correlations ``G (n, F)`` with the residuals of the active sets ``(atom, occ) (n,
-    K)``, without taking either array off the device. Returns ``(sets (m, k_next), their
-    correlations, violators (m,))``: the atoms in the sets that violate their constraint (all
-    of them unless more than ``k_next`` less the active set do).
-
-    (The scores are formed here, not with the certificate's product: there a second output
-    over ``(n, F)`` and a second reduction took longer than the product itself.)"""
-    if pick is not None:
-        G, atom, occ = G[pick], atom[pick], occ[pick]
-    ratio = _ratios(G, reg, nonneg).astype(jnp.float32)
-    scores = _scores(ratio, _active_mask(atom, occ, G.shape[1]))
-    sets = _top_sets(scores, k_next, k)
+@jax.jit
+def _chosen(G, scores, sets, pick):
+    """``_next_sets``' correlations and violators of the chosen ``sets``."""
+    corr = jnp.take_along_axis(G, sets, 1) if pick is None else G[pick[:, None], sets]
     chosen = jnp.take_along_axis(scores, sets, 1)
     viol = jnp.sum((chosen > 1) & (chosen < jnp.finfo(chosen.dtype).max), axis=1)
-    return sets, jnp.take_along_axis(G, sets, 1), viol
+    return sets, corr, viol
 
 
 def _first_sets(X, W, reg, *, k: int, nonneg: bool) -> tuple[np.ndarray, np.ndarray]:
