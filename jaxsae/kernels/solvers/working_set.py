@@ -21,10 +21,11 @@ previous round's active set, codes and inverse Gram (``Warm``), along the path o
 ``λ + (τ − 1) Δ`` from ``τ = 2`` to ``1`` whose start the previous codes solve exactly
 (``_warm_start``): a round costs the kinks between the two solutions, not a whole path. The
 selections over all ``F`` atoms are NumPy's introselect on every core on a CPU (``host_argtop``,
-outside the compiled functions), ``row_top_k`` elsewhere. A path run in float32 can miss a kink within ~1e-6 of its end (a code of the wrong
-sign, or an atom that violates its constraint by a hair): the Newton refinement removes such
-codes, and the samples still uncertified after the rounds are solved once more, exactly, on
-their support joined by their worst violators (``_finish``), before any iterations.
+outside the compiled functions), ``row_top_k`` elsewhere. A path run in float32 can miss a
+kink within ~1e-6 of its end (a code of the wrong sign, or an atom that violates its constraint
+by a hair): the Newton refinement removes such codes, and the samples still uncertified after
+the rounds are solved once more, exactly, on their support joined by their worst violators
+(``_finish``), before any iterations.
 
 Memory: ``O(F·D + B·F)`` for the dictionary and the correlations, ``F²`` for ``W Wᵀ`` when it is
 used (at most ``GRAM_BYTES``), ``O(B·K²)`` for the active sets carried between rounds (1 GB
