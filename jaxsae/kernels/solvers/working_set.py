@@ -158,6 +158,7 @@ def _set_scores(G, reg, atom, occ, pick, *, nonneg: bool) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
 def _top_sets(scores: jax.Array, k: int, first: int) -> jax.Array:
+    """``(m, k)`` the ``k`` highest ``scores``, the ``first`` highest first (off a CPU)."""
     return row_top_k(scores, k, split=first)[1]
 
 
