@@ -141,11 +141,16 @@ def _next_sets(G, reg, atom, occ, pick, *, k_next: int, k: int, nonneg: bool):
     persistent compilation cache keeps (it keeps none that holds a host callback); elsewhere
     it is ``row_top_k``."""
     scores = _set_scores(G, reg, atom, occ, pick, nonneg=nonneg)
+    return _chosen(G, scores, _argtop(scores, k_next, k), pick)
+
+
+def _argtop(scores: jax.Array, m: int, first: int = 0) -> jax.Array:
+    """``(n, m)`` int32 the ``m`` highest of each row of ``scores (n, F)``, the ``first``
+    highest first (each part in any order): on a CPU on the host (``host_argtop``, outside any
+    compiled function), elsewhere ``row_top_k``."""
     if next(iter(scores.devices())).platform == "cpu":
-        sets = jnp.asarray(host_argtop(np.asarray(scores), k_next, k))
-    else:
-        sets = _top_sets(scores, k_next, k)
-    return _chosen(G, scores, sets, pick)
+        return jnp.asarray(host_argtop(np.asarray(scores), m, first))
+    return _top_sets(scores, m, first)
 
 
 @functools.partial(jax.jit, static_argnames="nonneg")
@@ -720,31 +725,47 @@ def solve_working_sets(
     return WorkingSetResult(codes, gap, obj, certified, kinks)
 
 
-@functools.partial(jax.jit, static_argnames=("S", "V", "nonneg"))
 def _support_and_violators(X, W_hi, reg, C, *, S: int, V: int, nonneg: bool):
     """Each row's support (at most ``S`` atoms) joined by its ``V`` atoms that violate their
     constraint most (``|g_j| > λ_j``), the equations solved on that set in the certificate's
     precision (``refine_active`` with the inverse of its Gram matrix, which also removes codes
     of the wrong sign), rounded to ``C.dtype`` to nearest or toward zero, whichever has the
-    smaller duality gap.
+    smaller duality gap. (The selections run between compiled functions: ``_argtop``.)
 
     Returns ``(codes (n, F) in C.dtype, gap (n,), objective (n,))``."""
+    g, violation, on = _violations(X, W_hi, reg, C, nonneg=nonneg)
+    atom = jnp.concatenate([_argtop(on, S), _argtop(violation, V)], axis=1)  # (n, S + V)
+    return _solve_on_sets(X, W_hi, reg, C, g, violation, atom, S=S, nonneg=nonneg)
+
+
+@functools.partial(jax.jit, static_argnames="nonneg")
+def _violations(X, W_hi, reg, C, *, nonneg: bool):
+    """``(g, violation, on)``: the correlations ``g = W r`` of the codes ``C`` in the
+    certificate's precision, ``excess(g_j) / λ_j`` off the support (0 on it) and the support
+    (1.0 on it), both float32 ``(n, F)``."""
+    hi = W_hi.dtype
+    g = (X.astype(hi) - C.astype(hi) @ W_hi) @ W_hi.T
+    excess = jnp.maximum(g, 0) if nonneg else jnp.abs(g)
+    on = C != 0
+    violation = jnp.where(on, 0, excess / reg.astype(hi)[None, :]).astype(jnp.float32)
+    return g, violation, on.astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("S", "nonneg"))
+def _solve_on_sets(X, W_hi, reg, C, g, violation, atom, *, S: int, nonneg: bool):
+    """``_support_and_violators`` on the sets ``atom (n, S + V)``: the first ``S`` from the
+    support, the others the worst violators (``_violations``)."""
     n, F = C.shape
     hi = W_hi.dtype
     X_h, reg_h = X.astype(hi), reg.astype(hi)
-    g = (X_h - C.astype(hi) @ W_hi) @ W_hi.T
-    excess = jnp.maximum(g, 0) if nonneg else jnp.abs(g)
-    on = C != 0
-    top, viol = row_top_k(jnp.where(on, 0, excess / reg_h[None, :]).astype(jnp.float32), V)
-    size, support = row_top_k(on.astype(jnp.float32), S)
-    atom = jnp.concatenate([support, viol], axis=1)  # (n, S + V)
-    occ = jnp.concatenate([size > 0, top > 1], axis=1)
+    on = jnp.take_along_axis(C, atom[:, :S], 1) != 0
+    occ = jnp.concatenate([on, jnp.take_along_axis(violation, atom[:, S:], 1) > 1], axis=1)
     c0 = jnp.take_along_axis(C, atom, 1).astype(hi)
     g_A = jnp.take_along_axis(g, atom, 1)
     sign = jnp.ones_like(c0) if nonneg else jnp.where(c0 != 0, jnp.sign(c0), jnp.sign(g_A))
     W_A = W_hi[atom]  # (n, S + V, D)
     both = occ[:, :, None] & occ[:, None, :]
-    eye = jnp.eye(S + V, dtype=hi)[None]
+    eye = jnp.eye(atom.shape[1], dtype=hi)[None]
     Gram = jnp.where(both, jnp.einsum("bkd,bjd->bkj", W_A, W_A), eye)
     L = jax.lax.linalg.cholesky(Gram)
     L_inv = jax.lax.linalg.triangular_solve(
