@@ -97,13 +97,19 @@ def batch_objective(
     return val
 
 
+def excess(g: jax.Array, nonneg: bool) -> jax.Array:
+    """How far correlations ``g`` push against their constraint ``|g_i| ≤ λ_i``: ``|g|``
+    (``nonneg``: ``max(g, 0)``, the constraint being ``g_i ≤ λ_i``)."""
+    return jnp.maximum(g, 0) if nonneg else jnp.abs(g)
+
+
 def worst_ratio(G: jax.Array, reg: jax.Array, nonneg: bool) -> jax.Array:
     """``(B,)`` ``max_i |g_i| / λ_i`` (``nonneg``: ``max(g_i, 0) / λ_i``), with ``0/0 = 0`` and
     ``g/0 = inf``, for ``g = W r`` given as ``G (B, F)``."""
-    excess = jnp.maximum(G, 0) if nonneg else jnp.abs(G)
+    excess_ = excess(G, nonneg)
     reg_b = reg[None, :]
     safe = jnp.where(reg_b > 0, reg_b, 1)
-    ratio = jnp.where(reg_b > 0, excess / safe, jnp.where(excess > 0, jnp.inf, 0))
+    ratio = jnp.where(reg_b > 0, excess_ / safe, jnp.where(excess_ > 0, jnp.inf, 0))
     return jnp.max(ratio, axis=-1)
 
 

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsae.kernels.lasso import gap_from_residual, high_dtype
+from jaxsae.kernels.lasso import excess, gap_from_residual, high_dtype
 from jaxsae.kernels.solvers.common import (
     COMPACT_MIN,
     GRAM_BUDGET,
@@ -39,21 +39,26 @@ class Path(NamedTuple):
 
 @functools.partial(jax.jit, static_argnames=("K", "nonneg"))
 def path_init(X, W, reg, *, K: int, nonneg: bool) -> Path:
-    """The start of the path, ``c = 0`` at ``τ = max_i g_i / λ_i`` (``g = W x``)."""
-    B, F = X.shape[0], W.shape[0]
-    g = X @ W.T
-    excess = jnp.maximum(g, 0) if nonneg else jnp.abs(g)
-    tau = jnp.max(excess / reg[None, :], axis=-1)
-    zk = jnp.zeros((B, K), X.dtype)
+    """The start of the path over the whole dictionary (``path_start`` with ``g = W x``)."""
+    return path_start(X @ W.T, reg[None, :], K, nonneg)
+
+
+def path_start(corr: jax.Array, reg: jax.Array, K: int, nonneg: bool) -> Path:
+    """The start of the path, ``c = 0`` at ``τ = max_i excess(g_i) / λ_i``, over the ``m`` atoms
+    whose correlations with each input are ``corr (B, m)``, with ``λ`` ``reg (1 or B, m)``
+    (the whole dictionary, or a working set), in ``K`` slots."""
+    B, m = corr.shape
+    tau = jnp.max(excess(corr, nonneg) / reg, axis=-1)
+    zk = jnp.zeros((B, K), corr.dtype)
     return Path(
         codes=zk,
         atom=jnp.zeros((B, K), jnp.int32),
         occ=jnp.zeros((B, K), bool),
         sign=zk,
-        H=jnp.zeros((B, K, K), X.dtype),
+        H=jnp.zeros((B, K, K), corr.dtype),
         d=zk,
-        corr=g,
-        active=jnp.zeros((B, F), bool),
+        corr=corr,
+        active=jnp.zeros((B, m), bool),
         tau=jnp.maximum(tau, 1),
         done=tau <= 1,  # c = 0 is optimal
         paused=jnp.zeros((B,), bool),

@@ -48,10 +48,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsae.kernels.lasso import gap_from_residual, gap_from_sums, high_dtype
+from jaxsae.kernels.lasso import excess, gap_from_residual, gap_from_sums, high_dtype
 from jaxsae.kernels.row_select import host_argtop, row_top_k
 from jaxsae.kernels.solvers.common import bucket, pad_index, relative_gaps
-from jaxsae.kernels.solvers.homotopy import Path, dictionary_gram, path_step, refine_active
+from jaxsae.kernels.solvers.homotopy import (
+    Path,
+    dictionary_gram,
+    path_start,
+    path_step,
+    refine_active,
+)
 
 # the dictionary's Gram matrix W Wᵀ is formed (once) for the working sets' Gram rows when it
 # takes at most this many bytes (F = 16,384 atoms in float32) and saves work (``_gram_pays``):
@@ -115,7 +121,7 @@ class WorkingSetResult(NamedTuple):
 
 def _ratios(G: jax.Array, reg: jax.Array, nonneg: bool) -> jax.Array:
     """``(B, F)`` ``excess(g_j) / λ_j``: ``|g_j| / λ_j`` (``nonneg``: ``max(g_j, 0) / λ_j``)."""
-    return (jnp.maximum(G, 0) if nonneg else jnp.abs(G)) / reg[None, :]
+    return excess(G, nonneg) / reg[None, :]
 
 
 def _scores(ratio: jax.Array, on: jax.Array) -> jax.Array:
@@ -195,30 +201,6 @@ def _product(X, W):
     return X @ W.T
 
 
-def _cold_start(corr, reg_S, K: int, nonneg: bool) -> Path:
-    """The start of the path, ``c = 0`` at ``τ = max_j excess(g_j) / λ_j``."""
-    n, k = corr.shape
-    dt = corr.dtype
-    excess = jnp.maximum(corr, 0) if nonneg else jnp.abs(corr)
-    tau = jnp.max(excess / reg_S, axis=-1)
-    zk = jnp.zeros((n, K), dt)
-    return Path(
-        codes=zk,
-        atom=jnp.zeros((n, K), jnp.int32),
-        occ=jnp.zeros((n, K), bool),
-        sign=zk,
-        H=jnp.zeros((n, K, K), dt),
-        d=zk,
-        corr=corr,
-        active=jnp.zeros((n, k), bool),
-        tau=jnp.maximum(tau, 1),
-        done=tau <= 1,
-        paused=jnp.zeros((n,), bool),
-        last_drop=jnp.full((n,), -1, jnp.int32),
-        steps=jnp.zeros((), jnp.int32),
-    )
-
-
 class Warm(NamedTuple):
     """A previous round's active set, carried into the next round: ``K`` slots with their atoms
     (global indices), occupancy, codes and the inverse Gram of the occupied slots."""
@@ -244,18 +226,17 @@ def _warm_start(rows_of, corr, reg_S, warm: Warm, local, nonneg: bool):
     # the sign of a code (of its correlation for an atom that joined at the last kink, code 0)
     g_A = jnp.take_along_axis(corr, local, 1)
     sign = jnp.where(occ, jnp.where(codes != 0, jnp.sign(codes), jnp.sign(g_A)), 0)
-    active = jnp.zeros((n, k), bool).at[jnp.arange(n)[:, None], jnp.where(occ, local, k)]
-    active = active.set(True, mode="drop")
+    active = _active_mask(local, occ, k)
     rows = jnp.where(occ[:, :, None], rows_of(local), 0)
-    excess = jnp.maximum(corr, 0) if nonneg else jnp.abs(corr)
+    over = excess(corr, nonneg)
     # inactive atoms: the penalty of the usual path, τ λ_j from τ0 = max_j excess(g_j) / λ_j
     # (were the violators' penalties their own excess, they would all join at one τ, and
     # joining one at a time can leave an earlier one with a direction of the wrong sign)
-    tau0 = jnp.max(jnp.where(active, 0, excess / reg_S), axis=1, keepdims=True)
-    slope = jnp.where(active, jnp.maximum(excess - reg_S, 0), (jnp.maximum(tau0, 1) - 1) * reg_S)
+    tau0 = jnp.max(jnp.where(active, 0, over / reg_S), axis=1, keepdims=True)
+    slope = jnp.where(active, jnp.maximum(over - reg_S, 0), (jnp.maximum(tau0, 1) - 1) * reg_S)
     w = jnp.take_along_axis(slope, local, 1) * sign
     d = jnp.where(occ, jnp.einsum("bij,bj->bi", warm.H, w), 0)
-    p = _cold_start(corr, reg_S, occ.shape[1], nonneg)._replace(
+    p = path_start(corr, reg_S, occ.shape[1], nonneg)._replace(
         codes=codes,
         atom=local,
         occ=occ,
@@ -279,7 +260,7 @@ def _local_paths(corr, reg_S, rows_of, max_kinks, warm, local, *, K: int, nonneg
     costs ``O(K k + K²)`` per sample."""
     n, k = corr.shape
     if warm is None:
-        p, slope = _cold_start(corr, reg_S, K, nonneg), None
+        p, slope = path_start(corr, reg_S, K, nonneg), None
         rows = jnp.zeros((n, K, k), corr.dtype)
     else:
         p, slope, rows = _warm_start(rows_of, corr, reg_S, warm, local, nonneg)
@@ -385,12 +366,11 @@ def _refined(X, W, W_hi, slot_atoms, lam, p: Path, *, nonneg: bool):
     c, lam = cs.astype(hi), jnp.where(occ, lam, 1).astype(hi)
     R = X_h - jnp.einsum("bs,bsd->bd", c, W_A)
     g = jnp.einsum("bsd,bd->bs", W_A, R)
-    excess = jnp.maximum(g, 0) if nonneg else jnp.abs(g)
     sums = (
         jnp.sum(R * R, axis=1),
         jnp.sum(c * g, axis=1),
         jnp.sum(lam * jnp.abs(c), axis=1),
-        jnp.max(jnp.where(occ, excess / lam, 0), axis=1),
+        jnp.max(jnp.where(occ, excess(g, nonneg) / lam, 0), axis=1),
     )
     return cs, occ, H.astype(X.dtype), R, jnp.stack(sums)
 
@@ -421,10 +401,9 @@ def _certify(R, sums, W, reg, spread, active: Warm, done, *, nonneg: bool):
     wherever the gap grows with ``max_i |g_i| / λ_i`` (as near a solution, where ``⟨c, g⟩ ≥
     0``); ``_certify_block`` certifies again by ``_exact_gap`` only where ``low`` passes the
     tolerance and ``gap`` does not (no sample is certified by ``low``)."""
-    n, F = R.shape[0], W.shape[0]
+    n = R.shape[0]
     dt, hi = active.codes.dtype, R.dtype
     G = jnp.dot(R.astype(dt), W.T, precision="highest")
-    off = jnp.where(_active_mask(active.atom, active.occ, F), 0, _ratios(G, reg, nonneg))
 
     def certificate(sums):
         # max_i (|G_i| + e_i) / λ_i ≤ max_i |G_i| / λ_i + (D + 2) u ‖r‖ max_i ‖w_i‖ / λ_i, each
@@ -432,7 +411,7 @@ def _certify(R, sums, W, reg, spread, active: Warm, done, *, nonneg: bool):
         u = jnp.finfo(dt).eps / 2
         up = 1 + 4 * u
         e = (W.shape[1] + 2) * u * 1.01 * jnp.sqrt(sums[0]) * (spread * up).astype(hi)
-        off_max = jnp.max(off, axis=1).astype(hi)
+        off_max = _off_max(G, reg, active, nonneg).astype(hi)
         gap, obj = _gap(sums, off_max * up + e, active, nonneg)
         low, _ = _gap(sums, jnp.maximum(off_max / up - e, 0), active, nonneg)
         return gap.astype(dt), low.astype(dt), obj.astype(dt)
@@ -450,10 +429,14 @@ def _exact_gap(R, sums, W_hi, reg, active: Warm, *, nonneg: bool):
     """``_certify``'s gaps with the correlations off the active set in the certificate's
     precision, for the few samples where its bound decides (an atom off the active set within
     the rounding error of its constraint)."""
-    ratio = _ratios(R @ W_hi.T, reg.astype(R.dtype), nonneg)
-    on = _active_mask(active.atom, active.occ, W_hi.shape[0])
-    off_worst = jnp.max(jnp.where(on, 0, ratio), axis=1)
+    off_worst = _off_max(R @ W_hi.T, reg.astype(R.dtype), active, nonneg)
     return _gap(sums, off_worst, active, nonneg)[0].astype(active.codes.dtype)
+
+
+def _off_max(G, reg, active: Warm, nonneg: bool) -> jax.Array:
+    """``(n,)`` ``max_i excess(g_i) / λ_i`` over the atoms off the active sets ``active``."""
+    on = _active_mask(active.atom, active.occ, G.shape[1])
+    return jnp.max(jnp.where(on, 0, _ratios(G, reg, nonneg)), axis=1)
 
 
 def _active_mask(atom: jax.Array, occ: jax.Array, F: int) -> jax.Array:
@@ -749,9 +732,8 @@ def _violations(X, W_hi, reg, C, *, nonneg: bool):
     (1.0 on it), both float32 ``(n, F)``."""
     hi = W_hi.dtype
     g = (X.astype(hi) - C.astype(hi) @ W_hi) @ W_hi.T
-    excess = jnp.maximum(g, 0) if nonneg else jnp.abs(g)
     on = C != 0
-    violation = jnp.where(on, 0, excess / reg.astype(hi)[None, :]).astype(jnp.float32)
+    violation = jnp.where(on, 0, _ratios(g, reg.astype(hi), nonneg)).astype(jnp.float32)
     return g, violation, on.astype(jnp.float32)
 
 
