@@ -42,7 +42,7 @@ def solve_from_path(X, W, reg, step_size, tol, max_steps: int, opts: IterOptions
     codes, gap, obj, certified, steps = best
     left = np.flatnonzero(~certified)
     if len(left):
-        steps += _iterate(X, W, reg, step_size, tol, max_steps, opts, codes, gap, obj, left)
+        steps += _iterate(X, W, reg, step_size, tol, max_steps, opts, (codes, gap, obj), left)
     gap, obj = jnp.asarray(gap), jnp.asarray(obj)
     return Solution(
         codes=jnp.asarray(codes),
@@ -81,9 +81,10 @@ def _full_paths(X, W, reg, tol: float, *, nonneg: bool) -> list:
     return [codes, gap, obj, certified, steps]
 
 
-def _iterate(X, W, reg, step_size, tol, max_steps, opts, codes, gap, obj, left) -> int:
-    """The iterations for the samples ``left``, from their codes so far (``codes``, ``gap``
-    and ``obj`` updated in place); returns the iterations run."""
+def _iterate(X, W, reg, step_size, tol, max_steps, opts, best: tuple, left) -> int:
+    """The iterations for the samples ``left``, from their codes so far: ``best = (codes,
+    gap, objective)`` (NumPy, updated in place). Returns the iterations run."""
+    codes, gap, obj = best
     n = len(left)
     size = n if n >= COMPACT_MIN else bucket(n, smallest=8)
     take = pad_index(left, size)
