@@ -545,7 +545,7 @@ def test_warm_round_continues_the_path(nonneg):
         assert (out[6].occ.sum(axis=1) == k // 2).any()  # some paths stopped short of λ
         rows = np.arange(8)
         group = (rows, out[3], out[4], 96, out[6], rows)
-        [(rows, sets, nxt_corr, _, warm)] = working_set._merge([group], 20, np.zeros(8))
+        [(rows, sets, nxt_corr, _, warm, _)] = working_set._merge([group], 20, np.zeros(8))
         out = round_(sets, nxt_corr, warm)
         codes, done = codes_of(out), out[2]
         assert done.all()
@@ -560,6 +560,54 @@ def test_warm_round_continues_the_path(nonneg):
     again = round_(ref[3], ref[4], ref[6])
     assert again[-1] == 1
     np.testing.assert_allclose(codes_of(again), codes_of(ref), atol=1e-12)
+
+
+@pytest.mark.parametrize("nonneg", [False, True])
+def test_round_extends_its_working_sets(nonneg):
+    # a warm round on 16 atoms whose paths end at their restricted solutions: with `few`, a
+    # sample with violators off its set and slots to spare goes on at once on the set extended
+    # by its 4 worst (lax.top_k of the ratios): the codes of a round from c = 0 on that set;
+    # without `few` (all samples, or the first one), or with nothing to add, the codes stay
+    # those of the set
+    Xb, Wb, reg = make_lasso_problem(12, B=16, D=20, F=96, nnz=(3, 9))
+    X, W, lam = jnp.asarray(Xb), jnp.asarray(Wb), jnp.full((96,), reg)
+    atoms = working_set._atoms(W, W, lam)
+    mk = jnp.asarray(4096, jnp.int32)
+
+    def round_(sets, corr, warm, few, extend=0):
+        sets = jnp.asarray(sets)
+        return working_set._round(
+            X, atoms, sets, jnp.asarray(corr), mk, warm, few, K=16, nonneg=nonneg, extend=extend
+        )
+
+    def codes_of(out):
+        return working_set.dense_codes(working_set.Warm(*map(np.asarray, out[4])), 96)
+
+    def ratios(codes, sets):
+        g = (Xb - codes @ Wb) @ Wb.T
+        on = np.zeros((16, 96), bool)
+        np.put_along_axis(on, sets, True, 1)
+        return jnp.where(on, -1, working_set._ratios(jnp.asarray(g), lam, nonneg))
+
+    S = np.argsort(-np.abs(Xb @ Wb.T), axis=1)[:, :16]
+    cold = round_(S, np.take_along_axis(Xb @ Wb.T, S, 1), None, None)
+    assert np.asarray(cold[2]).all()
+    base = codes_of(cold)
+    corr = np.take_along_axis((Xb - base @ Wb) @ Wb.T, S, 1)
+    warm = cold[4]
+    plain = round_(S, corr, warm, jnp.zeros((16,), bool), extend=4)
+    np.testing.assert_allclose(codes_of(plain), base, atol=1e-12)
+    few = np.arange(16) > 0  # (not the first sample)
+    out = round_(S, corr, warm, jnp.asarray(few), extend=4)
+    score = ratios(base, S)
+    S2 = np.concatenate([S, np.asarray(jax.lax.top_k(score, 4)[1])], axis=1)
+    ref = round_(S2, np.take_along_axis(Xb @ Wb.T, S2, 1), None, None)
+    room = np.asarray(warm.occ).sum(axis=1) + 4 <= 16
+    ext = few & room & (np.max(np.asarray(score), axis=1) > 1)
+    assert ext.sum() >= 8
+    np.testing.assert_allclose(codes_of(out)[ext], codes_of(ref)[ext], atol=1e-9)
+    np.testing.assert_allclose(codes_of(out)[~ext], base[~ext], atol=1e-12)
+    assert np.asarray(out[2]).all() and int(out[3]) > int(plain[3])
 
 
 @pytest.mark.parametrize("nonneg", [False, True])
