@@ -20,11 +20,11 @@ A round after the first does not start its paths again from ``c = 0``: each cont
 previous round's active set, codes and inverse Gram (``Warm``), along the path of penalties
 ``λ + (τ − 1) Δ`` from ``τ = 2`` to ``1`` whose start the previous codes solve exactly
 (``_warm_start``): a round costs the kinks between the two solutions, not a whole path. A
-sample whose set holds few atoms besides its active set and its violators (``FEW``) finds
-more violators off the set at the end of its path, most of the time: there the round checks
-its codes against all atoms at once and, where some violate their constraint, follows the
-path on over the set extended by the ``EXTEND`` worst of them (``_extended``), so that the
-next round, with its Gram matrices, selections and certificates, is not needed. The
+path from ``c = 0``, or one whose set held few atoms besides its active set and its violators
+(``FEW``), often ends with more violators off its set: there the round checks its codes
+against all atoms at once and, where some violate their constraint, follows the path on over
+the set extended by the ``EXTEND`` worst of them (``_extended``), so that the next round, with
+its Gram matrices, selections and certificates, is not needed. The
 selections over all ``F`` atoms are NumPy's introselect on every core on a CPU (``host_argtop``,
 outside the compiled functions), ``row_top_k`` elsewhere. A path run in float32 can miss a
 kink within ~1e-6 of its end (a code of the wrong sign, or an atom that violates its constraint
@@ -103,13 +103,15 @@ REFINE = 3
 # the samples left uncertified after the rounds: their support and this many of their worst
 # violators solved exactly, at most FINISH_PASSES times
 FINISH_VIOLATORS = 8
-# a round after the first extends the working set of a path that ends at τ = 1 by this many
-# atoms off it where some violate their constraint, and follows the path on (``_extended``),
-# for the samples whose set of k atoms holds fewer than k / FEW besides the active set and the
-# violators (measured on a 2-core CPU, samples alternating in one process, medians: D320
-# F10240 B4096 L0 ≈ 50 non-negative 2.97 → 2.64–2.77 s, D1280 F10240 B1024 L0 ≈ 200 signed
-# 7.7 → 6.1 s, the other points level; checking every sample was slower at all four, by up
-# to 10 %, and so was extending paths that had no slots to spare for the new atoms)
+# a round extends the working set of a path that ends at τ = 1 by this many atoms off it where
+# some violate their constraint, and follows the path on (``_extended``): in the first round
+# every sample, later the samples whose set of k atoms holds fewer than k / FEW besides the
+# active set and the violators (measured on a 2-core CPU, configurations alternating in one
+# process, medians: D320 F10240 B4096 L0 ≈ 50 non-negative 2.97 → 2.64–2.77 s, D1280 F10240
+# B1024 L0 ≈ 200 signed 7.7 → 6.1 s, the others level; in the first round too, D1280 F10240
+# B1024 L0 ≈ 50 non-negative 1.21 → 1.03 s, D320 L0 ≈ 50 signed 4.6 → 4.2 s, the others
+# level; checking every sample in later rounds was slower at all four points, by up to 10 %,
+# and so was extending paths that had no slots to spare for the new atoms)
 EXTEND = 16
 FEW = 4
 FINISH_PASSES = 2
@@ -379,15 +381,18 @@ def _round(X, atoms: Atoms, sets, corr, max_kinks, warm, few, *, K: int, nonneg:
 
 def _extended(X, atoms: Atoms, sets, G_S, p: Path, max_kinks, few, *, extend: int, nonneg: bool):
     """The paths ``p`` on the working sets ``sets (n, k)`` (Gram matrices ``G_S`` or None, see
-    ``_set_gram``) of the samples ``few (n,)`` checked against every atom (one product of their
-    residuals with the dictionary, skipped unless some of their paths reached ``τ = 1``), and
-    those whose constraints some atom off the set violates continued at once (``_warm_start``)
+    ``_set_gram``) of the samples ``few (n,)`` that reached ``τ = 1`` with slots to spare for
+    ``extend`` more atoms checked against every atom (one product of their residuals with the
+    dictionary, skipped where there are none), and those whose constraints some atom off the
+    set violates continued at once (``_warm_start``)
     on the set extended by the ``extend`` atoms off it of highest ``_ratios``: the kinks that a
     next round would take, without forming its working sets' Gram matrices again (nor its
     selections, its certificates and the Newton steps of this one). Returns ``(slot atoms (n,
     K), their λ, path)``."""
     W, _, gram, reg, _ = atoms
-    check = p.done & few
+    # (only paths with slots for all the new atoms: one whose slots fill pauses, and its set
+    # must grow)
+    check = p.done & few & (jnp.sum(p.occ, axis=1) + extend <= p.occ.shape[1])
     slot_atoms = jnp.take_along_axis(sets, p.atom, 1)
 
     def keep(p):
@@ -400,9 +405,7 @@ def _extended(X, atoms: Atoms, sets, G_S, p: Path, max_kinks, few, *, extend: in
         score = jnp.where(in_set, -1, _ratios(g, reg, nonneg))
         # (whether to extend from the scores, not from top_k's values: with those the kinks
         # that follow ran 6× slower on XLA:CPU, 42 against 7 ms for a chunk of 32 samples)
-        # (and slots for all of them: a path whose slots fill pauses, and its set must grow)
-        room = jnp.sum(p.occ, axis=1) + extend <= p.occ.shape[1]
-        ext = check & room & (jnp.max(score, axis=1) > 1)
+        ext = check & (jnp.max(score, axis=1) > 1)
         sets2 = jnp.concatenate([sets, jax.lax.top_k(score, extend)[1]], axis=1)
 
         def grow(p):
@@ -599,8 +602,8 @@ class Ends(NamedTuple):
 def _paths(X, atoms: Atoms, sets, corr, warm, few=None, *, nonneg: bool, max_kinks: int):
     """``_round`` over chunks of samples (the last one padded): ``(Ends, the most kinks of a
     chunk)``. ``warm``: None or the previous active sets (``Warm`` of NumPy arrays, ``_slots``
-    slots); ``few``: None or ``(n,)`` bool, the samples whose paths extend their working sets
-    (``_extended``) when they reach ``τ = 1``."""
+    slots); ``few``: ``(n,)`` bool, the samples whose paths may extend their working sets
+    (``_extended``) when they reach ``τ = 1`` (None: all)."""
     n, k = sets.shape
     size = _chunk(k, X.shape[1], n)
     outs, steps, max_kinks = None, 0, jnp.asarray(max_kinks, jnp.int32)
@@ -614,10 +617,10 @@ def _paths(X, atoms: Atoms, sets, corr, warm, few=None, *, nonneg: bool, max_kin
             jnp.asarray(corr[take]),
             max_kinks,
             None if warm is None else Warm(*(jnp.asarray(a[take]) for a in warm)),
-            None if few is None else jnp.asarray(few[take]),
+            jnp.ones((size,), bool) if few is None else jnp.asarray(few[take]),
             K=_slots(k, X.shape[1]),
             nonneg=nonneg,
-            extend=0 if few is None else EXTEND,
+            extend=EXTEND,
         )
         steps = max(steps, int(kinks))
         chunk = [np.asarray(x) for x in (R, sums.T, done, *active)]
