@@ -21,7 +21,8 @@ previous round's active set, codes and inverse Gram (``Warm``), along the path o
 ``λ + (τ − 1) Δ`` from ``τ = 2`` to ``1`` whose start the previous codes solve exactly
 (``_warm_start``): a round costs the kinks between the two solutions, not a whole path. A
 path from ``c = 0``, or one whose set held few atoms besides its active set and its violators
-(``FEW``), often ends with more violators off its set: there the round checks its codes
+(``FEW``), often ends with more violators off its set: there a round on sets larger than
+``√F`` atoms checks its codes
 against all atoms at once and, where some violate their constraint, follows the path on over
 the set extended by the ``EXTEND`` worst of them (``_extended``), so that the next round, with
 its Gram matrices, selections and certificates, is not needed. The
@@ -106,12 +107,15 @@ FINISH_VIOLATORS = 8
 # a round extends the working set of a path that ends at τ = 1 by this many atoms off it where
 # some violate their constraint, and follows the path on (``_extended``): in the first round
 # every sample, later the samples whose set of k atoms holds fewer than k / FEW besides the
-# active set and the violators (measured on a 2-core CPU, configurations alternating in one
-# process, medians: D320 F10240 B4096 L0 ≈ 50 non-negative 2.97 → 2.64–2.77 s, D1280 F10240
-# B1024 L0 ≈ 200 signed 7.7 → 6.1 s, the others level; in the first round too, D1280 F10240
-# B1024 L0 ≈ 50 non-negative 1.21 → 1.03 s, D320 L0 ≈ 50 signed 4.6 → 4.2 s, the others
-# level; checking every sample in later rounds was slower at all four points, by up to 10 %,
-# and so was extending paths that had no slots to spare for the new atoms)
+# active set and the violators; only for sets of k > √F atoms (the check costs a product with
+# all F atoms, F D per sample; the round it saves forms k² D Gram entries besides its own
+# product). Measured on a 2-core CPU, configurations alternating in one process, medians:
+# D320 F10240 B4096 L0 ≈ 50 non-negative 2.97 → 2.64–2.77 s, D1280 F10240 B1024 L0 ≈ 200
+# signed 7.7 → 6.1 s, L0 ≈ 50 non-negative 1.21 → 1.03 s, the other SAE-scale points level;
+# checking every sample in later rounds was slower at all four points tried, by up to 10 %,
+# and so was extending paths without slots to spare for the new atoms; at D256 F4096 B1024
+# (k = 64 = √F) the extensions took the solve from 213 to 249 ms, although they certified 658
+# samples in the first round against 154
 EXTEND = 16
 FEW = 4
 FINISH_PASSES = 2
@@ -620,7 +624,7 @@ def _paths(X, atoms: Atoms, sets, corr, warm, few=None, *, nonneg: bool, max_kin
             jnp.ones((size,), bool) if few is None else jnp.asarray(few[take]),
             K=_slots(k, X.shape[1]),
             nonneg=nonneg,
-            extend=EXTEND,
+            extend=EXTEND if k * k > atoms.W.shape[0] else 0,
         )
         steps = max(steps, int(kinks))
         chunk = [np.asarray(x) for x in (R, sums.T, done, *active)]
