@@ -516,6 +516,34 @@ def test_working_sets_in_small_chunks_match(monkeypatch):
 
 
 @pytest.mark.parametrize("nonneg", [False, True])
+def test_working_sets_extended_match(monkeypatch, nonneg):
+    # rounds that extend their sets (inputs "wide", sets of 16 > √96 atoms) certify the same
+    # codes as rounds that do not, more of them in the first round
+    monkeypatch.setattr(working_set, "MIN_SIZE", 8)
+    monkeypatch.setattr(working_set, "WIDE", 16)
+    Xb, Wb, reg = make_lasso_problem(9, B=24, D=20, F=96, nnz=(2, 4))
+    args = (jnp.asarray(Xb), jnp.asarray(Wb), jnp.full((96,), reg))
+    first = []
+    real = working_set._chunked_round
+
+    def spy(*a, **k):
+        out = real(*a, **k)
+        first.append(int(out[2].sum()))  # certified by this round
+        return out
+
+    monkeypatch.setattr(working_set, "_chunked_round", spy)
+    monkeypatch.setattr(working_set, "EXTEND", 0)
+    ref = working_set.solve_working_sets(*args, 1e-10, nonneg=nonneg)
+    plain, first[:] = first[0], []
+    monkeypatch.setattr(working_set, "EXTEND", 4)
+    assert working_set._extend(16, 96, 20) == 4 and working_set._extend(8, 96, 20) == 0
+    res = working_set.solve_working_sets(*args, 1e-10, nonneg=nonneg)
+    assert res.certified.all() and ref.certified.all()
+    np.testing.assert_allclose(res.codes, ref.codes, atol=1e-9)
+    assert first[0] > plain
+
+
+@pytest.mark.parametrize("nonneg", [False, True])
 def test_warm_round_continues_the_path(nonneg):
     # a round on 8 or 16 atoms (stopped when its 4 or 8 slots fill, or at λ), then a round on
     # all 96 started from its active set: the codes of a round on all 96 from c = 0; the same

@@ -21,11 +21,11 @@ previous round's active set, codes and inverse Gram (``Warm``), along the path o
 ``λ + (τ − 1) Δ`` from ``τ = 2`` to ``1`` whose start the previous codes solve exactly
 (``_warm_start``): a round costs the kinks between the two solutions, not a whole path. A
 path from ``c = 0``, or one whose set held few atoms besides its active set and its violators
-(``FEW``), often ends with more violators off its set: there a round on sets larger than
-``√F`` atoms checks its codes
-against all atoms at once and, where some violate their constraint, follows the path on over
-the set extended by the ``EXTEND`` worst of them (``_extended``), so that the next round, with
-its Gram matrices, selections and certificates, is not needed. The
+(``FEW``), often ends with more violators off its set: for inputs of ``WIDE`` dimensions or
+more (where the next round's Gram matrices cost most) and sets of more than ``√F`` atoms, the
+round checks such codes against all atoms at once and, where some violate their constraint,
+follows the path on over the set extended by the ``EXTEND`` worst of them (``_extended``), so
+that the next round, with its Gram matrices, selections and certificates, is not needed. The
 selections over all ``F`` atoms are NumPy's introselect on every core on a CPU (``host_argtop``,
 outside the compiled functions), ``row_top_k`` elsewhere. A path run in float32 can miss a
 kink within ~1e-6 of its end (a code of the wrong sign, or an atom that violates its constraint
@@ -107,15 +107,15 @@ FINISH_VIOLATORS = 8
 # a round extends the working set of a path that ends at τ = 1 by this many atoms off it where
 # some violate their constraint, and follows the path on (``_extended``): in the first round
 # every sample, later the samples whose set of k atoms holds fewer than k / FEW besides the
-# active set and the violators; only for sets of k > √F atoms (the check costs a product with
-# all F atoms, F D per sample; the round it saves forms k² D Gram entries besides its own
-# product). Measured on a 2-core CPU, configurations alternating in one process, medians:
-# D320 F10240 B4096 L0 ≈ 50 non-negative 2.97 → 2.64–2.77 s, D1280 F10240 B1024 L0 ≈ 200
-# signed 7.7 → 6.1 s, L0 ≈ 50 non-negative 1.21 → 1.03 s, the other SAE-scale points level;
-# checking every sample in later rounds was slower at all four points tried, by up to 10 %,
-# and so was extending paths without slots to spare for the new atoms; at D256 F4096 B1024
-# (k = 64 = √F) the extensions took the solve from 213 to 249 ms, although they certified 658
-# samples in the first round against 154
+# active set and the violators; only for inputs of WIDE dimensions or more and sets of k > √F
+# atoms (``_extend``). The check costs a product with all F atoms (F D per sample) and the
+# kinks that follow cost the whole chunk; the round it saves forms k² D Gram entries besides
+# its own product. Measured on a 2-core CPU, configurations alternating in one process,
+# medians: D1280 F10240 B1024, L0 ≈ 50 non-negative 1.21 → 1.03 s, L0 ≈ 200 signed 7.7 →
+# 6.1 s; at D320 F10240 B4096, L0 ≈ 50, non-negative 3.10 → 3.22 s and signed 3.60 → 3.97 s
+# (the samples extended there, about a third of them, had been certified by the next round
+# at less cost), and at D256 F4096 B1024 (k = 64 = √F) 213 → 249 ms; checking every sample
+# in later rounds, or paths without slots to spare for the new atoms, was slower everywhere
 EXTEND = 16
 FEW = 4
 FINISH_PASSES = 2
@@ -587,6 +587,12 @@ def _chunk(k: int, D: int, n: int) -> int:
     return min(bucket(n), 1 << (fit.bit_length() - 1))
 
 
+def _extend(k: int, F: int, D: int) -> int:
+    """The atoms by which a round on sets of ``k`` atoms of a dictionary ``(F, D)`` extends its
+    sets (``_extended``; 0: it does not)."""
+    return EXTEND if D >= WIDE and k * k > F else 0
+
+
 def _slots(k: int, D: int) -> int:
     """The slots of a working set of ``k`` atoms: at most ``k / 2`` atoms active (more and the
     set grows), and at most ``D``."""
@@ -624,7 +630,7 @@ def _paths(X, atoms: Atoms, sets, corr, warm, few=None, *, nonneg: bool, max_kin
             jnp.ones((size,), bool) if few is None else jnp.asarray(few[take]),
             K=_slots(k, X.shape[1]),
             nonneg=nonneg,
-            extend=EXTEND if k * k > atoms.W.shape[0] else 0,
+            extend=_extend(k, *atoms.W.shape),
         )
         steps = max(steps, int(kinks))
         chunk = [np.asarray(x) for x in (R, sums.T, done, *active)]
