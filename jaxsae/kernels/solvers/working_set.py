@@ -78,7 +78,8 @@ CERTIFY_ELEMENTS = 1 << 24
 # the smallest working set, and the largest; the first sets have MIN_SIZE atoms, twice as
 # many for inputs of WIDE dimensions or more (where each round's gathers and products over D
 # cost more than the kinks they save: D1280 F10240 B1024, L0 ≈ 50: 1.3 s against 1.6–2.0 s;
-# L0 ≈ 200: 9.8–10.9 s against 9.5–9.8 s; D320 F10240 B4096, L0 ≈ 50: 7.0 s against 4.8 s)
+# L0 ≈ 200: 9.8–10.9 s against 9.5–9.8 s; D320 F10240 B4096, L0 ≈ 50: 7.0 s against 4.8 s);
+# there too the rounds extend their sets (EXTEND)
 MIN_SIZE = 64
 MAX_SIZE = 1024
 WIDE = 1024
@@ -372,12 +373,13 @@ def _round(X, atoms: Atoms, sets, corr, max_kinks, warm, few, *, K: int, nonneg:
         local = jnp.argmax(sets[:, None, :] == warm.atom[:, :, None], axis=2).astype(jnp.int32)
     G_S, rows_of = _set_gram(W, gram, sets)
     p = _local_paths(corr, reg_S, rows_of, max_kinks, warm, local, K=K, nonneg=nonneg)
-    slot_atoms = jnp.take_along_axis(sets, p.atom, 1)
-    lam = jnp.take_along_axis(reg_S, p.atom, 1)
     if extend:
         slot_atoms, lam, p = _extended(
             X, atoms, sets, G_S, p, max_kinks, few, extend=extend, nonneg=nonneg
         )
+    else:
+        slot_atoms = jnp.take_along_axis(sets, p.atom, 1)
+        lam = jnp.take_along_axis(reg_S, p.atom, 1)
     branches = (functools.partial(f, nonneg=nonneg) for f in (_refined, _as_is))
     cs, occ, H, R, sums = jax.lax.cond(jnp.any(p.done), *branches, X, W, W_hi, slot_atoms, lam, p)
     return R, sums, p.done, p.steps, Warm(slot_atoms, occ, cs, H)
@@ -388,11 +390,10 @@ def _extended(X, atoms: Atoms, sets, G_S, p: Path, max_kinks, few, *, extend: in
     ``_set_gram``) of the samples ``few (n,)`` that reached ``τ = 1`` with slots to spare for
     ``extend`` more atoms checked against every atom (one product of their residuals with the
     dictionary, skipped where there are none), and those whose constraints some atom off the
-    set violates continued at once (``_warm_start``)
-    on the set extended by the ``extend`` atoms off it of highest ``_ratios``: the kinks that a
-    next round would take, without forming its working sets' Gram matrices again (nor its
-    selections, its certificates and the Newton steps of this one). Returns ``(slot atoms (n,
-    K), their λ, path)``."""
+    set violates continued at once (``_warm_start``) on the set extended by the ``extend``
+    atoms off it of highest ``_ratios``: the kinks that a next round would take, without
+    forming its working sets' Gram matrices again (nor its selections, its certificates and
+    the Newton steps of this one). Returns ``(slot atoms (n, K), their λ, path)``."""
     W, _, gram, reg, _ = atoms
     # (only paths with slots for all the new atoms: one whose slots fill pauses, and its set
     # must grow)
