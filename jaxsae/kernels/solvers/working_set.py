@@ -375,33 +375,40 @@ def _round(X, atoms: Atoms, sets, corr, max_kinks, warm, few, *, K: int, nonneg:
     p = _local_paths(corr, reg_S, rows_of, max_kinks, warm, local, K=K, nonneg=nonneg)
     if extend:
         slot_atoms, lam, p = _extended(
-            X, atoms, sets, G_S, p, max_kinks, few, extend=extend, nonneg=nonneg
+            X, atoms, (sets, reg_S, G_S), p, max_kinks, few, extend=extend, nonneg=nonneg
         )
     else:
-        slot_atoms = jnp.take_along_axis(sets, p.atom, 1)
-        lam = jnp.take_along_axis(reg_S, p.atom, 1)
+        slot_atoms, lam = _in_slots(p, sets, reg_S)
     branches = (functools.partial(f, nonneg=nonneg) for f in (_refined, _as_is))
     cs, occ, H, R, sums = jax.lax.cond(jnp.any(p.done), *branches, X, W, W_hi, slot_atoms, lam, p)
     return R, sums, p.done, p.steps, Warm(slot_atoms, occ, cs, H)
 
 
-def _extended(X, atoms: Atoms, sets, G_S, p: Path, max_kinks, few, *, extend: int, nonneg: bool):
-    """The paths ``p`` on the working sets ``sets (n, k)`` (Gram matrices ``G_S`` or None, see
-    ``_set_gram``) of the samples ``few (n,)`` that reached ``τ = 1`` with slots to spare for
-    ``extend`` more atoms checked against every atom (one product of their residuals with the
-    dictionary, skipped where there are none), and those whose constraints some atom off the
-    set violates continued at once (``_warm_start``) on the set extended by the ``extend``
-    atoms off it of highest ``_ratios``: the kinks that a next round would take, without
-    forming its working sets' Gram matrices again (nor its selections, its certificates and
-    the Newton steps of this one). Returns ``(slot atoms (n, K), their λ, path)``."""
+def _in_slots(p: Path, sets, reg_S) -> tuple[jax.Array, jax.Array]:
+    """``(atoms, λ)`` ``(n, K)`` of the slots of the paths ``p`` on the sets ``sets (n, k)``
+    with penalties ``reg_S (n, k)``."""
+    return jnp.take_along_axis(sets, p.atom, 1), jnp.take_along_axis(reg_S, p.atom, 1)
+
+
+def _extended(X, atoms: Atoms, S, p: Path, max_kinks, few, *, extend: int, nonneg: bool):
+    """The paths ``p`` on the working sets ``S = (sets (n, k), their λ (n, k), their Gram
+    matrices or None)`` (see ``_set_gram``) of the samples ``few (n,)`` that reached ``τ = 1``
+    with slots to spare for ``extend`` more atoms checked against every atom (one product of
+    their residuals with the dictionary, skipped where there are none), and those whose
+    constraints some atom off the set violates continued at once (``_warm_start``) on the set
+    extended by the ``extend`` atoms off it of highest ``_ratios``: the kinks that a next round
+    would take, without forming its working sets' Gram matrices again (nor its selections, its
+    certificates and the Newton steps of this one). Returns ``(slot atoms (n, K), their λ,
+    path)``."""
     W, _, gram, reg, _ = atoms
+    sets, reg_S, G_S = S
     # (only paths with slots for all the new atoms: one whose slots fill pauses, and its set
     # must grow)
     check = p.done & few & (jnp.sum(p.occ, axis=1) + extend <= p.occ.shape[1])
-    slot_atoms = jnp.take_along_axis(sets, p.atom, 1)
+    slot_atoms, lam = _in_slots(p, sets, reg_S)
 
     def keep(p):
-        return slot_atoms, jnp.take_along_axis(reg[sets], p.atom, 1), p
+        return slot_atoms, lam, p
 
     def checked(p):
         cs = jnp.where(p.occ, p.codes, 0)
@@ -411,10 +418,11 @@ def _extended(X, atoms: Atoms, sets, G_S, p: Path, max_kinks, few, *, extend: in
         # (whether to extend from the scores, not from top_k's values: with those the kinks
         # that follow ran 6× slower on XLA:CPU, 42 against 7 ms for a chunk of 32 samples)
         ext = check & (jnp.max(score, axis=1) > 1)
-        sets2 = jnp.concatenate([sets, jax.lax.top_k(score, extend)[1]], axis=1)
+        new = jax.lax.top_k(score, extend)[1]
+        sets2 = jnp.concatenate([sets, new], axis=1)
 
         def grow(p):
-            reg2 = reg[sets2]
+            reg2 = jnp.concatenate([reg_S, reg[new]], axis=1)
             _, rows_of = _set_gram(W, gram, sets2, base=G_S)
             warm = Warm(p.atom, p.occ, p.codes, p.H)
             q, slope, rows = _warm_start(
@@ -432,7 +440,7 @@ def _extended(X, atoms: Atoms, sets, G_S, p: Path, max_kinks, few, *, extend: in
                 done=jnp.where(ext, q.done, p.done),
                 steps=q.steps,
             )
-            return jnp.take_along_axis(sets2, p.atom, 1), jnp.take_along_axis(reg2, p.atom, 1), p
+            return *_in_slots(p, sets2, reg2), p
 
         return jax.lax.cond(jnp.any(ext), grow, keep, p)
 
@@ -616,7 +624,7 @@ def _paths(X, atoms: Atoms, sets, corr, warm, few=None, *, nonneg: bool, max_kin
     slots); ``few``: ``(n,)`` bool, the samples whose paths may extend their working sets
     (``_extended``) when they reach ``τ = 1`` (None: all)."""
     n, k = sets.shape
-    size = _chunk(k, X.shape[1], n)
+    size, extend = _chunk(k, X.shape[1], n), _extend(k, *atoms.W.shape)
     outs, steps, max_kinks = None, 0, jnp.asarray(max_kinks, jnp.int32)
     for start in range(0, n, size):
         part = np.arange(start, min(start + size, n))
@@ -631,7 +639,7 @@ def _paths(X, atoms: Atoms, sets, corr, warm, few=None, *, nonneg: bool, max_kin
             jnp.ones((size,), bool) if few is None else jnp.asarray(few[take]),
             K=_slots(k, X.shape[1]),
             nonneg=nonneg,
-            extend=_extend(k, *atoms.W.shape),
+            extend=extend,
         )
         steps = max(steps, int(kinks))
         chunk = [np.asarray(x) for x in (R, sums.T, done, *active)]
