@@ -454,6 +454,16 @@ def test_homotopy_without_the_gram_matrix():
     np.testing.assert_allclose(without[0], with_g[0], atol=1e-10)
 
 
+def test_gram_rows_sum_is_the_sum_of_the_slots_rows():
+    # the direction over the whole dictionary from G: Σ_k d_k G[idx_k], every slot counted
+    rng = np.random.default_rng(3)
+    G = rng.standard_normal((40, 40))
+    idx = rng.integers(0, 40, (6, 5))
+    d = rng.standard_normal((6, 5))
+    a = homotopy._gram_rows_sum(jnp.asarray(G), jnp.asarray(idx), jnp.asarray(d))
+    np.testing.assert_allclose(a, np.einsum("bk,bkf->bf", d, G[idx]), rtol=1e-12, atol=1e-12)
+
+
 def test_homotopy_hands_over_to_the_iterations():
     # a repeated atom makes the active set's Gram singular: the homotopy stops for the samples
     # that need both copies and the iterations finish them; a zero λ turns the homotopy off

@@ -79,12 +79,16 @@ def _argmin(t: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def _full_direction(W: jax.Array, G: jax.Array | None):
-    """``a = G_{·A} d`` over the whole dictionary ``W (F, D)`` as ``(d W) Wᵀ`` with ``d`` spread
-    over all atoms (on XLA:CPU two dense products beat gathering the slots' atoms), and Gram
-    rows from ``G = W Wᵀ`` when given, else formed from the slots' atoms (``O(K D)``)."""
+    """``a = G_{·A} d`` over the whole dictionary ``W (F, D)``, and Gram rows. With ``G = W
+    Wᵀ``: ``a`` as the sum of the slots' rows of ``G`` (``_gram_rows_sum``, ``O(K F)`` per
+    sample) and Gram rows from ``G``. Without: ``a = (d W) Wᵀ`` with ``d`` spread over all atoms
+    (``O(F D)``; on XLA:CPU two dense products beat gathering the slots' atoms), Gram rows
+    formed from the slots' atoms (``O(K D)``)."""
     F = W.shape[0]
 
     def direction(p: Path, d: jax.Array) -> jax.Array:
+        if G is not None:
+            return _gram_rows_sum(G, jnp.where(p.occ, p.atom, 0), d)
         B = d.shape[0]
         idx = jnp.where(p.occ, p.atom, F)
         full = jnp.zeros((B, F), d.dtype).at[jnp.arange(B)[:, None], idx].set(d, mode="drop")
@@ -97,6 +101,19 @@ def _full_direction(W: jax.Array, G: jax.Array | None):
         return jnp.einsum("bkd,bd->bk", W[p.atom], w_j), jnp.sum(w_j * w_j, axis=-1), None
 
     return direction, gram_row
+
+
+def _gram_rows_sum(G: jax.Array, idx: jax.Array, d: jax.Array) -> jax.Array:
+    """``Σ_k d_k G[idx_k]`` for ``idx, d (B, K)``: ``(B, F)``, one term per slot, written out
+    so that XLA fuses the ``K`` row gathers and the sum into one pass over the output (the
+    free slots point at row 0 with ``d = 0``: a row in cache). On XLA:CPU this beats both
+    ``einsum`` over the gathered rows (which materialises ``(B, K, F)``) and the two dense
+    products with ``W`` (measured at ``B`` 1,024, ``K`` 16: D64 F256 0.12 against 0.32 ms,
+    D256 F1024 1.8 against 2.8 ms, with every slot on a different row)."""
+    a = d[:, 0, None] * G[idx[:, 0]]
+    for k in range(1, idx.shape[1]):
+        a = a + d[:, k, None] * G[idx[:, k]]
+    return a
 
 
 def gather_reg(reg: jax.Array, idx: jax.Array) -> jax.Array:
@@ -268,6 +285,10 @@ def path_block(X, W, G, reg, p: Path, min_running, max_steps, *, nonneg: bool) -
 # codes of the wrong sign removed after the Newton steps, at most this many per sample
 MAX_DROPS = 4
 
+# the paths over the whole dictionary start with this many slots (doubled for the samples that
+# need more); measured at B = 1,024 and 8,192 against 8 and 32 (D64 F256, D256 F1024, D64 F1024)
+FIRST_SLOTS = 16
+
 
 def refine_active(Xh, W_A, lam, sign, cs, occ, H, done, *, steps: int):
     """Newton steps ``c_A += H (W_A r − λ_A s_A)`` on the active set of the samples at ``τ = 1``
@@ -428,14 +449,14 @@ def dictionary_gram(W: jax.Array, budget: int = GRAM_BUDGET) -> jax.Array | None
 def follow_paths(X, W, reg, tol, *, nonneg: bool, max_slots: int, max_kinks: int, G="auto"):
     """The lasso path of every sample from ``c = 0`` down to ``λ`` (outside ``jit``), in blocks
     that shrink as samples finish (as ``solve_compacted``) and whose slot count ``K`` doubles,
-    from ``min(32, max_slots)``, for the samples whose active set outgrows it. ``G``: ``W Wᵀ``
-    or None (see ``_full_direction``), ``"auto"`` for ``dictionary_gram(W)``.
+    from ``min(FIRST_SLOTS, max_slots)``, for the samples whose active set outgrows it. ``G``:
+    ``W Wᵀ`` or None (see ``_full_direction``), ``"auto"`` for ``dictionary_gram(W)``.
 
     Returns ``(codes (B, F), gap (B,), objective (B,), certified (B,) bool, kinks)`` as NumPy
     arrays and an int: the codes of a sample not certified (relative gap > ``tol``) are a warm
     start for the iterations."""
     B = X.shape[0]
-    K = min(32, max_slots)
+    K = min(FIRST_SLOTS, max_slots)
     G = dictionary_gram(W) if isinstance(G, str) else G
     p = path_init(X, W, reg, K=K, nonneg=nonneg)
     ends = []  # (global rows, ActiveSet of NumPy arrays) of the samples that left a block
