@@ -443,13 +443,18 @@ def test_homotopy_grows_its_active_set_slots():
     _check_optimal(sol, Xb, Wb, reg, 1e-10, ref=ref.codes)
 
 
-def test_homotopy_without_the_gram_matrix():
-    # Gram rows and the refinement's Gram formed from the atoms (a dictionary over the budget)
+@pytest.mark.parametrize("rows_per_dim", [0.0, 4.0])
+def test_homotopy_without_the_gram_matrix(monkeypatch, rows_per_dim):
+    # Gram rows and the refinement's Gram formed from the atoms (a dictionary over the budget),
+    # against G's rows, with the direction from G's rows (4) or from products with W (0)
+    monkeypatch.setattr(homotopy, "ROWS_PER_DIM", rows_per_dim)
+    jax.clear_caches()  # (the value is read when the path is traced)
     Xb, Wb, reg = make_lasso_problem(7, B=20, D=16, F=48)
     args = (jnp.asarray(Xb), jnp.asarray(Wb), jnp.full((48,), reg), 1e-10)
     opts = dict(nonneg=False, max_slots=16, max_kinks=200)
     with_g = homotopy.follow_paths(*args, **opts)
     without = homotopy.follow_paths(*args, **opts, G=None)
+    jax.clear_caches()
     assert np.all(with_g[3]) and np.all(without[3])
     np.testing.assert_allclose(without[0], with_g[0], atol=1e-10)
 
