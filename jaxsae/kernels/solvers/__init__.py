@@ -50,9 +50,11 @@ Implementation notes:
   * Homotopy (``homotopy.path_step``): per sample, the active set lives in ``K`` slots with the
     inverse of its Gram matrix ``G_AA⁻¹ (B, K, K)`` and the direction ``d = G_AA⁻¹ (λ s)_A``,
     both updated by rank-one formulas when an atom joins (Schur complement) or leaves; each kink
-    costs ``(d W_A) Wᵀ`` for the correlations' direction (one product over all atoms; the Gram
-    row of a joining atom is formed from its atoms, ``O(K D)``) and ``O(F + K²)`` per sample.
-    Blocks shrink as samples finish and ``K`` doubles (from 32, up to ``min(128, D, F)``) for
+    costs the correlations' direction ``G_{·A} d``, the sum of the slots' rows of ``G = W Wᵀ``
+    (``O(K F)``) when ``G`` fits its budget and ``K ≤ D / 2``, else ``(d W_A) Wᵀ`` (products
+    over all atoms; without ``G`` the Gram row of a joining atom is formed from its atoms,
+    ``O(K D)``), and ``O(F + K²)`` per sample.
+    Blocks shrink as samples finish and ``K`` doubles (from 16, up to ``min(128, D, F)``) for
     the samples whose support outgrows it (``follow_paths``). The codes of a finished sample get
     one Newton step on their support (undoing the drift of the incremental updates) and are
     certified by the duality gap in float64 when x64 is enabled (``homotopy.path_finish``).
