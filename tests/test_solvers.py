@@ -459,6 +459,21 @@ def test_homotopy_without_the_gram_matrix(monkeypatch, rows_per_dim):
     np.testing.assert_allclose(without[0], with_g[0], atol=1e-10)
 
 
+def test_full_paths_in_concurrent_parts_match_one_part(monkeypatch):
+    # the paths over the whole dictionary in parts on a thread pool give the codes of one part
+    Xb, Wb, reg = make_lasso_problem(4, B=40, D=16, F=48)
+    args = (jnp.asarray(Xb), jnp.asarray(Wb), jnp.full((48,), reg), 1e-10)
+    monkeypatch.setattr(pipeline, "host_workers", lambda: 1)
+    one = pipeline._full_paths(*args, nonneg=False)
+    monkeypatch.setattr(pipeline, "host_workers", lambda: 3)
+    monkeypatch.setattr(pipeline, "PATH_PART_MIN", 8)
+    monkeypatch.setattr(pipeline, "PATH_CHUNK", 16)  # 3 parts, 3 workers
+    parts = pipeline._full_paths(*args, nonneg=False)
+    assert np.all(one[3]) and np.all(parts[3])
+    np.testing.assert_allclose(parts[0], one[0], atol=1e-10)
+    np.testing.assert_allclose(parts[1], one[1], atol=1e-12)
+
+
 def test_gram_rows_sum_is_the_sum_of_the_slots_rows():
     # the direction over the whole dictionary from G: Σ_k d_k G[idx_k], every slot counted
     rng = np.random.default_rng(3)

@@ -56,7 +56,8 @@ _HOST_ROWS = 64
 _POOL: list[ThreadPoolExecutor] = []
 
 
-def _workers() -> int:
+def host_workers() -> int:
+    """The cores this process may run on."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
@@ -82,12 +83,12 @@ def host_argtop(a: np.ndarray, m: int, split: int = 0) -> np.ndarray:
                 idx = np.take_along_axis(idx, order, 1)
             out[s : s + len(block)] = idx
 
-    workers = min(_workers(), max(1, rows.shape[0] // 64))
+    workers = min(host_workers(), max(1, rows.shape[0] // 64))
     if workers == 1:
         work(0, rows.shape[0])
     else:
         if not _POOL:
-            _POOL.append(ThreadPoolExecutor(max_workers=_workers()))
+            _POOL.append(ThreadPoolExecutor(max_workers=host_workers()))
         bounds = np.linspace(0, rows.shape[0], workers + 1).astype(int)
         list(_POOL[0].map(work, bounds[:-1], bounds[1:]))
     return out.reshape(*a.shape[:-1], m)
