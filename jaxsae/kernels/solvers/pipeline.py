@@ -29,21 +29,22 @@ PATH_CHUNK = 1024
 
 # ... and in parts of at least this many samples, as many at once as the host has cores: a
 # kink's many small XLA:CPU operations leave cores idle, and independent parts fill them
-# (measured on 2 cores, the paths alone: D64 F256 B1k 51.9 -> 33.8 ms in two parts of 512,
-# B8k 240 -> 187 ms; D256 F1024 B1k level)
+# (measured on 2 cores, whole solves against one part at a time: D64 F256 B1k 52.5 -> 36.9 ms
+# in two parts of 512, B8k 231 -> 194 ms; D64 F1024 B1k 120 -> 109 ms; D256 F1024 level)
 PATH_PART_MIN = 256
 _PATH_POOL: list[ThreadPoolExecutor] = []
 
 
 def solve_from_path(X, W, reg, step_size, tol, max_steps: int, opts: IterOptions) -> Solution:
     """Exact paths on working sets for every sample (``solve_working_sets``) when ``F ≥
-    working_set.MIN_ATOMS``, else the path over the whole dictionary (``follow_paths``, on
-    ``PATH_CHUNK`` samples at a time), then the iterations (``solve_compacted``, or one block
-    zero-padded to a power of two ``≥ 8``) for any sample still not certified, from the best
-    codes so far. (After working sets the path over all atoms is not tried: the samples they
-    leave have supports past its slots or codes whose float32 rounding misses ``tol`` by a
-    hair, and at ``F = 10,240`` its kinks over a padded block cost seconds.) ``step_size``:
-    ``None`` for ``1 / L``, computed only if iterations are needed."""
+    working_set.MIN_ATOMS``, else the path over the whole dictionary (``follow_paths``, in
+    parts of at most ``PATH_CHUNK`` samples on a thread pool), then the iterations
+    (``solve_compacted``, or one block zero-padded to a power of two ``≥ 8``) for any sample
+    still not certified, from the best codes so far. (After working sets the path over all
+    atoms is not tried: the samples they leave have supports past its slots or codes whose
+    float32 rounding misses ``tol`` by a hair, and at ``F = 10,240`` its kinks over a padded
+    block cost seconds.) ``step_size``: ``None`` for ``1 / L``, computed only if iterations
+    are needed."""
     if W.shape[0] >= working_set.MIN_ATOMS:
         r = working_set.solve_working_sets(X, W, reg, float(tol), nonneg=opts.nonneg)
         best = [r.codes, r.gap, r.objective, r.certified, r.kinks]
