@@ -32,6 +32,8 @@ PATH_CHUNK = 1024
 # (measured on 2 cores, whole solves against one part at a time: D64 F256 B1k 52.5 -> 36.9 ms
 # in two parts of 512, B8k 231 -> 194 ms; D64 F1024 B1k 120 -> 109 ms; D256 F1024 level)
 PATH_PART_MIN = 256
+# (a pool of its own, not host_argtop's: a part that waited on a selection in the pool it
+# occupies could deadlock it)
 _PATH_POOL: list[ThreadPoolExecutor] = []
 
 
