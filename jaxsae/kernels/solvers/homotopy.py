@@ -67,6 +67,9 @@ def path_start(corr: jax.Array, reg: jax.Array, K: int, nonneg: bool) -> Path:
     )
 
 
+ARGMIN_F32 = True
+
+
 def _argmin(t: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``(argmin, min)`` of ``t (B, n)`` over the last axis (the first index of the minimum, as
     ``jnp.argmin``, NaN counted as the minimum), as two plain reductions: XLA:CPU runs
@@ -74,6 +77,9 @@ def _argmin(t: jax.Array) -> tuple[jax.Array, jax.Array]:
     256))."""
     m = jnp.min(t, axis=-1)
     hit = (t == m[:, None]) | (jnp.isnan(t) & jnp.isnan(m)[:, None])
+    if ARGMIN_F32 and t.shape[1] < 2**24:
+        iota = jax.lax.broadcasted_iota(jnp.float32, t.shape, 1)
+        return jnp.min(jnp.where(hit, iota, t.shape[1]), axis=-1).astype(jnp.int32), m
     iota = jax.lax.broadcasted_iota(jnp.int32, t.shape, 1)
     return jnp.min(jnp.where(hit, iota, t.shape[1]), axis=-1), m
 
@@ -229,13 +235,7 @@ def _next_event(p: Path, reg, a: jax.Array, d: jax.Array, nonneg: bool, slope=No
     else:
         tr = reg + (p.tau[:, None] - 1) * slope
 
-    def first(num, den):
-        pos = den > 0
-        return jnp.where(pos, jnp.maximum(num, 0) / jnp.where(pos, den, 1), inf)
-
-    t_join = first(tr - p.corr, slope - a)
-    if not nonneg:
-        t_join = jnp.minimum(t_join, first(tr + p.corr, slope + a))
+    t_join = _first_join(tr - p.corr, slope - a, None if nonneg else (tr + p.corr, slope + a))
     fresh = jnp.arange(F, dtype=jnp.int32)[None, :] == p.last_drop[:, None]
     t_join = jnp.where(p.active | fresh, inf, t_join)
     j, dj = _argmin(t_join)
@@ -250,6 +250,22 @@ def _next_event(p: Path, reg, a: jax.Array, d: jax.Array, nonneg: bool, slope=No
     end = d_end <= jnp.minimum(dj, di)
     drop = ~end & (di < dj)
     return _Event(j, dj, up, i, di, d_end, end, drop, ~end & ~drop)
+
+
+def _first_join(num, den, other=None) -> jax.Array:
+    """``max(num, 0) / den`` where ``den > 0``, else ``inf``; with ``other = (num2, den2)``,
+    the smaller of that and the same of ``other``, with one division: the candidate is chosen
+    by cross-multiplying (``n1 d2 ≤ n2 d1``, both denominators positive), which saves the
+    second division over the ``(B, F)`` state, the costliest operation of the join times."""
+    inf = jnp.asarray(jnp.inf, num.dtype)
+    num = jnp.maximum(num, 0)
+    pos = den > 0
+    if other is not None:
+        n2, d2 = jnp.maximum(other[0], 0), other[1]
+        pos2 = d2 > 0
+        one = pos & (~pos2 | (num * d2 <= n2 * den))
+        num, den, pos = jnp.where(one, num, n2), jnp.where(one, den, d2), pos | pos2
+    return jnp.where(pos, num / jnp.where(pos, den, 1), inf)
 
 
 def _rank_one(H, u, schur, slot, i, add, rem):
@@ -274,9 +290,11 @@ def _rank_one(H, u, schur, slot, i, add, rem):
 
 
 @functools.partial(jax.jit, static_argnames="nonneg")
-def path_block(X, W, G, reg, p: Path, min_running, max_steps, *, nonneg: bool) -> Path:
+def path_block(X, W, G, reg, p: Path, min_running, max_steps, *, nonneg: bool):
     """Follow the path until at most ``min_running`` samples are running (or ``max_steps``
-    kinks in all). ``G``: ``W Wᵀ`` or None (see ``_full_direction``)."""
+    kinks in all). ``G``: ``W Wᵀ`` or None (see ``_full_direction``). Returns the new state
+    and its status as one int32 array (one transfer to the host): the kinks so far, then
+    ``done + 2 paused`` per sample."""
 
     def cond(q):
         running = jnp.sum(~q.done & ~q.paused)
@@ -287,7 +305,9 @@ def path_block(X, W, G, reg, p: Path, min_running, max_steps, *, nonneg: bool) -
     def step(q):
         return path_step(q, reg[None, :], nonneg=nonneg, direction=direction, gram_row=gram_row)[0]
 
-    return jax.lax.while_loop(cond, step, p)
+    q = jax.lax.while_loop(cond, step, p)
+    flags = q.done.astype(jnp.int32) + 2 * q.paused.astype(jnp.int32)
+    return q, jnp.concatenate([q.steps[None], flags])
 
 
 # codes of the wrong sign removed after the Newton steps, at most this many per sample
@@ -474,18 +494,12 @@ def follow_paths(X, W, reg, tol, *, nonneg: bool, max_slots: int, max_kinks: int
     while True:
         n = Xb.shape[0]
         min_running = n // 2 if n >= COMPACT_MIN else 0
-        p = path_block(
-            Xb,
-            W,
-            G,
-            reg,
-            p,
-            jnp.asarray(min_running, jnp.int32),
-            jnp.asarray(max_kinks, jnp.int32),
-            nonneg=nonneg,
+        p, status = path_block(
+            Xb, W, G, reg, p, np.int32(min_running), np.int32(max_kinks), nonneg=nonneg
         )
         m = len(rows)
-        kinks, done, paused = int(p.steps), np.asarray(p.done)[:m], np.asarray(p.paused)[:m]
+        status = np.asarray(status)
+        kinks, done, paused = int(status[0]), status[1 : m + 1] & 1 > 0, status[1 : m + 1] & 2 > 0
         grow = paused & ~done if max_slots > K else np.zeros_like(done)
         left = np.flatnonzero(~done & (~paused | grow))
         last = len(left) == 0 or kinks >= max_kinks
@@ -494,8 +508,8 @@ def follow_paths(X, W, reg, tol, *, nonneg: bool, max_slots: int, max_kinks: int
         stay[left] = not last
         out = np.flatnonzero(~stay)
         if len(out):
-            s = ActiveSet(p.codes, p.atom, p.occ, p.sign, p.H, p.done)
-            ends.append((rows[out], ActiveSet(*(np.asarray(x)[out] for x in s))))
+            s = jax.device_get(ActiveSet(p.codes, p.atom, p.occ, p.sign, p.H, p.done))
+            ends.append((rows[out], ActiveSet(*(x[out] for x in s))))
         if last:
             break
         if grow.any():
@@ -503,7 +517,7 @@ def follow_paths(X, W, reg, tol, *, nonneg: bool, max_slots: int, max_kinks: int
         size = bucket(len(left))
         take = pad_index(left, size)
         rows = rows[left]
-        Xb, p = _path_take(Xb, p, jnp.asarray(take), len(left), K=K)
+        Xb, p = _path_take(Xb, p, take, len(left), K=K)
     return (*_certify_ends(X, W, G, reg, ends, tol, nonneg=nonneg), kinks)
 
 
@@ -519,9 +533,9 @@ def _certify_ends(X, W, G, reg, ends: list, tol: float, *, nonneg: bool):
     for rows, s in _group_ends(ends):
         n = len(rows)
         take = pad_index(np.arange(n), bucket(n, smallest=8))
-        s = ActiveSet(*(jnp.asarray(x[take]) for x in s))
-        C, g, o = path_finish(jnp.asarray(X_np[rows[take]]), W, G, reg, s, nonneg=nonneg, refine=1)
-        codes[rows], gap[rows], obj[rows] = (np.asarray(x)[:n] for x in (C, g, o))
+        s = ActiveSet(*(x[take] for x in s))
+        C, g, o = path_finish(X_np[rows[take]], W, G, reg, s, nonneg=nonneg, refine=1)
+        codes[rows], gap[rows], obj[rows] = (x[:n] for x in jax.device_get((C, g, o)))
         certified[rows] = np.asarray(s.done)[:n] & (relative_gaps(gap[rows], obj[rows]) <= tol)
     return codes, gap, obj, certified
 
