@@ -67,17 +67,16 @@ def path_start(corr: jax.Array, reg: jax.Array, K: int, nonneg: bool) -> Path:
     )
 
 
-ARGMIN_F32 = True
-
-
 def _argmin(t: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``(argmin, min)`` of ``t (B, n)`` over the last axis (the first index of the minimum, as
     ``jnp.argmin``, NaN counted as the minimum), as two plain reductions: XLA:CPU runs
     ``argmin``'s (value, index) reduction an order of magnitude slower (measured at (1,024,
-    256))."""
+    256)). The index reduction runs on float32 indices (exact below 2²⁴), which XLA:CPU
+    reduces as fast as the values, where an int32 row reduction is split into a slow
+    ``reduce-window`` (per kink at D64 F256, 512 samples: 336 against 396 µs)."""
     m = jnp.min(t, axis=-1)
     hit = (t == m[:, None]) | (jnp.isnan(t) & jnp.isnan(m)[:, None])
-    if ARGMIN_F32 and t.shape[1] < 2**24:
+    if t.shape[1] < 2**24:
         iota = jax.lax.broadcasted_iota(jnp.float32, t.shape, 1)
         return jnp.min(jnp.where(hit, iota, t.shape[1]), axis=-1).astype(jnp.int32), m
     iota = jax.lax.broadcasted_iota(jnp.int32, t.shape, 1)
@@ -268,6 +267,21 @@ def _first_join(num, den, other=None) -> jax.Array:
     return jnp.where(pos, num / jnp.where(pos, den, 1), inf)
 
 
+# the rank-one term of H is formed from materialised (B, K) factors from this many slots; per
+# kink, D64 F256 (medians, jit caches cleared between configurations): K 32 (256 samples) 286
+# against 317 µs, K 64 (64 samples) 130 against 153 µs; at K 16 (512 samples) it was slower,
+# 384 against 330 µs
+MATERIALIZE_FROM = 32
+
+
+def _materialize(x: jax.Array) -> jax.Array:
+    """``x``, as the output of a reduction: XLA keeps it as an array instead of fusing the
+    operations that give it into each consumer (``optimization_barrier`` is removed before
+    fusion on XLA:CPU), where a ``(B, K, K)`` consumer recomputes them for each of its ``K²``
+    elements per sample: the event's selections behind ``coef`` are some twenty operations."""
+    return jnp.sum(jnp.stack([x, jnp.zeros_like(x)]), axis=0)
+
+
 def _rank_one(H, u, schur, slot, i, add, rem):
     """``G_AA⁻¹`` after atom ``j`` joins in ``slot`` (``add``: ``+ v vᵀ / schur``, ``v = u − e``)
     or slot ``i`` leaves (``rem``: ``− h hᵀ / h_ii``, ``h`` its column), the left slot's row
@@ -283,7 +297,10 @@ def _rank_one(H, u, schur, slot, i, add, rem):
     )
     # the rank-one term, then the dropped slot's row and column exactly zero (two small
     # scatters: a mask over all of H would be one more pass over it)
-    H = H + jnp.einsum("bi,bj->bij", coef[:, None] * v, v)
+    cv = coef[:, None] * v
+    if K >= MATERIALIZE_FROM:
+        cv, v = _materialize(cv), _materialize(v)
+    H = H + cv[:, :, None] * v[:, None, :]
     off = jnp.where(rem, i, K)
     H = H.at[rows, off].set(0, mode="drop").at[rows, :, off].set(0, mode="drop")
     return H, v, coef, h
