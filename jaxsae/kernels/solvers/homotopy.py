@@ -267,11 +267,12 @@ def _first_join(num, den, other=None) -> jax.Array:
     return jnp.where(pos, num / jnp.where(pos, den, 1), inf)
 
 
-# the rank-one term of H is formed from materialised (B, K) factors from this many slots; per
+# the rank-one term of H is formed from materialised (B, K) factors for K in this range; per
 # kink, D64 F256 (medians, jit caches cleared between configurations): K 32 (256 samples) 286
-# against 317 µs, K 64 (64 samples) 130 against 153 µs; at K 16 (512 samples) it was slower,
-# 384 against 330 µs
-MATERIALIZE_FROM = 32
+# against 317 µs, K 64 (64 samples) 130 against 153 µs; outside it slower: K 16 (512 samples)
+# 384 against 330 µs, and the working sets' rounds up to K 512 at D1280 F10240 L0 ≈ 200 (whole
+# solves, 7.2 against 6.6 s)
+MATERIALIZE_SLOTS = (32, 64)
 
 
 def _materialize(x: jax.Array) -> jax.Array:
@@ -298,7 +299,7 @@ def _rank_one(H, u, schur, slot, i, add, rem):
     # the rank-one term, then the dropped slot's row and column exactly zero (two small
     # scatters: a mask over all of H would be one more pass over it)
     cv = coef[:, None] * v
-    if K >= MATERIALIZE_FROM:
+    if MATERIALIZE_SLOTS[0] <= K <= MATERIALIZE_SLOTS[1]:
         cv, v = _materialize(cv), _materialize(v)
     H = H + cv[:, :, None] * v[:, None, :]
     off = jnp.where(rem, i, K)
