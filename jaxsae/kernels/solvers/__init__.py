@@ -53,7 +53,10 @@ Implementation notes:
     costs the correlations' direction ``G_{·A} d``, the sum of the slots' rows of ``G = W Wᵀ``
     (``O(K F)``) when ``G`` fits its budget and ``K ≤ D / 2``, else ``(d W_A) Wᵀ`` (products
     over all atoms; without ``G`` the Gram row of a joining atom is formed from its atoms,
-    ``O(K D)``), and ``O(F + K²)`` per sample.
+    ``O(K D)``), and ``O(F + K²)`` per sample. The passes are written for XLA:CPU: the join
+    times take one division per atom (``_first_join``), the argmin reduces float32 indices,
+    and from 32 to 64 slots the rank-one term of ``G_AA⁻¹`` is formed from materialised factors
+    (``_materialize``), which XLA would otherwise recompute for every element.
     Blocks shrink as samples finish and ``K`` doubles (from 16, up to ``min(128, D, F)``) for
     the samples whose support outgrows it (``follow_paths``). The codes of a finished sample get
     one Newton step on their support (undoing the drift of the incremental updates) and are

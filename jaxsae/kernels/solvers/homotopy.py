@@ -498,6 +498,10 @@ def follow_paths(X, W, reg, tol, *, nonneg: bool, max_slots: int, max_kinks: int
     that shrink as samples finish (as ``solve_compacted``) and whose slot count ``K`` doubles,
     from ``min(FIRST_SLOTS, max_slots)``, for the samples whose active set outgrows it. ``G``:
     ``W Wᵀ`` or None (see ``_full_direction``), ``"auto"`` for ``dictionary_gram(W)``.
+    Between blocks the host reads one status array (``path_block``) and the active sets of
+    the samples that leave in one ``device_get``, and passes NumPy arguments to the jitted
+    steps as they are (with ``_first_join`` and ``_argmin``'s float32 indices, whole solves at
+    D64 F256, B 1,024: 28.8 → 25.0 ms, both versions alternating in one process).
 
     Returns ``(codes (B, F), gap (B,), objective (B,), certified (B,) bool, kinks)`` as NumPy
     arrays and an int: the codes of a sample not certified (relative gap > ``tol``) are a warm
