@@ -893,6 +893,24 @@ def test_argmin_is_the_first_minimum():
     np.testing.assert_array_equal(m, [1.0, np.inf, np.nan, 3.0])
 
 
+def test_first_join_takes_the_smaller_time_with_one_division():
+    # against both divisions, with negative numerators and non-positive denominators on either
+    # side (a side whose denominator is not positive never joins)
+    rng = np.random.default_rng(0)
+    n1, d1, n2, d2 = (rng.standard_normal((64, 96)) for _ in range(4))
+    d1[0, :8], d2[0, 4:12] = 0.0, 0.0
+
+    def first(num, den):
+        return np.where(den > 0, np.maximum(num, 0) / np.where(den > 0, den, 1), np.inf)
+
+    ref = np.minimum(first(n1, d1), first(n2, d2))
+    got = homotopy._first_join(*(jnp.asarray(a) for a in (n1, d1)), (n2, d2))
+    np.testing.assert_allclose(got, ref, rtol=1e-14)
+    assert np.isinf(ref).any() and (ref == 0).any()
+    one = homotopy._first_join(jnp.asarray(n1), jnp.asarray(d1))
+    np.testing.assert_allclose(one, first(n1, d1))
+
+
 def test_paths_run_in_chunks(monkeypatch):
     # a batch larger than a chunk of paths: the same certified codes as in one piece
     Xb, Wb, reg = make_lasso_problem(6, B=40, D=16, F=48)
