@@ -443,11 +443,14 @@ def test_homotopy_grows_its_active_set_slots():
     _check_optimal(sol, Xb, Wb, reg, 1e-10, ref=ref.codes)
 
 
-@pytest.mark.parametrize("rows_per_dim", [0.0, 4.0])
-def test_homotopy_without_the_gram_matrix(monkeypatch, rows_per_dim):
+@pytest.mark.parametrize("rows_per_dim, cache_bytes", [(0.0, 1 << 20), (4.0, 1 << 20), (4.0, 0)])
+def test_homotopy_without_the_gram_matrix(monkeypatch, rows_per_dim, cache_bytes):
     # Gram rows and the refinement's Gram formed from the atoms (a dictionary over the budget),
-    # against G's rows, with the direction from G's rows (4) or from products with W (0)
+    # against G's rows, with the direction from G's rows (4) or from the atoms' sum and one
+    # product with W (0, or a G taken as out of cache: ROWS_PER_DIM_FAR)
     monkeypatch.setattr(homotopy, "ROWS_PER_DIM", rows_per_dim)
+    monkeypatch.setattr(homotopy, "ROWS_CACHE_BYTES", cache_bytes)
+    monkeypatch.setattr(homotopy, "ROWS_PER_DIM_FAR", 0.0)
     jax.clear_caches()  # (the value is read when the path is traced)
     Xb, Wb, reg = make_lasso_problem(7, B=20, D=16, F=48)
     args = (jnp.asarray(Xb), jnp.asarray(Wb), jnp.full((48,), reg), 1e-10)

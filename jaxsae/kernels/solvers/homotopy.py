@@ -81,29 +81,37 @@ def _argmin(t: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.min(jnp.where(hit, iota, t.shape[1]), axis=-1).astype(jnp.int32), m
 
 
-# the full path's direction sums the slots' Gram rows (K rows of F, read from G in cache) while
-# K <= ROWS_PER_DIM * D, else takes two dense products (2 F D multiply-adds); measured at B 1,024
-# (jit caches cleared between configurations): D64 F1024 109 ms against 140 ms (rows at every K)
-# and 163 ms (products at every K, as before); D256 F1024 45 against 83 ms
+# the full path's direction sums the slots' Gram rows (K rows of F) while K <= ROWS_PER_DIM * D,
+# else sums the slots' atoms and takes one dense product with the dictionary (K D + F D
+# multiply-adds); ROWS_PER_DIM_FAR instead where W Wᵀ outgrows ROWS_CACHE_BYTES (a core's L2
+# cache: the rows then come from further away). Measured at B 1,024 (jit caches cleared between
+# configurations): rows up to D / 2 against rows at every K and two dense products at every K,
+# D64 F1024 109 against 140 and 163 ms, D256 F1024 45 against 83 ms; then the atoms' sum in
+# place of a first dense product over all F atoms (spread codes), D64 F1024 103 → 99 ms, and
+# rows only up to D / 4 for the 4 MB W Wᵀ of F 1,024, D64 F1024 99 → 82 ms (D / 8 level; at
+# F 256, D / 4 was 24.2 → 26.3 ms, D256 F1024 level)
 ROWS_PER_DIM = 0.5
+ROWS_PER_DIM_FAR = 0.25
+ROWS_CACHE_BYTES = 1 << 20
 
 
 def _full_direction(W: jax.Array, G: jax.Array | None):
     """``a = G_{·A} d`` over the whole dictionary ``W (F, D)``, and Gram rows. With ``G = W
     Wᵀ``: ``a`` as the sum of the slots' rows of ``G`` (``_gram_rows_sum``, ``O(K F)`` per
-    sample) up to ``K = ROWS_PER_DIM · D`` slots, and Gram rows from ``G``. Otherwise ``a = (d
-    W) Wᵀ`` with ``d`` spread over all atoms (``O(F D)``; on XLA:CPU two dense products beat
-    gathering the slots' atoms), and without ``G`` Gram rows formed from the slots' atoms
-    (``O(K D)``)."""
-    F = W.shape[0]
+    sample) up to ``K = ROWS_PER_DIM · D`` slots (``ROWS_PER_DIM_FAR`` for a ``G`` past
+    ``ROWS_CACHE_BYTES``), and Gram rows from ``G``. Otherwise ``a = (d W_A) Wᵀ``: the slots'
+    atoms summed (``O(K D)``), then one dense product (``O(F D)``), and without ``G`` Gram rows
+    formed from the slots' atoms (``O(K D)``)."""
+    rows = 0
+    if G is not None:
+        far = G.size * G.dtype.itemsize > ROWS_CACHE_BYTES
+        rows = W.shape[1] * (ROWS_PER_DIM_FAR if far else ROWS_PER_DIM)
 
     def direction(p: Path, d: jax.Array) -> jax.Array:
-        if G is not None and d.shape[1] <= W.shape[1] * ROWS_PER_DIM:
-            return _gram_rows_sum(G, jnp.where(p.occ, p.atom, 0), d)
-        B = d.shape[0]
-        idx = jnp.where(p.occ, p.atom, F)
-        full = jnp.zeros((B, F), d.dtype).at[jnp.arange(B)[:, None], idx].set(d, mode="drop")
-        return (full @ W) @ W.T
+        idx = jnp.where(p.occ, p.atom, 0)
+        if d.shape[1] <= rows:
+            return _gram_rows_sum(G, idx, d)
+        return _gram_rows_sum(W, idx, d) @ W.T
 
     def gram_row(p: Path, j: jax.Array) -> tuple[jax.Array, jax.Array, None]:
         if G is not None:
@@ -115,12 +123,13 @@ def _full_direction(W: jax.Array, G: jax.Array | None):
 
 
 def _gram_rows_sum(G: jax.Array, idx: jax.Array, d: jax.Array) -> jax.Array:
-    """``Σ_k d_k G[idx_k]`` for ``idx, d (B, K)``: ``(B, F)``, one term per slot, written out
-    so that XLA fuses the ``K`` row gathers and the sum into one pass over the output (the
-    free slots point at row 0 with ``d = 0``: a row in cache). On XLA:CPU this beats both
-    ``einsum`` over the gathered rows (which materialises ``(B, K, F)``) and the two dense
-    products with ``W`` (measured at ``B`` 1,024, ``K`` 16: D64 F256 0.12 against 0.32 ms,
-    D256 F1024 1.8 against 2.8 ms, with every slot on a different row)."""
+    """``Σ_k d_k G[idx_k]`` for ``idx, d (B, K)``: ``(B, F)`` for rows of ``W Wᵀ``, ``(B,
+    D)`` for rows of ``W``; one term per slot, written out so that XLA fuses the ``K`` row
+    gathers and the sum into one pass over the output (the free slots point at row 0 with ``d
+    = 0``: a row in cache). On XLA:CPU this beats both ``einsum`` over the gathered rows (which
+    materialises ``(B, K, F)``) and the two dense products with ``W`` (measured at ``B`` 1,024,
+    ``K`` 16: D64 F256 0.12 against 0.32 ms, D256 F1024 1.8 against 2.8 ms, with every slot on
+    a different row)."""
     a = d[:, 0, None] * G[idx[:, 0]]
     for k in range(1, idx.shape[1]):
         a = a + d[:, k, None] * G[idx[:, k]]

@@ -22,10 +22,13 @@ from jaxsae.kernels.solvers.compaction import solve_compacted
 from jaxsae.kernels.solvers.homotopy import dictionary_gram, follow_paths
 from jaxsae.kernels.solvers.proximal import solve_core
 
-# the paths over the whole dictionary run on at most this many samples at a time (their (B, F)
-# state then stays in cache; measured on a 2-core CPU, B = 8,192: D64 F256 0.50 → 0.37 s,
-# D256 F1024 1.56 → 1.18 s; chunks of 512 or 2,048 were no faster)
+# the paths over the whole dictionary run on at most this many samples at a time, and at most
+# PATH_CHUNK_ELEMENTS correlations (their (B, F) state then stays in cache; measured on a 2-core
+# CPU, B = 8,192: D64 F256 0.50 → 0.37 s, D256 F1024 1.56 → 1.18 s; chunks of 512 or 2,048 were
+# no faster then; with the atoms' sum in the direction (homotopy.ROWS_PER_DIM), D64 F1024 in
+# chunks of 512 instead of 1,024: 1.00 → 0.82 s, medians of 6, level at D256 F1024 and D64 F256)
 PATH_CHUNK = 1024
+PATH_CHUNK_ELEMENTS = 1 << 19
 
 # ... and in parts of at least this many samples, as many at once as the host has cores: a
 # kink's many small XLA:CPU operations leave cores idle, and independent parts fill them
@@ -40,13 +43,13 @@ _PATH_POOL: list[ThreadPoolExecutor] = []
 def solve_from_path(X, W, reg, step_size, tol, max_steps: int, opts: IterOptions) -> Solution:
     """Exact paths on working sets for every sample (``solve_working_sets``) when ``F ≥
     working_set.MIN_ATOMS``, else the path over the whole dictionary (``follow_paths``, in
-    parts of at most ``PATH_CHUNK`` samples on a thread pool), then the iterations
-    (``solve_compacted``, or one block zero-padded to a power of two ``≥ 8``) for any sample
-    still not certified, from the best codes so far. (After working sets the path over all
-    atoms is not tried: the samples they leave have supports past its slots or codes whose
-    float32 rounding misses ``tol`` by a hair, and at ``F = 10,240`` its kinks over a padded
-    block cost seconds.) ``step_size``: ``None`` for ``1 / L``, computed only if iterations
-    are needed."""
+    parts of at most ``PATH_CHUNK`` samples and ``PATH_CHUNK_ELEMENTS`` correlations on a thread
+    pool), then the iterations (``solve_compacted``, or one block zero-padded to a power of two
+    ``≥ 8``) for any sample still not certified, from the best codes so far. (After working
+    sets the path over all atoms is not tried: the samples they leave have supports past its
+    slots or codes whose float32 rounding misses ``tol`` by a hair, and at ``F = 10,240`` its
+    kinks over a padded block cost seconds.) ``step_size``: ``None`` for ``1 / L``, computed
+    only if iterations are needed."""
     if W.shape[0] >= working_set.MIN_ATOMS:
         r = working_set.solve_working_sets(X, W, reg, float(tol), nonneg=opts.nonneg)
         best = [r.codes, r.gap, r.objective, r.certified, r.kinks]
@@ -68,13 +71,14 @@ def solve_from_path(X, W, reg, step_size, tol, max_steps: int, opts: IterOptions
 
 def _full_paths(X, W, reg, tol: float, *, nonneg: bool) -> list:
     """``[codes (B, F), gap, objective, certified, kinks]`` (NumPy, an int) of the paths over
-    the whole dictionary, in parts of at most ``PATH_CHUNK`` samples, several at once
-    (``PATH_PART_MIN``)."""
+    the whole dictionary, in parts of at most ``PATH_CHUNK`` samples (and ``PATH_CHUNK_ELEMENTS``
+    correlations), several at once (``PATH_PART_MIN``)."""
     B, F, D = X.shape[0], W.shape[0], W.shape[1]
     max_slots = min(128, F, D)
     X_np, G = np.asarray(X), dictionary_gram(W)
     workers = host_workers()
-    n_parts = max(-(-B // PATH_CHUNK), min(workers, B // PATH_PART_MIN), 1)
+    chunk = max(min(PATH_CHUNK, PATH_CHUNK_ELEMENTS // F), 1)
+    n_parts = max(-(-B // chunk), min(workers, B // PATH_PART_MIN), 1)
     parts = np.array_split(np.arange(B), n_parts)
 
     def paths(part):
