@@ -456,7 +456,7 @@ def test_homotopy_without_the_gram_matrix(monkeypatch, rows_per_dim, cache_bytes
     args = (jnp.asarray(Xb), jnp.asarray(Wb), jnp.full((48,), reg), 1e-10)
     opts = dict(nonneg=False, max_slots=16, max_kinks=200)
     with_g = homotopy.follow_paths(*args, **opts)
-    without = homotopy.follow_paths(*args, **opts, G=None)
+    without = homotopy.follow_paths(*args, **opts, G=homotopy.Grams(None, None))
     jax.clear_caches()
     assert np.all(with_g[3]) and np.all(without[3])
     np.testing.assert_allclose(without[0], with_g[0], atol=1e-10)
@@ -485,6 +485,32 @@ def test_gram_rows_sum_is_the_sum_of_the_slots_rows():
     d = rng.standard_normal((6, 5))
     a = homotopy._gram_rows_sum(jnp.asarray(G), jnp.asarray(idx), jnp.asarray(d))
     np.testing.assert_allclose(a, np.einsum("bk,bkf->bf", d, G[idx]), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("nonneg", [False, True])
+def test_path_certificates_from_the_gram_match_the_dense_products(nonneg):
+    # the codes and gaps from W x and the rows of W Wᵀ in float64 (float32 paths) match those
+    # from the residuals' dense products
+    Xb, Wb, reg = make_lasso_problem(8, B=48, D=32, F=96)
+    X, W = jnp.asarray(Xb, jnp.float32), jnp.asarray(Wb, jnp.float32)
+    G = homotopy.dictionary_gram(W)
+    G_hi = homotopy.certificate_gram(W, 48)
+    assert G_hi is not None and G_hi.dtype == jnp.float64
+    args = (X, W, jnp.full((96,), reg, jnp.float32), 1e-6)
+    opts = dict(nonneg=nonneg, max_slots=32, max_kinks=200)
+    dense = homotopy.follow_paths(*args, **opts, G=homotopy.Grams(G, None))
+    sums = homotopy.follow_paths(*args, **opts, G=homotopy.Grams(G, G_hi))
+    assert np.all(sums[3]) and np.array_equal(sums[3], dense[3])
+    np.testing.assert_allclose(sums[0], dense[0], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(sums[1], dense[1], rtol=1e-3, atol=1e-9)
+    np.testing.assert_allclose(sums[2], dense[2], rtol=1e-9)
+    # KKT of the float32 problem, in float64
+    X64, W64, C = (np.asarray(a, np.float64) for a in (X, W, sums[0]))
+    g = (X64 - C @ W64) @ W64.T
+    assert np.all((g if nonneg else np.abs(g)) <= reg * (1 + 1e-4))
+    assert not nonneg or np.all(C >= 0)
+    on = C != 0
+    np.testing.assert_allclose(g[on], reg * (1.0 if nonneg else np.sign(C[on])), rtol=1e-4)
 
 
 def test_homotopy_hands_over_to_the_iterations():

@@ -9,7 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsae.kernels.lasso import excess, gap_from_residual, high_dtype
+from jaxsae.kernels.lasso import (
+    excess,
+    gap_from_residual,
+    gap_from_sums,
+    high_dtype,
+    worst_ratio,
+)
 from jaxsae.kernels.solvers.common import (
     COMPACT_MIN,
     GRAM_BUDGET,
@@ -442,19 +448,23 @@ class ActiveSet(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnames=("nonneg", "refine"))
-def path_finish(X, W, G, reg, s: ActiveSet, *, nonneg: bool, refine: int):
+def path_finish(X, W, G, reg, s: ActiveSet, G_hi=None, *, nonneg: bool, refine: int):
     """The codes of the samples ``X (B, D)`` whose paths ended at ``s``; those at ``τ = 1``
     refined by ``refine`` Newton steps on their active set (``refine_on_gram``), and the
     duality gaps in the highest available precision (float64 when x64 is enabled). ``G``:
-    ``W Wᵀ`` or None.
+    ``W Wᵀ`` or None; ``G_hi``: ``W Wᵀ`` in that precision (``certificate_gram``) or None.
 
-    Every product with the dictionary is a dense one over all atoms, in the certificate's
-    precision: the residual and its correlations at the path's codes (for the Newton steps),
-    then at the refined codes (for the gap). On XLA:CPU four such products cost less than
-    gathering the active atoms once (``W[atom]``, a slow gather: measured at D 256, F 1,024,
-    K 32, 1,024 samples, 24–34 ms against 48 ms; level at D 64, F 256).
+    With ``G_hi`` (``_finish_on_gram``) one dense product with the dictionary, ``W x``, and
+    the slots' rows of ``G_hi`` give everything. Without it every product with the dictionary
+    is a dense one over all atoms, in the certificate's precision: the residual and its
+    correlations at the path's codes (for the Newton steps), then at the refined codes (for the
+    gap). On XLA:CPU four such products cost less than gathering the active atoms once
+    (``W[atom]``, a slow gather: measured at D 256, F 1,024, K 32, 1,024 samples, 24–34 ms
+    against 48 ms; level at D 64, F 256).
 
     Returns ``(codes (B, F), gap (B,), objective (B,))`` in ``X.dtype``."""
+    if G_hi is not None:
+        return _finish_on_gram(X, W, G_hi, reg, s, nonneg=nonneg, refine=refine)
     cs0, atom, occ, sign, H, done = s
     n, F = X.shape[0], W.shape[0]
     hi = high_dtype(X.dtype)
@@ -493,6 +503,65 @@ def path_finish(X, W, G, reg, s: ActiveSet, *, nonneg: bool, refine: int):
     return C, gap.astype(X.dtype), obj.astype(X.dtype)
 
 
+def _finish_on_gram(X, W, G_hi, reg, s: ActiveSet, *, nonneg: bool, refine: int):
+    """``path_finish`` from ``W x`` and the rows of ``G_hi = W Wᵀ`` (precision ``G_hi.dtype``):
+    at codes ``c`` on the slots ``A``, ``W r = W x − G_{·A} c``, ``⟨c, W r⟩ = c·(W x)_A − cᵀ
+    G_AA c`` and ``‖r‖² = ‖x‖² − 2 c·(W x)_A + cᵀ G_AA c``, that is ``F D`` multiply-adds per
+    sample for ``W x`` and ``K F`` for the rows, against ``4 F D`` for the dense products (D256
+    F1024, 512 samples at ``K`` 16: 7.1 ms for those). In float64 the cancellation in ``‖r‖²``
+    costs ``~1e-16 ‖x‖²``, far below the tolerances a certificate is asked."""
+    cs0, atom, occ, sign, H, done = s
+    n, F = X.shape[0], W.shape[0]
+    hi = G_hi.dtype
+    Xh, reg_h = X.astype(hi), reg.astype(hi)
+    WX = Xh @ W.astype(hi).T
+    wx_A = jnp.take_along_axis(WX, atom, 1)
+    G_AA = G_hi[atom[:, :, None], atom[:, None, :]]
+    lam = reg_h[atom]
+    cs = jnp.where(occ, cs0, 0).astype(hi)
+    if refine:
+        E = wx_A - jnp.einsum("bij,bj->bi", G_AA, cs)
+        args = (lam, sign.astype(hi), cs, occ, H.astype(hi), done)
+        cs, occ, _ = refine_on_gram(E, G_AA, *args, steps=refine)
+    # the certificate is that of the codes returned, rounded to X.dtype
+    cs = jnp.where(occ, cs.astype(X.dtype).astype(hi), 0)
+    g = WX - _gram_rows_sum(G_hi, jnp.where(occ, atom, 0), cs)
+    Gc = jnp.einsum("bij,bj->bi", G_AA, cs)
+    RR = jnp.sum(Xh * Xh, axis=1) - jnp.sum(cs * (2 * wx_A - Gc), axis=1)
+    negative = jnp.any(cs < 0, axis=1) if nonneg else None
+    gap, obj = gap_from_sums(
+        jnp.maximum(RR, 0),
+        jnp.sum(cs * (wx_A - Gc), axis=1),
+        jnp.sum(lam * jnp.abs(cs), axis=1),
+        worst_ratio(g, reg_h, nonneg),
+        negative,
+    )
+    rows = jnp.arange(n)[:, None]
+    C = (
+        jnp.zeros((n, F), X.dtype)
+        .at[rows, jnp.where(occ, atom, F)]
+        .set(cs.astype(X.dtype), mode="drop")
+    )
+    return C, gap.astype(X.dtype), obj.astype(X.dtype)
+
+
+# the certificates take W Wᵀ in their precision (``_finish_on_gram``) up to this many bytes
+# (F = 2,048 in float64) and where it costs less than the dense products it saves (F D per
+# atom against 3 F D per sample: F ≤ 2 B)
+CERT_GRAM_BYTES = 1 << 25
+
+
+def certificate_gram(W: jax.Array, B: int) -> jax.Array | None:
+    """``W Wᵀ`` in the certificate's precision (float64 when x64 is enabled) for ``B``
+    samples, or None: without float64 (the cancellation in ``‖r‖²`` needs it), past
+    ``CERT_GRAM_BYTES``, or for fewer than ``F / 2`` samples."""
+    F = W.shape[0]
+    hi = jnp.dtype(high_dtype(W.dtype))
+    if hi != jnp.float64 or F * F * hi.itemsize > CERT_GRAM_BYTES or F > 2 * B:
+        return None
+    return _gram(W.astype(hi))
+
+
 def dictionary_gram(W: jax.Array, budget: int = GRAM_BUDGET) -> jax.Array | None:
     """``G = W Wᵀ``, or None above ``budget`` bytes (``GRAM_BUDGET`` for the paths over the
     whole dictionary)."""
@@ -500,11 +569,24 @@ def dictionary_gram(W: jax.Array, budget: int = GRAM_BUDGET) -> jax.Array | None
     return _gram(W) if F * F * W.dtype.itemsize <= budget else None
 
 
-def follow_paths(X, W, reg, tol, *, nonneg: bool, max_slots: int, max_kinks: int, G="auto"):
+class Grams(NamedTuple):
+    """``W Wᵀ`` for the paths (``dictionary_gram``; see ``_full_direction``) and in the
+    certificate's precision (``certificate_gram``; see ``path_finish``), each or None."""
+
+    path: jax.Array | None
+    certificate: jax.Array | None
+
+
+def grams(W: jax.Array, B: int) -> Grams:
+    """``follow_paths``' Gram matrices of ``W`` for ``B`` samples."""
+    return Grams(dictionary_gram(W), certificate_gram(W, B))
+
+
+def follow_paths(X, W, reg, tol, *, nonneg: bool, max_slots: int, max_kinks: int, G=None):
     """The lasso path of every sample from ``c = 0`` down to ``λ`` (outside ``jit``), in blocks
     that shrink as samples finish (as ``solve_compacted``) and whose slot count ``K`` doubles,
     from ``min(FIRST_SLOTS, max_slots)``, for the samples whose active set outgrows it. ``G``:
-    ``W Wᵀ`` or None (see ``_full_direction``), ``"auto"`` for ``dictionary_gram(W)``.
+    ``Grams``, or None for ``grams(W, B)``.
     Between blocks the host reads one status array (``path_block``) and the active sets of
     the samples that leave in one ``device_get``, and passes NumPy arguments to the jitted
     steps as they are (with ``_first_join`` and ``_argmin``'s float32 indices, whole solves at
@@ -515,7 +597,7 @@ def follow_paths(X, W, reg, tol, *, nonneg: bool, max_slots: int, max_kinks: int
     start for the iterations."""
     B = X.shape[0]
     K = min(FIRST_SLOTS, max_slots)
-    G = dictionary_gram(W) if isinstance(G, str) else G
+    G, G_hi = grams(W, B) if G is None else G
     p = path_init(X, W, reg, K=K, nonneg=nonneg)
     ends = []  # (global rows, ActiveSet of NumPy arrays) of the samples that left a block
     rows = np.arange(B)
@@ -548,10 +630,10 @@ def follow_paths(X, W, reg, tol, *, nonneg: bool, max_slots: int, max_kinks: int
         take = pad_index(left, size)
         rows = rows[left]
         Xb, p = _path_take(Xb, p, take, len(left), K=K)
-    return (*_certify_ends(X, W, G, reg, ends, tol, nonneg=nonneg), kinks)
+    return (*_certify_ends(X, W, Grams(G, G_hi), reg, ends, tol, nonneg=nonneg), kinks)
 
 
-def _certify_ends(X, W, G, reg, ends: list, tol: float, *, nonneg: bool):
+def _certify_ends(X, W, G: Grams, reg, ends: list, tol: float, *, nonneg: bool):
     """``follow_paths``' results from the parts ``ends`` of its blocks: the samples finished
     together, one ``path_finish`` per slot count, its rows padded to a power of two (few shapes
     to compile, and none of the padding of the blocks' smaller parts)."""
@@ -564,7 +646,8 @@ def _certify_ends(X, W, G, reg, ends: list, tol: float, *, nonneg: bool):
         n = len(rows)
         take = pad_index(np.arange(n), bucket(n, smallest=8))
         s = ActiveSet(*(x[take] for x in s))
-        C, g, o = path_finish(X_np[rows[take]], W, G, reg, s, nonneg=nonneg, refine=1)
+        Xs = X_np[rows[take]]
+        C, g, o = path_finish(Xs, W, G.path, reg, s, G.certificate, nonneg=nonneg, refine=1)
         codes[rows], gap[rows], obj[rows] = (x[:n] for x in jax.device_get((C, g, o)))
         certified[rows] = s.done[:n] & (relative_gaps(gap[rows], obj[rows]) <= tol)
     return codes, gap, obj, certified

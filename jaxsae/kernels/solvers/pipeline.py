@@ -19,7 +19,7 @@ from jaxsae.kernels.solvers.common import (
     pad_index,
 )
 from jaxsae.kernels.solvers.compaction import solve_compacted
-from jaxsae.kernels.solvers.homotopy import dictionary_gram, follow_paths
+from jaxsae.kernels.solvers.homotopy import follow_paths, grams
 from jaxsae.kernels.solvers.proximal import solve_core
 
 # the paths over the whole dictionary run on at most this many samples at a time, and at most
@@ -75,7 +75,7 @@ def _full_paths(X, W, reg, tol: float, *, nonneg: bool) -> list:
     correlations), several at once (``PATH_PART_MIN``)."""
     B, F, D = X.shape[0], W.shape[0], W.shape[1]
     max_slots = min(128, F, D)
-    X_np, G = np.asarray(X), dictionary_gram(W)
+    X_np, G = np.asarray(X), grams(W, B)
     workers = host_workers()
     chunk = max(min(PATH_CHUNK, PATH_CHUNK_ELEMENTS // F), 1)
     n_parts = max(-(-B // chunk), min(workers, B // PATH_PART_MIN), 1)
