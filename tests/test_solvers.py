@@ -560,14 +560,16 @@ def test_working_sets_match_sklearn(monkeypatch, dtype, nonneg):
 
 
 def test_working_sets_in_small_chunks_match(monkeypatch):
-    # chunks of 1-2 samples (the last one padded) and the groups merged between rounds give the
-    # same certified codes as one chunk per group
+    # chunks of 1-2 samples (the last one padded), three at once on a thread pool, and the
+    # groups merged between rounds give the same certified codes as one chunk per group
     monkeypatch.setattr(working_set, "MIN_SIZE", 8)
     Xb, Wb, reg = make_lasso_problem(8, B=13, D=20, F=96, nnz=(3, 9))
     args = (jnp.asarray(Xb), jnp.asarray(Wb), jnp.full((96,), reg))
+    monkeypatch.setattr(working_set, "host_workers", lambda: 1)
     ref = working_set.solve_working_sets(*args, 1e-10, nonneg=False)
     monkeypatch.setattr(working_set, "GRAM_ELEMENTS", 2 * 8 * 8)
     monkeypatch.setattr(working_set, "MIN_CHUNK", 1)
+    monkeypatch.setattr(working_set, "host_workers", lambda: 3)
     res = working_set.solve_working_sets(*args, 1e-10, nonneg=False)
     assert working_set._chunk(8, 20, 13) == 2 and working_set._chunk(16, 20, 13) == 1
     assert res.certified.all() and ref.certified.all()

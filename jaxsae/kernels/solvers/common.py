@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal, NamedTuple
 
 import jax
@@ -118,3 +119,19 @@ def default_step(W: jax.Array, dtype) -> jax.Array:
     """``1 / L``, the default step size (``L = lipschitz_constant(W)``, which iterates on the
     ``D × D`` Cholesky factor of ``Wᵀ W`` for a wide dictionary)."""
     return jnp.asarray(1 / lipschitz_constant(jax.lax.stop_gradient(W)), dtype)
+
+
+# (a pool of its own, not host_argtop's: a part that waited on a selection in the pool it
+# occupies could deadlock it; no part may itself map parts on it)
+_PART_POOL: list[ThreadPoolExecutor] = []
+
+
+def map_parts(fn, parts: list, workers: int):
+    """``map(fn, parts)`` (results in order), on a pool of ``workers`` threads when there are
+    several of both: independent parts of a solve (the paths of blocks of samples), whose many
+    small XLA:CPU operations leave cores idle, run on every core."""
+    if workers == 1 or len(parts) == 1:
+        return map(fn, parts)
+    if not _PART_POOL:
+        _PART_POOL.append(ThreadPoolExecutor(max_workers=workers))
+    return _PART_POOL[0].map(fn, parts)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import jax.numpy as jnp
 import numpy as np
 
@@ -16,6 +14,7 @@ from jaxsae.kernels.solvers.common import (
     Solution,
     bucket,
     default_step,
+    map_parts,
     pad_index,
 )
 from jaxsae.kernels.solvers.compaction import solve_compacted
@@ -35,9 +34,6 @@ PATH_CHUNK_ELEMENTS = 1 << 19
 # (measured on 2 cores, whole solves against one part at a time: D64 F256 B1k 52.5 -> 36.9 ms
 # in two parts of 512, B8k 231 -> 194 ms; D64 F1024 B1k 120 -> 109 ms; D256 F1024 level)
 PATH_PART_MIN = 256
-# (a pool of its own, not host_argtop's: a part that waited on a selection in the pool it
-# occupies could deadlock it)
-_PATH_POOL: list[ThreadPoolExecutor] = []
 
 
 def solve_from_path(X, W, reg, step_size, tol, max_steps: int, opts: IterOptions) -> Solution:
@@ -96,22 +92,13 @@ def _full_paths(X, W, reg, tol: float, *, nonneg: bool) -> list:
     codes = np.zeros((B, F), X.dtype)
     gap, obj = np.full((B,), np.inf, X.dtype), np.zeros((B,), X.dtype)
     certified, steps = np.zeros((B,), bool), 0
-    for part, (c, g, o, ok, kinks) in zip(parts, _map_parts(paths, parts, workers), strict=True):
+    for part, (c, g, o, ok, kinks) in zip(parts, map_parts(paths, parts, workers), strict=True):
         better = g < gap[part]  # (finite gaps only: else the iterations start from zero)
         sel = part[better]
         codes[sel], gap[sel], obj[sel] = c[better], g[better], o[better]
         certified[part] = ok
         steps = max(steps, kinks)
     return [codes, gap, obj, certified, steps]
-
-
-def _map_parts(fn, parts: list, workers: int):
-    """``map(fn, parts)``, on a pool of ``workers`` threads when there are several of both."""
-    if workers == 1 or len(parts) == 1:
-        return map(fn, parts)
-    if not _PATH_POOL:
-        _PATH_POOL.append(ThreadPoolExecutor(max_workers=workers))
-    return _PATH_POOL[0].map(fn, parts)
 
 
 def _iterate(X, W, reg, step_size, tol, max_steps, opts, best: tuple, left) -> int:

@@ -55,8 +55,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsae.kernels.lasso import excess, gap_from_residual, gap_from_sums, high_dtype
-from jaxsae.kernels.row_select import host_argtop, row_top_k
-from jaxsae.kernels.solvers.common import bucket, pad_index, relative_gaps
+from jaxsae.kernels.row_select import host_argtop, host_workers, row_top_k
+from jaxsae.kernels.solvers.common import bucket, map_parts, pad_index, relative_gaps
 from jaxsae.kernels.solvers.homotopy import (
     Path,
     dictionary_gram,
@@ -619,16 +619,17 @@ class Ends(NamedTuple):
 
 
 def _paths(X, atoms: Atoms, sets, corr, warm, few=None, *, nonneg: bool, max_kinks: int):
-    """``_round`` over chunks of samples (the last one padded): ``(Ends, the most kinks of a
-    chunk)``. ``warm``: None or the previous active sets (``Warm`` of NumPy arrays, ``_slots``
-    slots); ``few``: ``(n,)`` bool, the samples whose paths may extend their working sets
-    (``_extended``) when they reach ``τ = 1`` (None: all)."""
+    """``_round`` over chunks of samples (the last one padded), as many at once as the host
+    has cores (``map_parts``: a chunk's kinks are small operations that leave cores idle):
+    ``(Ends, the most kinks of a chunk)``. ``warm``: None or the previous active sets (``Warm``
+    of NumPy arrays, ``_slots`` slots); ``few``: ``(n,)`` bool, the samples whose paths may
+    extend their working sets (``_extended``) when they reach ``τ = 1`` (None: all)."""
     n, k = sets.shape
     size, extend = _chunk(k, X.shape[1], n), _extend(k, *atoms.W.shape)
-    outs, steps, max_kinks = None, 0, jnp.asarray(max_kinks, jnp.int32)
-    for start in range(0, n, size):
-        part = np.arange(start, min(start + size, n))
-        take = pad_index(part, size)
+    max_kinks = jnp.asarray(max_kinks, jnp.int32)
+
+    def chunk(start: int) -> tuple[list, int]:
+        take = pad_index(np.arange(start, min(start + size, n)), size)
         R, sums, done, kinks, active = _round(
             jnp.asarray(X[take]),
             atoms,
@@ -641,13 +642,18 @@ def _paths(X, atoms: Atoms, sets, corr, warm, few=None, *, nonneg: bool, max_kin
             nonneg=nonneg,
             extend=extend,
         )
-        steps = max(steps, int(kinks))
-        chunk = [np.asarray(x) for x in (R, sums.T, done, *active)]
+        return [np.asarray(x) for x in (R, sums.T, done, *active)], int(kinks)
+
+    starts = list(range(0, n, size))
+    outs, steps = None, 0
+    for start, (part, kinks) in zip(starts, map_parts(chunk, starts, host_workers()), strict=True):
+        steps = max(steps, kinks)
         if outs is None:  # the results of all chunks, filled in place (the inverse Grams of
             # thousands of samples take gigabytes)
-            outs = [np.empty((n, *x.shape[1:]), x.dtype) for x in chunk]
-        for out, x in zip(outs, chunk, strict=True):
-            out[start : start + len(part)] = x[: len(part)]
+            outs = [np.empty((n, *x.shape[1:]), x.dtype) for x in part]
+        m = min(size, n - start)
+        for out, x in zip(outs, part, strict=True):
+            out[start : start + m] = x[:m]
     return Ends(outs[0], outs[1], outs[2], Warm(*outs[3:])), steps
 
 
