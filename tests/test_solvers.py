@@ -494,7 +494,8 @@ def test_path_certificates_from_the_gram_match_the_dense_products(nonneg):
     Xb, Wb, reg = make_lasso_problem(8, B=48, D=32, F=96)
     X, W = jnp.asarray(Xb, jnp.float32), jnp.asarray(Wb, jnp.float32)
     G = homotopy.dictionary_gram(W)
-    G_hi = homotopy.certificate_gram(W, 48)
+    assert homotopy.certificate_gram(W, 48) is None  # (too few samples for it to pay)
+    G_hi = homotopy.certificate_gram(W, 4 * 96)
     assert G_hi is not None and G_hi.dtype == jnp.float64
     args = (X, W, jnp.full((96,), reg, jnp.float32), 1e-6)
     opts = dict(nonneg=nonneg, max_slots=32, max_kinks=200)

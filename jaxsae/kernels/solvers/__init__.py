@@ -33,8 +33,9 @@ idle. ``homotopy=True``/``False`` overrides it.
 
 Memory: no ``F × F`` matrix is formed above a budget: 64 MiB (``common.GRAM_BUDGET``) for the
 paths over the whole dictionary and the iterations (whose Gram *form* is used only when
-``F < 2D``, i.e. ``F² < 2FD``), 1 GiB (``working_set.GRAM_BYTES``) for the working sets' Gram
-rows, formed only where it saves work. Peak memory is ``O(F·D + B·F)`` — the dictionary (and a
+``F < 2D``, i.e. ``F² < 2FD``), 32 MiB (``homotopy.CERT_GRAM_BYTES``) for its float64 copy in
+the paths' certificates, 1 GiB (``working_set.GRAM_BYTES``) for the working sets' Gram rows,
+formed only where it saves work. Peak memory is ``O(F·D + B·F)`` — the dictionary (and a
 float64 copy when x64 is on), codes and correlations — plus per sample ``O(K² + K·D)`` of path
 state (``K ≤ 128`` slots over the whole dictionary), or ``O(K²)`` for the active set a working
 set carries between rounds (``K`` up to 512) and ``O(k·D + K·k)`` while its path runs, in
@@ -51,16 +52,21 @@ Implementation notes:
     inverse of its Gram matrix ``G_AA⁻¹ (B, K, K)`` and the direction ``d = G_AA⁻¹ (λ s)_A``,
     both updated by rank-one formulas when an atom joins (Schur complement) or leaves; each kink
     costs the correlations' direction ``G_{·A} d``, the sum of the slots' rows of ``G = W Wᵀ``
-    (``O(K F)``) when ``G`` fits its budget and ``K ≤ D / 2``, else ``(d W_A) Wᵀ`` (products
-    over all atoms; without ``G`` the Gram row of a joining atom is formed from its atoms,
-    ``O(K D)``), and ``O(F + K²)`` per sample. The passes are written for XLA:CPU: the join
+    (``O(K F)``) when ``G`` fits its budget and ``K ≤ D / 2`` (``D / 4`` for a ``G`` past a
+    core's L2 cache), else ``(d W_A) Wᵀ``: the slots' atoms summed, then one product over all
+    atoms (``O(K D + F D)``; without ``G`` the Gram row of a joining atom is formed from its
+    atoms, ``O(K D)``), and ``O(F + K²)`` per sample. The passes are written for XLA:CPU: the join
     times take one division per atom (``_first_join``), the argmin reduces float32 indices,
     and from 32 to 64 slots the rank-one term of ``G_AA⁻¹`` is formed from materialised factors
     (``_materialize``), which XLA would otherwise recompute for every element.
     Blocks shrink as samples finish and ``K`` doubles (from 16, up to ``min(128, D, F)``) for
     the samples whose support outgrows it (``follow_paths``). The codes of a finished sample get
     one Newton step on their support (undoing the drift of the incremental updates) and are
-    certified by the duality gap in float64 when x64 is enabled (``homotopy.path_finish``).
+    certified by the duality gap in float64 when x64 is enabled (``homotopy.path_finish``:
+    from ``W x`` and the rows of a float64 ``W Wᵀ``, one product over all atoms per sample
+    instead of four, where that Gram matrix is small and the batch large). The blocks of
+    samples (parts of a batch, chunks of a round of working sets) run on every core at once
+    (``common.map_parts``): a kink's many small XLA:CPU operations leave cores idle.
   * The iteration is written on the products ``C W`` (*direct* form, ``4·B·D·F`` flops per
     iteration) or ``C G`` with ``G = W Wᵀ`` (*Gram* form, ``2·B·F²``); ``form="auto"`` takes the
     cheaper (Gram iff ``F < 2D``). The product of ``Y`` is a linear combination of those of
