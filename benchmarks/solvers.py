@@ -335,6 +335,29 @@ def _timed(fn):
     return time.perf_counter() - t0, out
 
 
+def alternate_point(D, F, B, rounds, seed=0):
+    """jaxsae's default solver and SPAMS alternating ``rounds`` times on one grid point
+    (medians, after jaxsae's warm-up): their ratio with less of the machine's drift than the
+    grid's runs of one method after another."""
+    import spams
+
+    X64, W64, reg = make_lasso_problem(seed, B, D, F)
+    Xj, Wj = jnp.asarray(X64.astype(np.float32)), jnp.asarray(W64.astype(np.float32))
+    Xf, Df = np.asfortranarray(X64.T), np.asfortranarray(W64.T)
+    fns = {
+        "jaxsae": lambda: solve_lasso(Xj, Wj, reg, tol=TARGET, max_steps=20000),
+        "SPAMS": lambda: spams.lasso(Xf, D=Df, lambda1=reg, mode=2, numThreads=2),
+    }
+    _timed(fns["jaxsae"])
+    _timed(fns["jaxsae"])
+    times = {n: [] for n in fns}
+    for _ in range(rounds):
+        for n, fn in fns.items():
+            times[n].append(_timed(fn)[0])
+    jx, sp = (float(np.median(times[n])) for n in fns)
+    print(f"| D{D} F{F} B{B} | {fmt_time(jx)} | {fmt_time(sp)} | {sp / jx:.2f}× |", flush=True)
+
+
 def run_sae_point(name, nonneg, spams_max_f, batch=None, rounds=1):
     """One SAE-scale point: jaxsae's first call (compilation included), then ``rounds`` rounds
     alternating jaxsae and SPAMS (medians); the gaps are those of the last round's codes (SPAMS
@@ -418,6 +441,13 @@ def main():
         "--rounds", type=int, default=1, help="SAE-scale points: timed rounds (median)"
     )
     parser.add_argument(
+        "--alternate",
+        type=int,
+        default=None,
+        metavar="ROUNDS",
+        help="grid points: only the default solver and SPAMS, alternating ROUNDS times (medians)",
+    )
+    parser.add_argument(
         "--compile-cache",
         default=None,
         metavar="DIR",
@@ -446,6 +476,12 @@ def main():
     else:
         grid = GRID[:1] if args.quick else GRID
     print(machine_line())
+    if args.alternate:
+        print("| grid point | jaxsae default | SPAMS LARS (float64) | SPAMS / jaxsae |")
+        print("| --- | --- | --- | --- |")
+        for D, F, B in grid:
+            alternate_point(D, F, B, args.alternate)
+        return
     peak = matmul_gflops(1024)
     print(f"matmul float32 GFLOP/s: numpy {peak['numpy']:.1f}, jax {peak['jax']:.1f}")
     for D, F, B in grid:
