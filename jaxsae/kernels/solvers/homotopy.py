@@ -466,17 +466,12 @@ def path_finish(X, W, G, reg, s: ActiveSet, G_hi=None, *, nonneg: bool, refine: 
     if G_hi is not None:
         return _finish_on_gram(X, W, G_hi, reg, s, nonneg=nonneg, refine=refine)
     cs0, atom, occ, sign, H, done = s
-    n, F = X.shape[0], W.shape[0]
+    F = W.shape[0]
     hi = high_dtype(X.dtype)
     Xh, Wh, reg_h = X.astype(hi), W.astype(hi), reg.astype(hi)
-    rows = jnp.arange(n)[:, None]
-
-    def spread(c, occ):
-        return jnp.zeros((n, F), c.dtype).at[rows, jnp.where(occ, atom, F)].set(c, mode="drop")
-
     c_ref = jnp.where(occ, cs0, 0).astype(hi)
     if refine:
-        R = Xh - spread(c_ref, occ) @ Wh
+        R = Xh - _spread(c_ref, atom, occ, F) @ Wh
         E = jnp.take_along_axis(R @ Wh.T, atom, 1)
         if G is None:
             W_A = W[atom]
@@ -496,11 +491,18 @@ def path_finish(X, W, G, reg, s: ActiveSet, G_hi=None, *, nonneg: bool, refine: 
         )
     else:
         cs = c_ref
-    C = spread(cs.astype(X.dtype), occ)
+    C = _spread(cs.astype(X.dtype), atom, occ, F)
     Ch = C.astype(hi)
     R = Xh - Ch @ Wh
     gap, obj = gap_from_residual(Ch, R, R @ Wh.T, reg_h, nonneg)
     return C, gap.astype(X.dtype), obj.astype(X.dtype)
+
+
+def _spread(c: jax.Array, atom: jax.Array, occ: jax.Array, F: int) -> jax.Array:
+    """``(B, F)`` codes from the slots' codes ``c``, atoms ``atom`` and occupancy ``occ``
+    ``(B, K)`` (free slots dropped)."""
+    rows = jnp.arange(c.shape[0])[:, None]
+    return jnp.zeros((c.shape[0], F), c.dtype).at[rows, jnp.where(occ, atom, F)].set(c, mode="drop")
 
 
 def _finish_on_gram(X, W, G_hi, reg, s: ActiveSet, *, nonneg: bool, refine: int):
@@ -512,7 +514,6 @@ def _finish_on_gram(X, W, G_hi, reg, s: ActiveSet, *, nonneg: bool, refine: int)
     cancellation in ``‖r‖²`` costs ``~1e-16 ‖x‖²``, far below the tolerances a certificate is
     asked."""
     cs0, atom, occ, sign, H, done = s
-    n, F = X.shape[0], W.shape[0]
     hi = G_hi.dtype
     Xh, reg_h = X.astype(hi), reg.astype(hi)
     WX = Xh @ W.astype(hi).T
@@ -537,13 +538,11 @@ def _finish_on_gram(X, W, G_hi, reg, s: ActiveSet, *, nonneg: bool, refine: int)
         worst_ratio(g, reg_h, nonneg),
         negative,
     )
-    rows = jnp.arange(n)[:, None]
-    C = (
-        jnp.zeros((n, F), X.dtype)
-        .at[rows, jnp.where(occ, atom, F)]
-        .set(cs.astype(X.dtype), mode="drop")
+    return (
+        _spread(cs.astype(X.dtype), atom, occ, W.shape[0]),
+        gap.astype(X.dtype),
+        obj.astype(X.dtype),
     )
-    return C, gap.astype(X.dtype), obj.astype(X.dtype)
 
 
 # the certificates take W Wᵀ in their precision (``_finish_on_gram``) up to this many bytes
@@ -600,7 +599,7 @@ def follow_paths(X, W, reg, tol, *, nonneg: bool, max_slots: int, max_kinks: int
     start for the iterations."""
     B = X.shape[0]
     K = min(FIRST_SLOTS, max_slots)
-    G, G_hi = grams(W, B) if G is None else G
+    G = grams(W, B) if G is None else G
     p = path_init(X, W, reg, K=K, nonneg=nonneg)
     ends = []  # (global rows, ActiveSet of NumPy arrays) of the samples that left a block
     rows = np.arange(B)
@@ -609,7 +608,7 @@ def follow_paths(X, W, reg, tol, *, nonneg: bool, max_slots: int, max_kinks: int
         n = Xb.shape[0]
         min_running = n // 2 if n >= COMPACT_MIN else 0
         p, status = path_block(
-            Xb, W, G, reg, p, np.int32(min_running), np.int32(max_kinks), nonneg=nonneg
+            Xb, W, G.path, reg, p, np.int32(min_running), np.int32(max_kinks), nonneg=nonneg
         )
         m = len(rows)
         status = np.asarray(status)
@@ -633,7 +632,7 @@ def follow_paths(X, W, reg, tol, *, nonneg: bool, max_slots: int, max_kinks: int
         take = pad_index(left, size)
         rows = rows[left]
         Xb, p = _path_take(Xb, p, take, len(left), K=K)
-    return (*_certify_ends(X, W, Grams(G, G_hi), reg, ends, tol, nonneg=nonneg), kinks)
+    return (*_certify_ends(X, W, G, reg, ends, tol, nonneg=nonneg), kinks)
 
 
 def _certify_ends(X, W, G: Grams, reg, ends: list, tol: float, *, nonneg: bool):
