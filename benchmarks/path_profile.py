@@ -85,13 +85,7 @@ def kink_costs(X, W, reg, sizes, slots, rounds: int) -> dict:
                 args = (X[:n], W, G, r, p, np.int32(-1), np.int32(KINKS))
                 return jax.block_until_ready(homotopy.path_block(*args, nonneg=False))
 
-            run()
-            times = []
-            for _ in range(rounds):
-                t0 = time.perf_counter()
-                run()
-                times.append(time.perf_counter() - t0)
-            out[n, K] = statistics.median(times) / KINKS
+            out[n, K] = median_time(run, rounds)[0] / KINKS
     return out
 
 
@@ -198,14 +192,11 @@ def print_timeline(parts: list[dict], walls: list[float], n_parts: int) -> None:
 def part_runner(X, W, reg, B: int):
     """``run(rows)``: the path over the whole dictionary for the samples ``rows``, as one part
     of a solve of ``B`` samples (``pipeline._full_paths``' arguments), waited for."""
-    D, F = W.shape[1], W.shape[0]
-    r, G = jnp.full((F,), reg, jnp.float32), homotopy.grams(W, B)
-    slots = min(128, F, D)
+    r, G = jnp.full((W.shape[0],), reg, jnp.float32), homotopy.grams(W, B)
 
     def run(rows):
-        out = homotopy.follow_paths(
-            X[rows], W, r, 1e-6, nonneg=False, max_slots=slots, max_kinks=4 * slots + 64, G=G
-        )
+        limits = pipeline.path_limits(W)
+        out = homotopy.follow_paths(X[rows], W, r, 1e-6, nonneg=False, G=G, **limits)
         return jax.block_until_ready(out)
 
     return run

@@ -337,8 +337,8 @@ def _timed(fn):
 
 def alternate_point(D, F, B, rounds, seed=0):
     """jaxsae's default solver and SPAMS alternating ``rounds`` times on one grid point
-    (medians, after jaxsae's warm-up): their ratio with less of the machine's drift than the
-    grid's runs of one method after another."""
+    (``time_rounds``: medians, after two warm-up calls of each): their ratio with less of the
+    machine's drift than the grid's runs of one method after another."""
     import spams
 
     X64, W64, reg = make_lasso_problem(seed, B, D, F)
@@ -348,13 +348,8 @@ def alternate_point(D, F, B, rounds, seed=0):
         "jaxsae": lambda: solve_lasso(Xj, Wj, reg, tol=TARGET, max_steps=20000),
         "SPAMS": lambda: spams.lasso(Xf, D=Df, lambda1=reg, mode=2, numThreads=2),
     }
-    _timed(fns["jaxsae"])
-    _timed(fns["jaxsae"])
-    times = {n: [] for n in fns}
-    for _ in range(rounds):
-        for n, fn in fns.items():
-            times[n].append(_timed(fn)[0])
-    jx, sp = (float(np.median(times[n])) for n in fns)
+    times = time_rounds(fns, rounds=rounds, warmup=2)
+    jx, sp = times["jaxsae"], times["SPAMS"]
     print(f"| D{D} F{F} B{B} | {fmt_time(jx)} | {fmt_time(sp)} | {sp / jx:.2f}× |", flush=True)
 
 

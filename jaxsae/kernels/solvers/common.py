@@ -123,7 +123,7 @@ def default_step(W: jax.Array, dtype) -> jax.Array:
 
 # (a pool of its own, not host_argtop's: a part that waited on a selection in the pool it
 # occupies could deadlock it; no part may itself map parts on it)
-_PART_POOL: list[ThreadPoolExecutor] = []
+_PART_POOLS: dict[int, ThreadPoolExecutor] = {}  # by worker count
 
 
 def map_parts(fn, parts: list, workers: int):
@@ -132,6 +132,6 @@ def map_parts(fn, parts: list, workers: int):
     small XLA:CPU operations leave cores idle, run on every core."""
     if workers == 1 or len(parts) == 1:
         return map(fn, parts)
-    if not _PART_POOL:
-        _PART_POOL.append(ThreadPoolExecutor(max_workers=workers))
-    return _PART_POOL[0].map(fn, parts)
+    if workers not in _PART_POOLS:
+        _PART_POOLS[workers] = ThreadPoolExecutor(max_workers=workers)
+    return _PART_POOLS[workers].map(fn, parts)

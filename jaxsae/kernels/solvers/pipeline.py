@@ -69,8 +69,7 @@ def _full_paths(X, W, reg, tol: float, *, nonneg: bool) -> list:
     """``[codes (B, F), gap, objective, certified, kinks]`` (NumPy, an int) of the paths over
     the whole dictionary, in parts of at most ``PATH_CHUNK`` samples (and ``PATH_CHUNK_ELEMENTS``
     correlations), several at once (``PATH_PART_MIN``)."""
-    B, F, D = X.shape[0], W.shape[0], W.shape[1]
-    max_slots = min(128, F, D)
+    B, F = X.shape[0], W.shape[0]
     X_np, G = np.asarray(X), grams(W, B)
     workers = host_workers()
     chunk = max(min(PATH_CHUNK, PATH_CHUNK_ELEMENTS // F), 1)
@@ -84,9 +83,8 @@ def _full_paths(X, W, reg, tol: float, *, nonneg: bool) -> list:
             reg,
             tol,
             nonneg=nonneg,
-            max_slots=max_slots,
-            max_kinks=4 * max_slots + 64,
             G=G,
+            **path_limits(W),
         )
 
     codes = np.zeros((B, F), X.dtype)
@@ -99,6 +97,13 @@ def _full_paths(X, W, reg, tol: float, *, nonneg: bool) -> list:
         certified[part] = ok
         steps = max(steps, kinks)
     return [codes, gap, obj, certified, steps]
+
+
+def path_limits(W) -> dict[str, int]:
+    """``follow_paths``' slots and kinks for the dictionary ``W (F, D)``: at most ``min(128,
+    F, D)`` slots, and four kinks per slot plus 64."""
+    max_slots = min(128, *W.shape)
+    return {"max_slots": max_slots, "max_kinks": 4 * max_slots + 64}
 
 
 def _iterate(X, W, reg, step_size, tol, max_steps, opts, best: tuple, left) -> int:
