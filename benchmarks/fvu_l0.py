@@ -172,7 +172,7 @@ def plot(rows: list[tuple], path: str, title: str) -> None:
     ax.set_xscale("log")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper right")  # (not "best": a timed search that may warn)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -170,7 +170,7 @@ def _plot_convergence(curves: dict, title: str, paths: list[Path]) -> None:
     ax.set_ylabel("(F(c_k) − F*) / F*  (batch total)")
     ax.set_title(title)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower left")  # (not "best": a timed search that may warn)
     fig.tight_layout()
     for p in paths:
         p.parent.mkdir(parents=True, exist_ok=True)

@@ -139,7 +139,8 @@ def plot_coverage(
     ax.set_ylabel("concepts with test F1 > 0.5")
     ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set_title(title + "; (n) = concepts scored; labels: mean best F1", fontsize=9)
-    ax.legend(fontsize=8)
+    # (a fixed place: loc="best" searches for one, and warns when that takes over a second)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path, dpi)
 
 
